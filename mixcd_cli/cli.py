@@ -1,0 +1,148 @@
+"""The `mixcd` command: thin Typer commands over the library (heavy imports happen inside commands)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    name="mixcd",
+    help="Rehearsal during fine-tuning: mix-cd (arXiv 2402.08096) and its baselines at equal compute.\n\n"
+         "Stages take Hydra overrides (key=value, group=option) and -m for sweeps.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+STAGE_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+OVERRIDES = typer.Argument(None, help="Hydra overrides, e.g. sampler=mixcd trainer.steps=300", show_default=False)
+MULTIRUN = typer.Option(False, "-m", "--multirun", help="Run a Hydra sweep (comma-separated values).")
+
+
+def _stage(stage: str, overrides: list[str] | None, multirun: bool, extra: list[str]) -> None:
+    from .hydra_app import run_stage
+
+    run_stage(stage, list(overrides or []) + list(extra), multirun)
+
+
+@app.command(context_settings=STAGE_CONTEXT)
+def pretrain(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN) -> None:
+    """Train the prior model θ0 on the prior task (cached; skipped when prior_model.checkpoint is set)."""
+    _stage("pretrain", overrides, multirun, ctx.args)
+
+
+@app.command(context_settings=STAGE_CONTEXT)
+def snapshot(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN) -> None:
+    """Record θ0's per-sample loss, prediction, confidence and correctness on the pool (cached)."""
+    _stage("snapshot", overrides, multirun, ctx.args)
+
+
+@app.command(context_settings=STAGE_CONTEXT)
+def train(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN) -> None:
+    """Run the chain: pretrain and snapshot (cached), fine-tune with a rehearsal sampler, evaluate."""
+    _stage("train", overrides, multirun, ctx.args)
+
+
+@app.command("eval", context_settings=STAGE_CONTEXT)
+def eval_(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN) -> None:
+    """Re-evaluate a finished run folder: run_dir=PATH (with the overrides it was trained with)."""
+    _stage("eval", overrides, multirun, ctx.args)
+
+
+@app.command()
+def report(paths: list[Path] = typer.Argument(..., help="Run folders or folders holding them (any depth)."),
+           out: Path = typer.Option(None, "--out", "-o", help="Where to write CSV/Markdown/PNG (default: first PATH)."),
+           stage: str = typer.Option("train", help="Which runs to read: train or eval."),
+           plots: bool = typer.Option(True, help="Write PNG plots.")) -> None:
+    """Compare runs: mean ± std over seeds by sampler and mixing ratio; CSV, Markdown and plots."""
+    from .report import run_report
+
+    run_report(paths, out, stage=stage, plots=plots)
+
+
+@app.command("config")
+def config_(stage: str = typer.Argument("train", help="pretrain | snapshot | train | eval"),
+            overrides: list[str] = typer.Argument(None, show_default=False)) -> None:
+    """Print the composed config of a stage with the given overrides."""
+    from omegaconf import OmegaConf
+
+    from .errors import unknown_choice
+    from .hydra_app import STAGE_NAMES, check_overrides, compose, normalise_overrides
+
+    if stage not in STAGE_NAMES:
+        raise unknown_choice("stage", stage, STAGE_NAMES)
+    overrides = normalise_overrides(list(overrides or []))
+    check_overrides(overrides, multirun=False)
+    cfg = compose(stage, overrides)
+    typer.echo(OmegaConf.to_yaml(cfg, resolve=True), nl=False)
+
+
+LS_KINDS = ("samplers", "models", "tasks", "experiments", "datasets")
+
+
+@app.command("ls")
+def ls(kind: str = typer.Argument(..., help="samplers | models | tasks | experiments | datasets")) -> None:
+    """List what is registered: samplers, models, tasks, experiments or datasets."""
+    from rich.table import Table
+
+    from .errors import unknown_choice
+    from .hydra_app import config_dir, group_options
+    from .reporting import console
+
+    if kind not in LS_KINDS:
+        raise unknown_choice("kind to list", kind, LS_KINDS)
+    table = Table(title=kind)
+    table.add_column("name", style="bold")
+    table.add_column("what")
+    if kind == "samplers":
+        from .samplers import SAMPLERS
+
+        for name in SAMPLERS:
+            table.add_row(name, SAMPLERS.help(name))
+    elif kind == "datasets":
+        from .data import DATASETS
+
+        for name in DATASETS:
+            table.add_row(name, DATASETS.help(name))
+    else:
+        group = {"models": "model", "tasks": "task", "experiments": "experiment"}[kind]
+        for name in group_options(group):
+            text = (config_dir() / group / f"{name}.yaml").read_text().splitlines()
+            comment = next((line.lstrip("# ").strip() for line in text
+                            if line.startswith("#") and "@package" not in line), "")
+            table.add_row(name, comment)
+        if kind == "models":
+            table.add_row("<timm name>", "any timm.list_models() entry: model=convnext_atto")
+    console.print(table)
+
+
+def main() -> None:
+    """Console entry point: user mistakes print one line and exit non-zero, never a traceback."""
+    from .errors import MixcdError
+
+    try:
+        app(standalone_mode=False)
+    except MixcdError as exc:
+        from .reporting import error
+
+        error(str(exc))
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Running stages through Hydra: config location, override checks, and @hydra.main dispatch.
+
+Overrides are checked before Hydra sees them, so an unknown group option or key becomes one
+line that names the valid choices (and the closest one) rather than Hydra's multi-line report.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import MixcdError, closest, unknown_choice
+
+STAGE_NAMES = ("pretrain", "snapshot", "train", "eval")
+
+
+def config_dir() -> Path:
+    """conf/ beside the package (repository checkout / editable install), or MIXCD_CONFIG_DIR."""
+    env = os.environ.get("MIXCD_CONFIG_DIR")
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve().parent
+    candidates += [here.parent / "conf", here / "conf"]
+    for path in candidates:
+        if (path / "common.yaml").is_file():
+            return path
+    raise MixcdError("mixcd's conf/ folder was not found; install with `pip install -e .` from the "
+                     "repository or set MIXCD_CONFIG_DIR")
+
+
+def project_root() -> str:
+    """Where outputs/ and data/ live by default: MIXCD_ROOT, else the repository holding conf/."""
+    return os.environ.get("MIXCD_ROOT") or str(config_dir().parent)
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("mixcd_root"):
+        OmegaConf.register_new_resolver("mixcd_root", project_root)
+
+
+def group_options(group: str) -> list[str]:
+    folder = config_dir() / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def config_groups() -> list[str]:
+    return sorted(p.name for p in config_dir().iterdir() if p.is_dir())
+
+
+def _timm_name(value: str) -> bool:
+    try:
+        import timm
+    except ImportError:
+        return False
+    return bool(timm.is_model(value))
+
+
+def normalise_overrides(overrides: list[str]) -> list[str]:
+    """Accept `model=<timm name>` as shorthand for `model=timm model.name=<timm name>`."""
+    out: list[str] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key == "model" and value and "," not in value and value not in group_options("model") \
+                and _timm_name(value):
+            out += ["model=timm", f"model.name={value}"]
+        else:
+            out.append(item)
+    return out
+
+
+def _values(override: Any) -> list[str]:
+    """Every value an override names: one, or each element of a sweep."""
+    from hydra.core.override_parser.types import ChoiceSweep, Glob, RangeSweep
+
+    value = override.value()
+    if isinstance(value, ChoiceSweep):
+        return [str(v) for v in value.list]
+    if isinstance(value, (RangeSweep, Glob)):
+        return []
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def check_overrides(overrides: list[str], multirun: bool) -> list[str]:
+    """Parse overrides; refuse unknown group options. Returns overrides for a validation compose."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as exc:
+        raise MixcdError(f"cannot parse override: {str(exc).splitlines()[0]}") from exc
+    groups = config_groups()
+    first: list[str] = []
+    for ov, text in zip(parsed, overrides, strict=True):
+        key = ov.key_or_group
+        group = key.split("@")[0].lstrip("+~")
+        if group in groups and not ov.is_delete():
+            for value in _values(ov):
+                if value not in group_options(group):
+                    raise unknown_choice(group if group != "task" else f"task for {key}", value, group_options(group))
+        if ov.is_sweep_override():
+            if not multirun:
+                raise MixcdError(f"'{text}' is a sweep; add -m to run it as a multirun")
+            vals = _values(ov)
+            if vals:
+                first.append(f"{ov.get_key_element()}={vals[0]}")
+            continue
+        first.append(text)
+    return first
+
+
+def _explain_compose_error(exc: Exception, cfg_keys: Any) -> MixcdError:
+    text = str(exc)
+    import re
+
+    m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
+    if m:
+        full = m.group(1)
+        parent, _, leaf = full.rpartition(".")
+        node = cfg_keys
+        try:
+            for part in [p for p in parent.split(".") if p]:
+                node = node[part]
+            valid = sorted(str(k) for k in node.keys())
+        except Exception:
+            valid = []
+        where = f" under '{parent}'" if parent else ""
+        hint = closest(leaf, valid)
+        if valid:
+            return MixcdError(f"unknown config key '{full}'{hint}; keys{where}: {', '.join(valid)} "
+                              f"(prefix with + to add a new key)")
+        return MixcdError(f"unknown config key '{full}' (prefix with + to add a new key)")
+    first = next((line for line in text.splitlines() if line.strip()), text)
+    return MixcdError(f"invalid configuration: {first}")
+
+
+def compose(stage: str, overrides: list[str]) -> Any:
+    """Compose a stage's config without running it (config command, validation, tests)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        try:
+            return hydra_compose(config_name=stage, overrides=overrides)
+        except Exception as exc:
+            base = hydra_compose(config_name=stage, overrides=[])
+            raise _explain_compose_error(exc, base) from exc
+
+
+def validate(stage: str, overrides: list[str], multirun: bool) -> Any:
+    """Everything that can be checked before running: overrides, composition, value ranges."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .stages import validate_config
+
+    first = check_overrides(overrides, multirun)
+    cfg = compose(stage, first)
+    try:
+        validate_config(cfg)
+    except OmegaConfBaseException as exc:
+        raise MixcdError(f"invalid configuration: {str(exc).splitlines()[0]}") from exc
+    return cfg
+
+
+def _task(stage: str) -> Any:
+    def task_function(cfg: Any) -> Any:
+        from .reporting import error
+        from .stages import STAGES
+
+        try:
+            return STAGES[stage](cfg)
+        except MixcdError as exc:
+            error(str(exc))
+            sys.exit(exc.exit_code)
+
+    return task_function
+
+
+def run_stage(stage: str, overrides: list[str], multirun: bool = False, hydra_args: list[str] | None = None) -> int:
+    """Run ``stage`` through @hydra.main so -m sweeps, launchers and run folders behave as in Hydra."""
+    import hydra
+
+    overrides = normalise_overrides(list(overrides))
+    validate(stage, overrides, multirun)
+    register_resolvers()
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    main = hydra.main(config_path=str(config_dir()), config_name=stage, version_base="1.3")(_task(stage))
+    argv = sys.argv
+    sys.argv = [f"mixcd {stage}", *(["--multirun"] if multirun else []), *(hydra_args or []), *overrides]
+    try:
+        main()
+    finally:
+        sys.argv = argv
+    return 0

@@ -1,0 +1,32 @@
+"""What is measured: forgetting, downstream accuracy, the four categories (DESIGN §6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def categories(correct0: torch.Tensor, correct_now: torch.Tensor) -> dict[str, Any]:
+    """(prior correct?, now correct?) → retained, collateral damage, unlearned, gained; CD rate."""
+    c0, c1 = correct0.bool(), correct_now.bool()
+    retained = int((c0 & c1).sum())
+    cd = int((c0 & ~c1).sum())
+    unlearned = int((~c0 & ~c1).sum())
+    gained = int((~c0 & c1).sum())
+    prior_correct = retained + cd
+    return {"retained": retained, "collateral_damage": cd, "unlearned": unlearned, "gained": gained,
+            "cd_rate": cd / prior_correct if prior_correct else None}
+
+
+def accuracy(correct: torch.Tensor) -> float | None:
+    return float(correct.float().mean()) if correct.numel() else None
+
+
+def forgetting_metrics(test_correct0: torch.Tensor, test_correct_now: torch.Tensor,
+                       ft_correct: torch.Tensor) -> dict[str, Any]:
+    """pre_acc0, pre_acc, forgetting = pre_acc0 − pre_acc, ft_acc, and categories on the prior test set."""
+    pre_acc0, pre_acc = accuracy(test_correct0), accuracy(test_correct_now)
+    return {"pre_acc0": pre_acc0, "pre_acc": pre_acc,
+            "forgetting": (pre_acc0 - pre_acc) if pre_acc0 is not None and pre_acc is not None else None,
+            "ft_acc": accuracy(ft_correct), "categories": categories(test_correct0, test_correct_now)}

@@ -1,0 +1,165 @@
+"""Models: a backbone that yields features and one linear head per label space.
+
+``shared`` head mode uses one head over the union of labels; ``multi`` keeps a head per task on
+the shared backbone. The backbone is the built-in CNN or any timm model by name.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import MixcdError, closest
+from .registry import Registry
+
+BACKBONES: Registry = Registry("model")
+
+
+class MixcdNet(nn.Module):
+    """Backbone plus named heads; ``forward(x, head)`` returns that head's logits."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, heads: dict[str, int]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_features = num_features
+        self.heads = nn.ModuleDict({name: nn.Linear(num_features, n) for name, n in heads.items()})
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor, head: str | None = None) -> torch.Tensor:
+        name = head or next(iter(self.heads))
+        return self.heads[name](self.features(x))
+
+    def add_head(self, name: str, num_classes: int) -> None:
+        if name not in self.heads:
+            ref = next(iter(self.heads.values()))
+            self.heads[name] = nn.Linear(self.num_features, num_classes).to(ref.weight.device)
+
+
+class SmallCNN(nn.Module):
+    """Three conv blocks (~93k parameters at 32/64/128 channels): the CPU default."""
+
+    def __init__(self, in_chans: int = 1, width: int = 32) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+        self.net = nn.Sequential(
+            *block(in_chans, width), nn.MaxPool2d(2),
+            *block(width, 2 * width), nn.MaxPool2d(2),
+            *block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.num_features = 4 * width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@BACKBONES.register("cnn", help="small built-in CNN (CPU default)")
+def _cnn(in_chans: int, width: int = 32, **_: Any) -> tuple[nn.Module, int]:
+    net = SmallCNN(in_chans, width)
+    return net, net.num_features
+
+
+def hub_reachable(host: str = "huggingface.co", port: int = 443, timeout: float = 2.0) -> bool:
+    """Whether timm's weight hub answers; offline machines fail here in seconds, not minutes."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@BACKBONES.register("timm", help="any timm model by name (model.name=resnet18 ...)")
+def _timm(in_chans: int, name: str = "resnet18", pretrained: bool = False, weights: str | None = None,
+          drop_rate: float = 0.0, **_: Any) -> tuple[nn.Module, int]:
+    import timm
+
+    if not timm.is_model(name):
+        raise MixcdError(f"unknown timm model '{name}'{closest(name, timm.list_models())}; "
+                         "see `python -c 'import timm; print(timm.list_models())'`")
+    kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_chans, "drop_rate": drop_rate}
+    if pretrained and not weights:
+        if not hub_reachable():
+            raise MixcdError(f"timm pretrained weights for '{name}' need the Hugging Face hub, which is "
+                             "unreachable; download them elsewhere and pass model.weights=/path/to/file "
+                             "(.safetensors/.pth/.bin), or set model.pretrained=false")
+        kwargs["pretrained"] = True
+    net = timm.create_model(name, **kwargs)
+    if weights:
+        load_backbone_weights(net, Path(weights))
+    return net, int(net.num_features)
+
+
+def load_backbone_weights(net: nn.Module, path: Path) -> None:
+    """Load a local timm-style state dict; classifier keys are dropped, shapes must match."""
+    if not path.is_file():
+        raise MixcdError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign file
+        raise MixcdError(f"could not read weights {path}: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    own = net.state_dict()
+    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if bad:
+        k = bad[0]
+        raise MixcdError(f"weights {path} do not fit the model: '{k}' has shape {tuple(state[k].shape)}, "
+                         f"model expects {tuple(own[k].shape)} ({len(bad)} mismatched tensors)")
+    kept = {k: v for k, v in state.items() if k in own}
+    if not kept:
+        raise MixcdError(f"weights {path} share no parameter names with the model")
+    net.load_state_dict(kept, strict=False)
+
+
+def create_model(backbone: str, in_chans: int, heads: dict[str, int], **kwargs: Any) -> MixcdNet:
+    """Build backbone ``backbone`` (a registered name) with the given heads."""
+    net, num_features = BACKBONES.get(backbone)(in_chans=in_chans, **kwargs)
+    return MixcdNet(net, num_features, heads)
+
+
+def model_spec(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The architecture part of a model config (what must match between checkpoint and model)."""
+    return {k: v for k, v in model_cfg.items() if k not in ("weights", "pretrained", "channels_last", "compile")}
+
+
+def save_model(model: MixcdNet, path: Path, spec: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    from .artifacts import atomic_torch_save
+
+    atomic_torch_save({"model": model.state_dict(), "spec": spec, "heads": {
+        n: h.out_features for n, h in model.heads.items()}, **(extra or {})}, path)
+
+
+def load_model(path: Path, spec: dict[str, Any], in_chans: int) -> tuple[MixcdNet, dict[str, Any]]:
+    """Load a mixcd checkpoint; refuses one made for another architecture."""
+    from .artifacts import safe_torch_load
+
+    ckpt = safe_torch_load(path, what="model checkpoint")
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "spec" not in ckpt:
+        raise MixcdError(f"{path} is not a mixcd model checkpoint")
+    if ckpt["spec"] != spec:
+        raise MixcdError(f"checkpoint {path} was made for model {ckpt['spec']}, not {spec}")
+    args = {k: v for k, v in spec.items() if k != "backbone"}
+    model = create_model(spec["backbone"], in_chans, ckpt["heads"], **args)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise MixcdError(f"checkpoint {path} does not fit the model: {str(exc).splitlines()[0]}") from exc
+    return model, ckpt

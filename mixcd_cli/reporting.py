@@ -1,0 +1,131 @@
+"""Console output: rich progress bars and result tables (the report command lives in report.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _progress_enabled() -> bool:
+    return os.environ.get("MIXCD_PROGRESS", "1") != "0"
+
+
+@contextmanager
+def step_progress(description: str, total: int) -> Iterator[Callable[[int, float], None]]:
+    """A bar over training steps showing the running loss and steps/s."""
+    if not _progress_enabled():
+        yield lambda done, loss: None
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=err_console, transient=False,
+                  refresh_per_second=4) as bar:
+        task = bar.add_task(description, total=total, loss="-")
+
+        def update(done: int, loss: float) -> None:
+            bar.update(task, completed=done, loss=f"{loss:.4f}")
+
+        yield update
+
+
+@contextmanager
+def count_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A bar over samples (snapshot inference); only drawn when there is work to do."""
+    if not _progress_enabled():
+        yield lambda n: None
+        return
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=err_console, transient=True)
+    task = bar.add_task(description, total=total)
+    started = False
+
+    def update(n: int) -> None:
+        nonlocal started
+        if not started:
+            bar.start()
+            started = True
+        bar.advance(task, n)
+
+    try:
+        yield update
+    finally:
+        if started:
+            bar.stop()
+
+
+def note(message: str) -> None:
+    err_console.print(f"[yellow]{message}[/yellow]")
+
+
+def error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, markup=True, soft_wrap=True)
+
+
+def print_kv(title: str, values: dict[str, Any]) -> None:
+    table = Table(title=title, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in values.items():
+        table.add_row(k, str(v))
+    console.print(table)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def print_run(result: dict[str, Any], run_dir: Path) -> None:
+    """The result table of one run: accuracies, forgetting, categories, ledger, wall time."""
+    title = f"mixcd {result.get('stage', '')}: {result.get('experiment')} · sampler={result.get('sampler')}"
+    if result.get("mix_ratio"):
+        title += f" · r={result['mix_ratio']}"
+    table = Table(title=title, show_header=True)
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    rows = [
+        ("prior-test acc before (pre_acc0, %)", _pct(result.get("pre_acc0"))),
+        ("prior-test acc after (pre_acc, %)", _pct(result.get("pre_acc"))),
+        ("forgetting (points)", _pct(result.get("forgetting"))),
+        ("fine-tune-test acc (ft_acc, %)", _pct(result.get("ft_acc"))),
+    ]
+    cats = result.get("categories") or {}
+    rows += [(f"prior test: {k.replace('_', ' ')}", str(cats.get(k, "-")))
+             for k in ("retained", "collateral_damage", "unlearned", "gained")]
+    rows.append(("prior test: CD rate (%)", _pct(cats.get("cd_rate"))))
+    if result.get("hit_rate") is not None:
+        rows.append(("rehearsal hit rate (%)", _pct(result["hit_rate"])))
+    ledger = result.get("ledger") or {}
+    fwd, bwd = ledger.get("forward", {}), ledger.get("backward", {})
+    for purpose in ("finetune", "rehearsal", "selection", "snapshot", "pretrain", "eval"):
+        if fwd.get(purpose) or bwd.get(purpose):
+            rows.append((f"ledger {purpose} (fwd / bwd samples)", f"{fwd.get(purpose, 0):,} / {bwd.get(purpose, 0):,}"))
+    if "training_passes" in ledger:
+        rows.append(("ledger fine-tuning total passes", f"{ledger['training_passes']:,}"))
+    times = result.get("wall_time") or {}
+    rows.append(("wall time (s)", " · ".join(f"{k} {v:.1f}" for k, v in times.items())))
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"run folder: {run_dir}", highlight=False, soft_wrap=True)
+
+
+def is_tty() -> bool:
+    return sys.stdout.isatty()

@@ -1,0 +1,154 @@
+"""The rehearsal-sampler interface and the pool facts every sampler draws from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import MixcdError
+from ..registry import Registry
+
+SAMPLERS: Registry = Registry("sampler")
+
+PURPOSES = ("pretrain", "finetune", "rehearsal", "selection", "snapshot", "eval")
+
+
+class Ledger:
+    """Sample forward and backward passes by purpose (DESIGN §2): the currency of fair comparison."""
+
+    def __init__(self) -> None:
+        self.forward = dict.fromkeys(PURPOSES, 0)
+        self.backward = dict.fromkeys(PURPOSES, 0)
+
+    def add(self, purpose: str, forward: int = 0, backward: int = 0) -> None:
+        self.forward[purpose] += int(forward)
+        self.backward[purpose] += int(backward)
+
+    def training_passes(self) -> int:
+        """Forward + backward sample passes spent by fine-tuning (fine-tune, rehearsal, selection)."""
+        return sum(self.forward[p] + self.backward[p] for p in ("finetune", "rehearsal", "selection"))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"forward": dict(self.forward), "backward": dict(self.backward)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.forward.update(state["forward"])
+        self.backward.update(state["backward"])
+
+    def summary(self) -> dict[str, Any]:
+        return {"forward": dict(self.forward), "backward": dict(self.backward),
+                "training_passes": self.training_passes(),
+                "rehearsal_budget": self.forward["rehearsal"]}
+
+
+@dataclass
+class PoolInfo:
+    """Snapshot columns of the prior pool P under θ0, as CPU tensors (index = pool row)."""
+
+    targets: torch.Tensor  # int64
+    correct0: torch.Tensor  # bool
+    loss0: torch.Tensor  # float32
+    conf0: torch.Tensor  # float32
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.targets.numel())
+
+    def eligible(self, tau: float = 0.0) -> torch.Tensor:
+        """Rows that can become collateral damage: prior-correct, confidence ≥ τ."""
+        mask = self.correct0
+        if tau > 0:
+            mask = mask & (self.conf0 >= tau)
+        return torch.nonzero(mask).flatten()
+
+
+class SelectionContext:
+    """What samplers that spend extra passes (oracle_cd, mir) may use at a step.
+
+    Implemented by the engine; each method charges the passes it makes to the ledger under
+    ``selection``, so no sampler can hide its cost.
+    """
+
+    def predict(self, rows: torch.Tensor) -> torch.Tensor:
+        """Current predicted labels on pool rows (no grad)."""
+        raise NotImplementedError
+
+    def pool_losses(self, rows: torch.Tensor, params: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        """Per-sample loss on pool rows, under the live weights or under ``params``."""
+        raise NotImplementedError
+
+    def virtual_params(self) -> dict[str, torch.Tensor]:
+        """Weights after one virtual SGD step on this step's fine-tune batch."""
+        raise NotImplementedError
+
+
+class BinnedIndex:
+    """Rows grouped by bin in one sorted array, so drawing uniformly within chosen bins is O(b)."""
+
+    def __init__(self, rows: torch.Tensor, bins: torch.Tensor, num_bins: int) -> None:
+        order = torch.argsort(bins, stable=True)
+        self.rows = rows[order]
+        self.sizes = torch.bincount(bins, minlength=num_bins)
+        self.offsets = torch.zeros(num_bins + 1, dtype=torch.int64)
+        self.offsets[1:] = torch.cumsum(self.sizes, 0)
+
+    def draw_within(self, bins: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        sizes = self.sizes[bins]
+        u = torch.rand(bins.numel(), generator=generator, dtype=torch.float64)
+        pos = self.offsets[bins] + (u * sizes).long().clamp_max(sizes - 1)
+        return self.rows[pos]
+
+
+class RehearsalSampler:
+    """Chooses b pool rows per step and observes the step's predictions on them.
+
+    ``draw`` runs before the step's forward pass; ``observe`` gets, from that same forward pass
+    (before the optimizer step), whether each drawn row is now predicted wrong. Samplers own a
+    seeded generator, and their state (counts + generator) round-trips through ``state_dict``.
+    """
+
+    name = "base"
+    draws = True  # 'none' sets False: no rehearsal at all
+
+    def __init__(self, pool: PoolInfo, batch_size: int, seed: int) -> None:
+        self.pool = pool
+        self.batch_size = int(batch_size)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def draw(self, step: int, ctx: SelectionContext | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def observe(self, rows: torch.Tensor, wrong_now: torch.Tensor) -> None:
+        """Default: nothing to learn."""
+
+    def telemetry(self) -> dict[str, Any]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def uniform_rows(rows: torch.Tensor, b: int, generator: torch.Generator) -> torch.Tensor:
+    if rows.numel() == 0:
+        raise MixcdError("cannot draw rehearsal samples from an empty set")
+    return rows[torch.randint(rows.numel(), (b,), generator=generator)]
+
+
+def create_sampler(name: str, pool: PoolInfo, batch_size: int, seed: int, **options: Any) -> RehearsalSampler:
+    """Build registered sampler ``name``; unknown options are refused with the valid ones named."""
+    import inspect
+
+    cls = SAMPLERS.get(name)
+    params = inspect.signature(cls.__init__).parameters
+    valid = [p for p in params if p not in ("self", "pool", "batch_size", "seed")]
+    for key in options:
+        if key not in valid:
+            from ..errors import unknown_choice
+
+            raise unknown_choice(f"option for sampler '{name}'", key, valid or ["(none)"])
+    return cls(pool, batch_size, seed, **options)

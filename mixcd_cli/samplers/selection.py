@@ -1,0 +1,90 @@
+"""Baselines that spend extra passes to choose: oracle_cd and MIR. Every pass is charged to the ledger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import MixcdError
+from .base import SAMPLERS, PoolInfo, RehearsalSampler, SelectionContext, uniform_rows
+from .static import _support
+
+
+def _need(ctx: SelectionContext | None, name: str) -> SelectionContext:
+    if ctx is None:
+        raise MixcdError(f"sampler '{name}' needs the model at draw time (a selection context)")
+    return ctx
+
+
+@SAMPLERS.register("oracle_cd", help="uniform over the true CD set, refreshed every M steps by a forward pass")
+class OracleCDSampler(RehearsalSampler):
+    """Knows the true collateral damage, at the price of forward passes over E (or a subset) every M steps."""
+
+    name = "oracle_cd"
+
+    def __init__(self, pool: PoolInfo, batch_size: int, seed: int, refresh_every: int = 50,
+                 subset: int = 0, tau: float = 0.0) -> None:
+        super().__init__(pool, batch_size, seed)
+        if refresh_every < 1:
+            raise MixcdError(f"oracle_cd: refresh_every must be ≥ 1, got {refresh_every}")
+        self.eligible = pool.eligible(tau)
+        if self.eligible.numel() == 0:
+            raise MixcdError("oracle_cd: no eligible pool samples (the prior model got none right)")
+        self.refresh_every, self.subset = int(refresh_every), int(subset)
+        self.cd_rows = torch.empty(0, dtype=torch.int64)
+        self.last_refresh = -1
+        self.refreshes = 0
+
+    def refresh(self, ctx: SelectionContext) -> None:
+        rows = self.eligible
+        if 0 < self.subset < rows.numel():
+            pick = torch.randperm(rows.numel(), generator=self.generator)[: self.subset]
+            rows = rows[pick]
+        preds = ctx.predict(rows)
+        self.cd_rows = rows[preds != self.pool.targets[rows]]
+        self.refreshes += 1
+
+    def draw(self, step: int, ctx: SelectionContext | None = None) -> torch.Tensor:
+        if self.last_refresh < 0 or step - self.last_refresh >= self.refresh_every:
+            self.refresh(_need(ctx, self.name))
+            self.last_refresh = step
+        # No CD yet (early steps): fall back to uniform over E rather than draw nothing.
+        support = self.cd_rows if self.cd_rows.numel() else self.eligible
+        return uniform_rows(support, self.batch_size, self.generator)
+
+    def telemetry(self) -> dict[str, Any]:
+        return {"cd_set_size": int(self.cd_rows.numel()), "refreshes": self.refreshes}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "cd_rows": self.cd_rows.clone(), "last_refresh": self.last_refresh,
+                "refreshes": self.refreshes}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.cd_rows, self.last_refresh = state["cd_rows"].clone(), int(state["last_refresh"])
+        self.refreshes = int(state["refreshes"])
+
+
+@SAMPLERS.register("mir", help="Maximally Interfered Retrieval: top-b loss increase under a virtual SGD step")
+class MIRSampler(RehearsalSampler):
+    """Aljundi et al. 2019: C uniform candidates, loss before/after a virtual step on the fine-tune batch."""
+
+    name = "mir"
+
+    def __init__(self, pool: PoolInfo, batch_size: int, seed: int, candidates: int = 0,
+                 over: str = "pool") -> None:
+        super().__init__(pool, batch_size, seed)
+        self.candidates = int(candidates) if candidates else 4 * self.batch_size
+        if self.candidates < self.batch_size:
+            raise MixcdError(f"mir: candidates ({self.candidates}) must be ≥ the rehearsal batch "
+                             f"({self.batch_size})")
+        self.rows = _support(pool, over)
+
+    def draw(self, step: int, ctx: SelectionContext | None = None) -> torch.Tensor:
+        ctx = _need(ctx, self.name)
+        cands = uniform_rows(self.rows, self.candidates, self.generator)
+        before = ctx.pool_losses(cands, None)
+        after = ctx.pool_losses(cands, ctx.virtual_params())
+        top = torch.topk(after - before, self.batch_size, sorted=False).indices
+        return cands[top]

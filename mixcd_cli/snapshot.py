@@ -1,0 +1,153 @@
+"""Snapshots: per-sample facts about the prior pool (and prior test set) under θ0, cached and verified.
+
+A snapshot is a folder of .npy columns (memory-mappable, ~13 bytes per sample) plus meta.json.
+Its cache key is a fingerprint of the checkpoint bytes, the pool definition and the transform;
+it stores the targets and index order it was made with, and loading checks them against the
+task being run, so a snapshot can never silently describe other data or another model.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .artifacts import config_digest, file_digest, file_lock, read_json, write_json
+from .data import BatchTransform, Task
+from .errors import MixcdError
+from .samplers.base import PoolInfo
+
+COLUMNS = {"loss": np.float32, "pred": np.int32, "conf": np.float32, "correct": np.bool_, "target": np.int32,
+           "index": np.int64}
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SnapshotPart:
+    """Columns of one task (pool or prior test), as tensors."""
+
+    loss: torch.Tensor
+    pred: torch.Tensor
+    conf: torch.Tensor
+    correct: torch.Tensor
+    target: torch.Tensor
+    index: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.loss.numel())
+
+
+@dataclass
+class Snapshot:
+    path: Path
+    meta: dict[str, Any]
+    pool: SnapshotPart
+    test: SnapshotPart
+
+    def pool_info(self, task: Task) -> PoolInfo:
+        aux = dict(getattr(task.source, "aux", {}))
+        return PoolInfo(self.pool.target.long(), self.pool.correct.bool(), self.pool.loss.float(),
+                        self.pool.conf.float(), {k: v[task.index] for k, v in aux.items()})
+
+
+def snapshot_key(checkpoint_digest: str, pool: Task, prior_test: Task, transform: BatchTransform,
+                 head: str) -> str:
+    return config_digest({"checkpoint": checkpoint_digest, "pool": pool.fingerprint(),
+                          "test": prior_test.fingerprint(), "transform": transform.describe(), "head": head,
+                          "format": FORMAT_VERSION})
+
+
+def _write_part(folder: Path, prefix: str, cols: dict[str, torch.Tensor]) -> None:
+    for name, dtype in COLUMNS.items():
+        np.save(folder / f"{prefix}_{name}.npy", cols[name].numpy().astype(dtype, copy=False))
+
+
+def _read_part(folder: Path, prefix: str) -> SnapshotPart:
+    cols = {}
+    for name in COLUMNS:
+        path = folder / f"{prefix}_{name}.npy"
+        try:
+            arr = np.load(path, mmap_mode="r")
+            cols[name] = torch.from_numpy(np.array(arr))
+        except FileNotFoundError as exc:
+            raise MixcdError(f"snapshot {folder} is incomplete: {path.name} is missing; delete it to recompute") \
+                from exc
+        except (ValueError, OSError, EOFError) as exc:
+            raise MixcdError(f"snapshot {folder} is corrupt ({path.name}: {exc}); delete it to recompute") from exc
+    lengths = {len(v) for v in cols.values()}
+    if len(lengths) != 1:
+        raise MixcdError(f"snapshot {folder} is corrupt: its {prefix} columns have different lengths")
+    return SnapshotPart(**cols)
+
+
+def write_snapshot(folder: Path, meta: dict[str, Any], pool: dict[str, torch.Tensor],
+                   test: dict[str, torch.Tensor]) -> None:
+    """Write into a temporary sibling and rename: readers never see a half-written snapshot."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        _write_part(tmp, "pool", pool)
+        _write_part(tmp, "test", test)
+        write_json(meta, tmp / "meta.json")
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_snapshot(folder: Path, expected_key: str | None, pool: Task, prior_test: Task) -> Snapshot:
+    """Load and verify: key, then the stored targets and index order against the live tasks."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MixcdError(f"snapshot not found: {folder}")
+    meta = read_json(folder / "meta.json", what="snapshot metadata")
+    if expected_key is not None and meta.get("key") != expected_key:
+        raise MixcdError(f"snapshot {folder} was made for another model, pool or transform "
+                         f"(its key {meta.get('key')} ≠ {expected_key}); drop snapshot.path to recompute")
+    snap = Snapshot(folder, meta, _read_part(folder, "pool"), _read_part(folder, "test"))
+    for part, task, name in ((snap.pool, pool, "pool"), (snap.test, prior_test, "prior test set")):
+        if len(part) != len(task) or not torch.equal(part.index.long(), task.index.long()) \
+                or not torch.equal(part.target.long(), task.targets.long()):
+            raise MixcdError(f"snapshot {folder} does not match the {name} being run (different samples, "
+                             "order or labels); drop snapshot.path or delete it to recompute")
+    return snap
+
+
+def compute_part(model: Any, task: Task, head: str, transform: BatchTransform, device: torch.device,
+                 batch_size: int, ledger: Any, amp: str, progress: Any = None) -> dict[str, torch.Tensor]:
+    from .engine import predict_task
+
+    p = predict_task(model, task, head, transform, device, batch_size, ledger, "snapshot", amp,
+                     progress=progress)
+    return {"loss": p.loss, "pred": p.pred, "conf": p.conf, "correct": p.correct, "target": task.targets,
+            "index": task.index}
+
+
+def get_or_create_snapshot(cache_dir: Path, checkpoint: Path, model: Any, pool: Task, prior_test: Task,
+                           head: str, transform: BatchTransform, device: torch.device, batch_size: int,
+                           ledger: Any, amp: str = "auto", explicit: Path | None = None,
+                           progress: Any = None) -> tuple[Snapshot, bool]:
+    """Return (snapshot, was_cached). Parallel jobs wait on a lock instead of computing it twice."""
+    key = snapshot_key(file_digest(checkpoint), pool, prior_test, transform, head)
+    if explicit is not None:
+        return load_snapshot(explicit, key, pool, prior_test), True
+    folder = cache_dir / "snapshots" / key
+    with file_lock(cache_dir / "locks" / f"snapshot-{key}.lock"):
+        if (folder / "meta.json").is_file():
+            return load_snapshot(folder, key, pool, prior_test), True
+        pool_cols = compute_part(model, pool, head, transform, device, batch_size, ledger, amp, progress)
+        test_cols = compute_part(model, prior_test, head, transform, device, batch_size, ledger, amp, progress)
+        meta = {"key": key, "format": FORMAT_VERSION, "checkpoint": str(checkpoint), "pool": pool.definition,
+                "prior_test": prior_test.definition, "transform": transform.describe(), "head": head,
+                "pool_size": len(pool), "test_size": len(prior_test),
+                "pool_acc0": float(pool_cols["correct"].float().mean()) if len(pool) else None,
+                "test_acc0": float(test_cols["correct"].float().mean()) if len(prior_test) else None}
+        write_snapshot(folder, meta, pool_cols, test_cols)
+        return load_snapshot(folder, key, pool, prior_test), False

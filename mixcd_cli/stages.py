@@ -1,0 +1,304 @@
+"""The stages (DESIGN §3), each a function of a composed config: pretrain, snapshot, train, eval.
+
+This is the only module that reads config objects; everything it calls takes plain arguments.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import reporting
+from .artifacts import config_digest, environment_info, file_lock, read_json, write_json
+from .data import Experiment, build_experiment
+from .engine import TrainSettings, derive_seed, predict_task, resolve_device, train_loop
+from .errors import MixcdError
+from .metrics import categories, forgetting_metrics
+from .models import MixcdNet, create_model, load_model, model_spec, save_model
+from .samplers import Ledger, create_sampler
+from .snapshot import Snapshot, get_or_create_snapshot
+
+SAMPLER_META_KEYS = ("name", "mix_ratio")
+
+
+def plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Range and consistency checks Hydra's typing cannot express; one clear message each."""
+    t, s = cfg.trainer, cfg.sampler
+    checks = [
+        (t.steps >= 1, f"trainer.steps must be ≥ 1, got {t.steps}"),
+        (t.batch_size >= 1, f"trainer.batch_size must be ≥ 1, got {t.batch_size}"),
+        (t.mix_ratio >= 0, f"trainer.mix_ratio must be ≥ 0, got {t.mix_ratio}"),
+        (t.rehearsal_weight >= 0, f"trainer.rehearsal_weight must be ≥ 0, got {t.rehearsal_weight}"),
+        (t.lr > 0, f"trainer.lr must be > 0, got {t.lr}"),
+        (t.log_every >= 1, f"trainer.log_every must be ≥ 1, got {t.log_every}"),
+        (t.checkpoint_every >= 0, f"trainer.checkpoint_every must be ≥ 0, got {t.checkpoint_every}"),
+        (cfg.pretrain.epochs >= 1, f"pretrain.epochs must be ≥ 1, got {cfg.pretrain.epochs}"),
+        (not (s.name == "none" and t.mix_ratio > 0),
+         f"sampler=none mixes nothing, but trainer.mix_ratio={t.mix_ratio}; drop the ratio or pick a sampler"),
+        (s.name == "none" or round(t.mix_ratio * t.batch_size) >= 1,
+         f"trainer.mix_ratio={t.mix_ratio} with batch_size={t.batch_size} mixes in no sample; raise the ratio"),
+        (s.get("num_bins", 1) >= 1, f"sampler.num_bins (K) must be ≥ 1, got {s.get('num_bins')}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise MixcdError(message)
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.paths.output_dir) / "runs" / cfg.stage / time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+@dataclass
+class Context:
+    cfg: DictConfig
+    run_dir: Path
+    device: torch.device
+    experiment: Experiment
+    ledger: Ledger
+    timings: dict[str, float]
+
+
+def setup(cfg: DictConfig) -> Context:
+    validate_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    device = resolve_device(str(cfg.device))
+    run_dir = run_dir_of(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_json(environment_info(), run_dir / "env.json")
+    t0 = time.perf_counter()
+    exp = build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
+                           cfg.image_size)
+    return Context(cfg, run_dir, device, exp, Ledger(), {"data": time.perf_counter() - t0})
+
+
+def model_args(cfg: DictConfig) -> dict[str, Any]:
+    return {k: v for k, v in plain(cfg.model).items() if k != "backbone"}
+
+
+def settings_from(node: DictConfig, steps: int, seed: int, purpose: str, description: str, eval_batch: int,
+                  rehearsal_batch: int = 0, **extra: Any) -> TrainSettings:
+    return TrainSettings(steps=steps, batch_size=int(node.batch_size), rehearsal_batch=rehearsal_batch,
+                         optimizer=str(node.optimizer), lr=float(node.lr), momentum=float(node.momentum),
+                         weight_decay=float(node.weight_decay), schedule=str(node.schedule),
+                         warmup_steps=int(node.warmup_steps), seed=seed, eval_batch_size=eval_batch,
+                         purpose=purpose, description=description, **extra)
+
+
+# ------------------------------------------------------------------------------------ pretrain
+
+
+def prior_checkpoint(ctx: Context, allow_train: bool = True) -> tuple[Path, bool]:
+    """θ0: the given checkpoint, or the cached pretrained one (trained now if missing). → (path, cached)."""
+    cfg, exp = ctx.cfg, ctx.experiment
+    if cfg.prior_model.checkpoint:
+        path = Path(cfg.prior_model.checkpoint)
+        if not path.is_file():
+            raise MixcdError(f"prior_model.checkpoint not found: {path}")
+        return path, True
+    spec = model_spec(plain(cfg.model))
+    heads = {exp.prior_head(): exp.head_sizes()[exp.prior_head()]}
+    key = config_digest({"model": spec, "weights": cfg.model.get("weights"), "pool": exp.pool.fingerprint(),
+                         "transform": exp.transform.describe(), "heads": heads, "pretrain": plain(cfg.pretrain)})
+    cache = Path(cfg.paths.cache_dir)
+    path = cache / "prior" / key / "model.pt"
+    with file_lock(cache / "locks" / f"prior-{key}.lock"):
+        if path.is_file():
+            return path, True
+        if not allow_train:
+            raise MixcdError("no prior model yet for this configuration: run `mixcd pretrain` (same overrides) "
+                             "or give prior_model.checkpoint=PATH")
+        pre = cfg.pretrain
+        torch.manual_seed(derive_seed(int(pre.seed), "prior-init"))
+        model = create_model(spec["backbone"], exp.channels, heads, **model_args(cfg))
+        batch = min(int(pre.batch_size), len(exp.pool))
+        steps = int(pre.epochs) * max(1, len(exp.pool) // batch)
+        settings = settings_from(pre, steps, int(pre.seed), "pretrain", "pretrain θ0", int(cfg.eval.batch_size),
+                                 amp=str(cfg.trainer.amp), log_every=max(1, steps // 10))
+        t0 = time.perf_counter()
+        with reporting.step_progress("pretrain θ0", steps) as progress:
+            train_loop(model, exp.pool, exp.prior_head(), exp.transform, ctx.device, settings, ctx.ledger,
+                       telemetry_path=path.parent / "pretrain.jsonl", progress=progress)
+        save_model(model, path, spec, {"experiment_pool": exp.pool.definition})
+        ctx.timings["pretrain"] = time.perf_counter() - t0
+        return path, False
+
+
+def load_prior(ctx: Context, path: Path) -> MixcdNet:
+    exp = ctx.experiment
+    model, _ = load_model(path, model_spec(plain(ctx.cfg.model)), exp.channels)
+    expected = exp.head_sizes()[exp.prior_head()]
+    head = model.heads[exp.prior_head()] if exp.prior_head() in model.heads else None
+    if head is None or head.out_features != expected:
+        have = {n: h.out_features for n, h in model.heads.items()}
+        raise MixcdError(f"prior checkpoint {path} has heads {have}, but this experiment's prior head "
+                         f"'{exp.prior_head()}' needs {expected} classes")
+    return model.to(ctx.device)
+
+
+def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
+    ctx = setup(cfg)
+    path, cached = prior_checkpoint(ctx)
+    model = load_prior(ctx, path)
+    exp = ctx.experiment
+    preds = predict_task(model, exp.prior_test, exp.prior_head(), exp.transform, ctx.device,
+                         int(cfg.eval.batch_size), ctx.ledger, "eval", str(cfg.trainer.amp))
+    result = {"stage": "pretrain", "checkpoint": str(path), "cached": cached,
+              "pre_acc0": float(preds.correct.float().mean()), "ledger": ctx.ledger.summary(),
+              "wall_time": ctx.timings}
+    write_json(result, ctx.run_dir / "pretrain.json")
+    reporting.print_kv("pretrain", {"checkpoint": str(path), "cached": cached,
+                                    "prior-test accuracy": f"{result['pre_acc0']:.4f}"})
+    return result
+
+
+# ------------------------------------------------------------------------------------ snapshot
+
+
+def snapshot_for(ctx: Context, path: Path) -> tuple[Snapshot, bool]:
+    cfg, exp = ctx.cfg, ctx.experiment
+    model = load_prior(ctx, path)
+    t0 = time.perf_counter()
+    total = len(exp.pool) + len(exp.prior_test)
+    with reporting.count_progress("snapshot θ0", total) as progress:
+        snap, cached = get_or_create_snapshot(
+            Path(cfg.paths.cache_dir), path, model, exp.pool, exp.prior_test, exp.prior_head(), exp.transform,
+            ctx.device, int(cfg.snapshot.batch_size), ctx.ledger, str(cfg.trainer.amp),
+            Path(cfg.snapshot.path) if cfg.snapshot.path else None, progress)
+    ctx.timings["snapshot"] = time.perf_counter() - t0
+    return snap, cached
+
+
+def run_snapshot(cfg: DictConfig) -> dict[str, Any]:
+    ctx = setup(cfg)
+    path, _ = prior_checkpoint(ctx, allow_train=False)
+    snap, cached = snapshot_for(ctx, path)
+    result = {"stage": "snapshot", "snapshot": str(snap.path), "cached": cached, "pool_size": len(snap.pool),
+              "pool_acc0": float(snap.pool.correct.float().mean()),
+              "test_acc0": float(snap.test.correct.float().mean()),
+              "ledger": ctx.ledger.summary()}
+    write_json(result, ctx.run_dir / "snapshot.json")
+    reporting.print_kv("snapshot", {"folder": str(snap.path), "cached": cached, "pool size": len(snap.pool),
+                                    "pool accuracy θ0": f"{result['pool_acc0']:.4f}",
+                                    "prior-test accuracy θ0": f"{result['test_acc0']:.4f}"})
+    return result
+
+
+# ------------------------------------------------------------------------------------ fine-tune + eval
+
+
+def evaluate(ctx: Context, model: MixcdNet, snap: Snapshot) -> dict[str, Any]:
+    cfg, exp = ctx.cfg, ctx.experiment
+    t0 = time.perf_counter()
+    bs, amp = int(cfg.eval.batch_size), str(cfg.trainer.amp)
+
+    def correct(task: Any, head: str) -> torch.Tensor:
+        return predict_task(model, task, head, exp.transform, ctx.device, bs, ctx.ledger, "eval", amp).correct
+
+    out = forgetting_metrics(snap.test.correct, correct(exp.prior_test, exp.prior_head()),
+                             correct(exp.ft_test, exp.ft_head()))
+    if cfg.eval.on_pool:
+        out["pool_categories"] = categories(snap.pool.correct, correct(exp.pool, exp.prior_head()))
+    ctx.timings["eval"] = time.perf_counter() - t0
+    return out
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_train(cfg: DictConfig) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    ctx = setup(cfg)
+    exp, run_dir = ctx.experiment, ctx.run_dir
+    prior_path, prior_cached = prior_checkpoint(ctx)
+    snap, snap_cached = snapshot_for(ctx, prior_path)
+
+    model = load_prior(ctx, prior_path)
+    seed = int(cfg.seed)
+    if exp.head == "multi":
+        torch.manual_seed(derive_seed(seed, "ft-head"))
+        model.add_head(exp.ft_head(), exp.head_sizes()[exp.ft_head()])
+    torch.manual_seed(derive_seed(seed, "finetune"))
+    b = 0 if cfg.sampler.name == "none" else int(round(float(cfg.trainer.mix_ratio) * int(cfg.trainer.batch_size)))
+    options = {k: v for k, v in plain(cfg.sampler).items() if k not in SAMPLER_META_KEYS}
+    sampler = create_sampler(str(cfg.sampler.name), snap.pool_info(exp.pool), b, derive_seed(seed, "sampler"),
+                             **options)
+    t = cfg.trainer
+    settings = settings_from(t, int(t.steps), seed, "finetune", "fine-tune", int(cfg.eval.batch_size),
+                             rehearsal_batch=b, rehearsal_weight=float(t.rehearsal_weight),
+                             log_every=int(t.log_every), checkpoint_every=int(t.checkpoint_every),
+                             amp=str(t.amp), channels_last=bool(t.channels_last))
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    resume = bool(cfg.resume)
+    if not resume and (run_dir / "metrics.json").is_file():
+        raise MixcdError(f"{run_dir} already holds a finished run; choose another hydra.run.dir")
+    if resume and not checkpoint.is_file():
+        reporting.note(f"resume=true but {checkpoint} does not exist yet: starting from step 0")
+    t0 = time.perf_counter()
+    with reporting.step_progress(f"fine-tune [{cfg.sampler.name}]", settings.steps) as progress:
+        loop = train_loop(model, exp.ft_train, exp.ft_head(), exp.transform, ctx.device, settings, ctx.ledger,
+                          sampler=sampler, pool=exp.pool, pool_head=exp.prior_head(),
+                          correct0=snap.pool.correct.bool(), telemetry_path=run_dir / "metrics.jsonl",
+                          checkpoint_path=checkpoint, resume=resume, progress=progress)
+    ctx.timings["finetune"] = loop.wall_time if loop.resumed_from is None else time.perf_counter() - t0
+    save_model(model, run_dir / "model.pt", model_spec(plain(cfg.model)),
+               {"heads_of": {"prior": exp.prior_head(), "finetune": exp.ft_head()}})
+    metrics = evaluate(ctx, model, snap)
+    ctx.timings["total"] = time.perf_counter() - t_start
+    result = {
+        "stage": "train", "experiment": str(cfg.experiment_name), "sampler": str(cfg.sampler.name),
+        "mix_ratio": float(cfg.trainer.mix_ratio) if b else 0.0, "seed": seed, "steps": settings.steps,
+        "batch_size": settings.batch_size, "rehearsal_batch": b, **metrics,
+        "hit_rate": loop.hit_rate, "rehearsal_drawn": loop.drawn, "rehearsal_hits": loop.hits,
+        "final_loss": loop.final_loss, "ledger": ctx.ledger.summary(), "wall_time": ctx.timings,
+        "peak_memory_mb": peak_memory_mb(ctx.device), "device": str(ctx.device),
+        "prior_checkpoint": str(prior_path), "snapshot": str(snap.path),
+        "cached": {"prior": prior_cached, "snapshot": snap_cached}, "resumed_from": loop.resumed_from,
+        "sampler_final": sampler.telemetry(),
+    }
+    write_json(result, run_dir / "metrics.json")
+    reporting.print_run(result, run_dir)
+    return result
+
+
+def run_eval(cfg: DictConfig) -> dict[str, Any]:
+    """Re-evaluate a finished fine-tune run folder with the current config's data and settings."""
+    if not cfg.get("run_dir"):
+        raise MixcdError("mixcd eval needs run_dir=PATH (a folder written by `mixcd train`)")
+    source = Path(str(cfg.run_dir))
+    if not (source / "model.pt").is_file():
+        raise MixcdError(f"{source} has no model.pt: not a finished `mixcd train` run")
+    ctx = setup(cfg)
+    prior_path, _ = prior_checkpoint(ctx, allow_train=False)
+    snap, _ = snapshot_for(ctx, prior_path)
+    model, _ = load_model(source / "model.pt", model_spec(plain(cfg.model)), ctx.experiment.channels)
+    model.to(ctx.device)
+    metrics = evaluate(ctx, model, snap)
+    trained = read_json(source / "metrics.json", "run metrics") if (source / "metrics.json").is_file() else {}
+    result = {"stage": "eval", "run_dir": str(source), **{k: trained.get(k) for k in (
+        "experiment", "sampler", "mix_ratio", "seed", "hit_rate", "ledger")}, **metrics,
+              "wall_time": ctx.timings}
+    write_json(result, ctx.run_dir / "metrics.json")
+    reporting.print_run(result, ctx.run_dir)
+    return result
+
+
+STAGES = {"pretrain": run_pretrain, "snapshot": run_snapshot, "train": run_train, "eval": run_eval}
