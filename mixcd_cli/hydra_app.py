@@ -102,6 +102,10 @@ def check_overrides(overrides: list[str], multirun: bool) -> list[str]:
         if group in groups and not ov.is_delete():
             for value in _values(ov):
                 if value not in group_options(group):
+                    if group == "model":
+                        raise MixcdError(f"unknown model '{value}': neither a config in conf/model "
+                                         f"({', '.join(group_options('model'))}) nor a timm model name"
+                                         f"{closest(value, group_options('model'))}")
                     raise unknown_choice(group if group != "task" else f"task for {key}", value, group_options(group))
         if ov.is_sweep_override():
             if not multirun:

@@ -54,9 +54,12 @@ def validate_config(cfg: DictConfig) -> None:
             raise MixcdError(message)
 
 
-def run_dir_of(cfg: DictConfig) -> Path:
+def run_dir_of(cfg: DictConfig, run_dir: Path | None = None) -> Path:
+    """The run folder: given (tests, library use), Hydra's, or a fresh time-stamped one."""
     from hydra.core.hydra_config import HydraConfig
 
+    if run_dir is not None:
+        return Path(run_dir)
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     return Path(cfg.paths.output_dir) / "runs" / cfg.stage / time.strftime("%Y-%m-%d_%H-%M-%S")
@@ -72,12 +75,12 @@ class Context:
     timings: dict[str, float]
 
 
-def setup(cfg: DictConfig) -> Context:
+def setup(cfg: DictConfig, run_dir: Path | None = None) -> Context:
     validate_config(cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(str(cfg.device))
-    run_dir = run_dir_of(cfg)
+    run_dir = run_dir_of(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     write_json(environment_info(), run_dir / "env.json")
@@ -113,7 +116,7 @@ def prior_checkpoint(ctx: Context, allow_train: bool = True) -> tuple[Path, bool
         return path, True
     spec = model_spec(plain(cfg.model))
     heads = {exp.prior_head(): exp.head_sizes()[exp.prior_head()]}
-    key = config_digest({"model": spec, "weights": cfg.model.get("weights"), "pool": exp.pool.fingerprint(),
+    key = config_digest({"model": plain(cfg.model), "pool": exp.pool.fingerprint(),
                          "transform": exp.transform.describe(), "heads": heads, "pretrain": plain(cfg.pretrain)})
     cache = Path(cfg.paths.cache_dir)
     path = cache / "prior" / key / "model.pt"
@@ -151,8 +154,8 @@ def load_prior(ctx: Context, path: Path) -> MixcdNet:
     return model.to(ctx.device)
 
 
-def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
-    ctx = setup(cfg)
+def run_pretrain(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
+    ctx = setup(cfg, run_dir)
     path, cached = prior_checkpoint(ctx)
     model = load_prior(ctx, path)
     exp = ctx.experiment
@@ -184,8 +187,8 @@ def snapshot_for(ctx: Context, path: Path) -> tuple[Snapshot, bool]:
     return snap, cached
 
 
-def run_snapshot(cfg: DictConfig) -> dict[str, Any]:
-    ctx = setup(cfg)
+def run_snapshot(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
+    ctx = setup(cfg, run_dir)
     path, _ = prior_checkpoint(ctx, allow_train=False)
     snap, cached = snapshot_for(ctx, path)
     result = {"stage": "snapshot", "snapshot": str(snap.path), "cached": cached, "pool_size": len(snap.pool),
@@ -224,9 +227,9 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_train(cfg: DictConfig) -> dict[str, Any]:
+def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
-    ctx = setup(cfg)
+    ctx = setup(cfg, run_dir)
     exp, run_dir = ctx.experiment, ctx.run_dir
     prior_path, prior_cached = prior_checkpoint(ctx)
     snap, snap_cached = snapshot_for(ctx, prior_path)
@@ -279,14 +282,14 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def run_eval(cfg: DictConfig) -> dict[str, Any]:
+def run_eval(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     """Re-evaluate a finished fine-tune run folder with the current config's data and settings."""
     if not cfg.get("run_dir"):
         raise MixcdError("mixcd eval needs run_dir=PATH (a folder written by `mixcd train`)")
     source = Path(str(cfg.run_dir))
     if not (source / "model.pt").is_file():
         raise MixcdError(f"{source} has no model.pt: not a finished `mixcd train` run")
-    ctx = setup(cfg)
+    ctx = setup(cfg, run_dir)
     prior_path, _ = prior_checkpoint(ctx, allow_train=False)
     snap, _ = snapshot_for(ctx, prior_path)
     model, _ = load_model(source / "model.pt", model_spec(plain(cfg.model)), ctx.experiment.channels)

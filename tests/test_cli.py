@@ -1,0 +1,96 @@
+"""The CLI through Typer's runner and as a user runs it (subprocess): overrides, -m, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from mixcd_cli.cli import app
+
+runner = CliRunner()
+
+
+def mixcd(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mixcd_cli.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**__import__("os").environ, "MIXCD_PROGRESS": "0"})
+
+
+def test_help_is_fast_and_imports_no_torch() -> None:
+    code = ("import sys, time; t=time.perf_counter(); from mixcd_cli.cli import app; "
+            "from typer.testing import CliRunner; r=CliRunner().invoke(app, ['--help']); "
+            "print(r.exit_code, 'torch' in sys.modules, time.perf_counter()-t); print(r.output)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    exit_code, torch_loaded, seconds = out.splitlines()[0].split()
+    assert exit_code == "0" and torch_loaded == "False"
+    assert float(seconds) < 1.0
+    for stage in ("pretrain", "snapshot", "train", "eval", "report", "config", "ls"):
+        assert stage in out
+
+
+def test_ls_lists_all_registered_samplers() -> None:
+    result = runner.invoke(app, ["ls", "samplers"])
+    assert result.exit_code == 0
+    for name in ("none", "random", "class_balanced", "loss_high", "loss_low", "oracle_cd", "mir", "mixcd"):
+        assert name in result.output
+
+
+def test_ls_other_kinds() -> None:
+    for kind, expect in (("models", "cnn"), ("tasks", "fmnist_0to4"), ("experiments", "tiny"),
+                         ("datasets", "fashion_mnist")):
+        result = runner.invoke(app, ["ls", kind])
+        assert result.exit_code == 0 and expect in result.output
+
+
+def test_config_prints_composed_config() -> None:
+    result = runner.invoke(app, ["config", "train", "sampler=mixcd", "sampler.num_bins=7"])
+    assert result.exit_code == 0
+    assert "name: mixcd" in result.output and "num_bins: 7" in result.output
+
+
+def test_unknown_sampler_is_one_line_naming_the_valid_ones() -> None:
+    proc = mixcd("train", "sampler=nosuch")
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for name in ("mixcd", "random", "none", "oracle_cd"):
+        assert name in lines[0]
+
+
+def test_unknown_key_suggests_the_closest() -> None:
+    proc = mixcd("train", "trainer.stepz=3")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "did you mean 'steps'" in proc.stderr
+
+
+def test_sweep_without_multirun_flag_is_refused() -> None:
+    proc = mixcd("train", "sampler=random,mixcd")
+    assert proc.returncode != 0 and "-m" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_through_cli_with_overrides(tiny: list[str], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["train", *tiny, "sampler=mixcd", "trainer.steps=12", f"hydra.run.dir={run_dir}"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["sampler"] == "mixcd" and metrics["steps"] == 12
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "env.json").is_file()
+    assert "prior-test acc" in result.output
+
+
+def test_multirun_through_cli(tiny: list[str], out_dir: Path) -> None:
+    start = time.time()
+    result = runner.invoke(app, ["train", "-m", *tiny, "sampler=random,mixcd", "trainer.steps=6", "seed=1,2"])
+    assert result.exit_code == 0, result.output
+    found = sorted(out_dir.glob("multirun/train/*/*/metrics.json"))
+    assert len(found) == 4
+    runs = [json.loads(p.read_text()) for p in found]
+    assert {(r["sampler"], r["seed"]) for r in runs} == {("random", 1), ("random", 2), ("mixcd", 1), ("mixcd", 2)}
+    # the prior model and snapshot were computed once and reused by every job
+    assert sum(not r["cached"]["prior"] for r in runs) <= 1
+    assert time.time() - start < 120

@@ -1,0 +1,87 @@
+"""Data: Fashion-MNIST prepared offline from the Debian layout, tasks and label maps, missing data."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mixcd_cli.data import build_experiment, load_source, make_task, prepare_fashion_mnist
+from mixcd_cli.errors import MixcdError
+
+
+def _idx_images(n: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    return struct.pack(">IIII", 2051, n, 28, 28) + rng.integers(0, 255, (n, 28, 28), dtype=np.uint8).tobytes()
+
+
+def _idx_labels(labels: np.ndarray) -> bytes:
+    return struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes()
+
+
+@pytest.fixture
+def fake_debian(tmp_path: Path) -> Path:
+    """The four .gz files laid out as the Debian package ships them, with 40 / 20 samples."""
+    folder = tmp_path / "debian"
+    folder.mkdir()
+    files = {"train-images-idx3-ubyte": _idx_images(40, 0), "t10k-images-idx3-ubyte": _idx_images(20, 1),
+             "train-labels-idx1-ubyte": _idx_labels(np.arange(40) % 10),
+             "t10k-labels-idx1-ubyte": _idx_labels(np.arange(20) % 10)}
+    for name, data in files.items():
+        with gzip.open(folder / f"{name}.gz", "wb") as f:
+            f.write(data)
+    return folder
+
+
+def test_prepare_from_debian_layout(fake_debian: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    raw = prepare_fashion_mnist(root, fake_debian)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(
+        ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
+    import torchvision
+
+    ds = torchvision.datasets.FashionMNIST(str(root), train=True, download=False)
+    assert len(ds) == 40 and int(ds.targets[13]) == 3
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("mixcd_cli.data.DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    import mixcd_cli.data as data
+
+    monkeypatch.setattr(data, "prepare_fashion_mnist", lambda root, debian_dir=None: root)
+    with pytest.raises(MixcdError, match="apt-get install dataset-fashion-mnist"):
+        load_source("fashion_mnist", str(tmp_path / "empty"), train=True)
+
+
+def test_task_class_subset_and_label_modes() -> None:
+    opts = {"num_classes": 6, "n_train": 120, "n_test": 60}
+    shared = make_task("a", "synthetic", "", "train", [3, 5], {5: 4}, "original", options=opts)
+    assert set(shared.targets.tolist()) == {3, 4} and shared.num_classes == 5
+    src = shared.source
+    assert torch.equal(src.targets[shared.index] == 5, shared.targets == 4)
+    local = make_task("b", "synthetic", "", "train", [3, 5], None, "local", options=opts)
+    assert set(local.targets.tolist()) == {0, 1} and local.num_classes == 2
+    with pytest.raises(MixcdError, match="do not occur"):
+        make_task("c", "synthetic", "", "train", [9], None, "original", options=opts)
+
+
+def test_experiment_head_sizes() -> None:
+    prior = {"dataset": "synthetic", "classes": [0, 1, 2], "options": {"num_classes": 6}}
+    ft = {"dataset": "synthetic", "classes": [3, 4, 5], "options": {"num_classes": 6}}
+    assert build_experiment(prior, ft, "shared", "").head_sizes() == {"shared": 6}
+    assert build_experiment(prior, ft, "multi", "").head_sizes() == {"prior": 3, "finetune": 3}
+    with pytest.raises(MixcdError, match="head mode"):
+        build_experiment(prior, ft, "both", "")
+
+
+def test_fingerprint_changes_with_the_pool() -> None:
+    opts = {"num_classes": 6}
+    a = make_task("a", "synthetic", "", "train", [0, 1], None, "original", options=opts)
+    b = make_task("a", "synthetic", "", "train", [0, 2], None, "original", options=opts)
+    assert a.fingerprint() != b.fingerprint()
+    assert a.fingerprint() == make_task("a", "synthetic", "", "train", [0, 1], None, "original",
+                                        options=opts).fingerprint()
