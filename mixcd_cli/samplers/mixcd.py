@@ -111,16 +111,15 @@ class MixCDSampler(RehearsalSampler):
         return self.index.draw_within(bins, self.generator)
 
     def observe(self, rows: torch.Tensor, wrong_now: torch.Tensor) -> None:
-        b = self.bin_of[rows].long()
-        keep = b >= 0
-        seen = torch.bincount(b[keep], minlength=self.num_bins).double()
-        cd = torch.bincount(b[keep & wrong_now], minlength=self.num_bins).double()
-        counts = torch.stack([seen, cd])
+        # One bincount over (bin + 1, wrong) pairs; bin −1 (not eligible) lands in row 0 and is dropped.
+        pair = (self.bin_of[rows].long() + 1) * 2 + wrong_now.long()
+        counts = torch.bincount(pair, minlength=2 * (self.num_bins + 1)).view(-1, 2)[1:].double()
+        new = torch.stack([counts.sum(1), counts[:, 1]])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Every rank must sample from the same p: sum the observations of all ranks.
-            torch.distributed.all_reduce(counts)
-        self.seen.mul_(self.decay).add_(counts[0])
-        self.cd.mul_(self.decay).add_(counts[1])
+            torch.distributed.all_reduce(new)
+        self.seen.mul_(self.decay).add_(new[0])
+        self.cd.mul_(self.decay).add_(new[1])
 
     def telemetry(self) -> dict[str, Any]:
         return {"alpha": [round(v, 5) for v in self.alpha().tolist()],

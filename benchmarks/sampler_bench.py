@@ -1,0 +1,117 @@
+"""Sampler host cost and whole-step overhead: prints numbers and ratios (a benchmark, not a test).
+
+    .venv/bin/python benchmarks/sampler_bench.py            # pools 1e4, 1e6, 1e7; b = 64, 256; step ratio
+    .venv/bin/python benchmarks/sampler_bench.py --quick    # smaller, for a smoke check
+
+Part 1 times draw + observe (the sampler's whole per-step host work) on synthetic snapshots.
+Part 2 fine-tunes the default experiment with `random` and with `mixcd` at the same ratio,
+alternating A/B/A/B in one process, and reports the ratio of mean step times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import time
+
+import torch
+
+from mixcd_cli.samplers import PoolInfo, create_sampler
+
+
+def synthetic_pool(n: int, seed: int = 0) -> PoolInfo:
+    g = torch.Generator().manual_seed(seed)
+    return PoolInfo(torch.randint(0, 10, (n,), generator=g), torch.rand(n, generator=g) < 0.85,
+                    torch.rand(n, generator=g) * 3, torch.rand(n, generator=g))
+
+
+def time_sampler(name: str, pool: PoolInfo, b: int, iters: int) -> tuple[float, float]:
+    """(µs per draw+observe, seconds to build)."""
+    t0 = time.perf_counter()
+    sampler = create_sampler(name, pool, b, seed=0)
+    build = time.perf_counter() - t0
+    g = torch.Generator().manual_seed(1)
+    wrong = [torch.rand(b, generator=g) < 0.3 for _ in range(16)]
+    for step in range(20):  # warm-up
+        sampler.observe(sampler.draw(step), wrong[step % 16])
+    t0 = time.perf_counter()
+    for step in range(iters):
+        sampler.observe(sampler.draw(step), wrong[step % 16])
+    return (time.perf_counter() - t0) / iters * 1e6, build
+
+
+def part1(sizes: list[int], batches: list[int], iters: int) -> None:
+    print(f"## draw + observe per step (µs), {torch.get_num_threads()} threads")
+    print(f"{'pool N':>10} {'b':>5} {'random':>9} {'mixcd':>9} {'ratio':>7} {'mixcd build (s)':>16}")
+    for n in sizes:
+        pool = synthetic_pool(n)
+        for b in batches:
+            r, _ = time_sampler("random", pool, b, iters)
+            m, build = time_sampler("mixcd", pool, b, iters)
+            print(f"{n:>10,} {b:>5} {r:>9.1f} {m:>9.1f} {m / r:>7.2f} {build:>16.2f}")
+        del pool
+    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB\n")
+
+
+def part2(steps: int, rounds: int) -> None:
+    from mixcd_cli.engine import train_loop
+    from mixcd_cli.hydra_app import compose
+    from mixcd_cli.stages import (
+        TrainSettings,
+        load_prior,
+        plain,
+        prior_checkpoint,
+        settings_from,
+        setup,
+        snapshot_for,
+    )
+
+    os.environ.setdefault("MIXCD_PROGRESS", "0")
+    cfg = compose("train", [])
+    ctx = setup(cfg, run_dir=None)
+    path, _ = prior_checkpoint(ctx)
+    snap, _ = snapshot_for(ctx, path)
+    exp = ctx.experiment
+    b = round(float(cfg.trainer.mix_ratio) * int(cfg.trainer.batch_size))
+    times: dict[str, list[float]] = {"random": [], "mixcd": []}
+    for r in range(rounds):
+        for name in ("random", "mixcd"):
+            model = load_prior(ctx, path)
+            options = {k: v for k, v in plain(compose("train", [f"sampler={name}"]).sampler).items()
+                       if k not in ("name", "mix_ratio")}
+            sampler = create_sampler(name, snap.pool_info(exp.pool), b, seed=r, **options)
+            settings: TrainSettings = settings_from(cfg.trainer, steps, r, "finetune", "bench", 1024,
+                                                    rehearsal_batch=b)
+            t0 = time.perf_counter()
+            train_loop(model, exp.ft_train, exp.ft_head(), exp.transform, ctx.device, settings, ctx.ledger,
+                       sampler=sampler, pool=exp.pool, pool_head=exp.prior_head(),
+                       correct0=snap.pool.correct.bool())
+            times[name].append((time.perf_counter() - t0) / steps * 1e3)
+    rm, mm = statistics.median(times["random"]), statistics.median(times["mixcd"])
+    paired = [m / r for m, r in zip(times["mixcd"], times["random"], strict=True)]
+    print(f"## whole fine-tune step on the default experiment (B={cfg.trainer.batch_size}, b={b}, "
+          f"{steps} steps × {rounds} rounds, alternating)")
+    print(f"random: median {rm:.2f} ms/step {' '.join(f'{t:.2f}' for t in times['random'])}")
+    print(f"mixcd : median {mm:.2f} ms/step {' '.join(f'{t:.2f}' for t in times['mixcd'])}")
+    print(f"ratio mixcd/random: {mm / rm:.3f} (median of medians); per round: {' '.join(f'{x:.3f}' for x in paired)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip-step", action="store_true", help="only the sampler micro-benchmark")
+    args = parser.parse_args()
+    if args.quick:
+        part1([10_000, 1_000_000], [64], 500)
+        if not args.skip_step:
+            part2(60, 2)
+    else:
+        part1([10_000, 1_000_000, 10_000_000], [64, 256], 2000)
+        if not args.skip_step:
+            part2(200, 5)
+
+
+if __name__ == "__main__":
+    main()
