@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import MixcdError, unknown_choice
@@ -91,35 +92,44 @@ class MixCDSampler(RehearsalSampler):
         bins = partition_eligible(pool, rows, partition, int(num_bins), aux_column)
         self.num_bins = int(bins.max()) + 1
         self.index = BinnedIndex(rows, bins, self.num_bins)
-        self.sizes = self.index.sizes.double()
+        # The K-sized arithmetic runs in numpy: a torch op costs microseconds of dispatch, and this
+        # runs every step on the host.
+        self.sizes = self.index.sizes.double().numpy()
+        self._uniform = self.sizes / self.sizes.sum()
         # Row → bin lookup (−1 = not eligible): the O(N) int32 state that makes observe O(b).
-        self.bin_of = torch.full((len(pool),), -1, dtype=torch.int32)
-        self.bin_of[rows] = bins.to(torch.int32)
-        self.seen = torch.zeros(self.num_bins, dtype=torch.float64)
-        self.cd = torch.zeros(self.num_bins, dtype=torch.float64)
+        self.bin_of = np.full(len(pool), -1, dtype=np.int32)
+        self.bin_of[rows.numpy()] = bins.numpy()
+        self.seen = np.zeros(self.num_bins)
+        self.cd = np.zeros(self.num_bins)
 
-    def alpha(self) -> torch.Tensor:
+    def alpha(self) -> np.ndarray:
+        """α̂_k, the Beta-smoothed collateral-damage rate of each bin."""
         return (self.cd + self.prior_a) / (self.seen + self.prior_a + self.prior_b)
 
-    def probs(self) -> torch.Tensor:
+    def probs(self) -> np.ndarray:
+        """p_k, the probability of drawing from bin k at the next step."""
         mass = self.sizes * self.alpha()
-        uniform = self.sizes / self.sizes.sum()
-        return (1.0 - self.epsilon) * mass / mass.sum() + self.epsilon * uniform
+        return (1.0 - self.epsilon) * mass / mass.sum() + self.epsilon * self._uniform
 
     def draw(self, step: int, ctx: SelectionContext | None = None) -> torch.Tensor:
-        bins = torch.multinomial(self.probs(), self.batch_size, replacement=True, generator=self.generator)
+        p = torch.from_numpy(self.probs())
+        bins = torch.multinomial(p, self.batch_size, replacement=True, generator=self.generator)
         return self.index.draw_within(bins, self.generator)
 
     def observe(self, rows: torch.Tensor, wrong_now: torch.Tensor) -> None:
         # One bincount over (bin + 1, wrong) pairs; bin −1 (not eligible) lands in row 0 and is dropped.
-        pair = (self.bin_of[rows].long() + 1) * 2 + wrong_now.long()
-        counts = torch.bincount(pair, minlength=2 * (self.num_bins + 1)).view(-1, 2)[1:].double()
-        new = torch.stack([counts.sum(1), counts[:, 1]])
+        pair = (self.bin_of[rows.numpy()].astype(np.int64) + 1) * 2 + wrong_now.numpy()
+        counts = np.bincount(pair, minlength=2 * (self.num_bins + 1)).reshape(-1, 2)[1:]
+        new = np.stack([counts.sum(1), counts[:, 1]]).astype(np.float64)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Every rank must sample from the same p: sum the observations of all ranks.
-            torch.distributed.all_reduce(new)
-        self.seen.mul_(self.decay).add_(new[0])
-        self.cd.mul_(self.decay).add_(new[1])
+            reduced = torch.from_numpy(new)
+            torch.distributed.all_reduce(reduced)
+            new = reduced.numpy()
+        self.seen *= self.decay
+        self.seen += new[0]
+        self.cd *= self.decay
+        self.cd += new[1]
 
     def telemetry(self) -> dict[str, Any]:
         return {"alpha": [round(v, 5) for v in self.alpha().tolist()],
@@ -127,11 +137,12 @@ class MixCDSampler(RehearsalSampler):
                 "bin_sizes": self.index.sizes.tolist()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "seen": self.seen.clone(), "cd": self.cd.clone()}
+        return {**super().state_dict(), "seen": torch.from_numpy(self.seen.copy()),
+                "cd": torch.from_numpy(self.cd.copy())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         if state["seen"].shape != self.seen.shape:
             raise MixcdError("sampler state does not match this partition (different number of bins)")
-        self.seen.copy_(state["seen"])
-        self.cd.copy_(state["cd"])
+        self.seen[:] = state["seen"].numpy()
+        self.cd[:] = state["cd"].numpy()
