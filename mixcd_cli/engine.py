@@ -211,10 +211,15 @@ class TrainSettings:
 
 
 class BatchOrder:
-    """Epoch-wise permutations from (seed, epoch): resuming needs only (epoch, position)."""
+    """Epoch-wise permutations from (seed, epoch): resuming needs only (epoch, position).
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        self.n, self.batch_size, self.seed = n, min(batch_size, n), seed
+    Under DDP every rank computes the same permutation and takes its own slice of each global
+    batch, so the ranks' shards never overlap.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.batch_size = min(batch_size, max(1, n // world))
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
         self.epoch, self.pos = 0, 0
         self._perm = self._permutation()
 
@@ -223,11 +228,13 @@ class BatchOrder:
         return torch.randperm(self.n, generator=g)
 
     def next(self) -> torch.Tensor:
-        if self.pos + self.batch_size > self.n:  # drop the ragged tail: every batch has B rows
+        span = self.batch_size * self.world
+        if self.pos + span > self.n:  # drop the ragged tail: every batch has B rows per rank
             self.epoch, self.pos = self.epoch + 1, 0
             self._perm = self._permutation()
-        rows = self._perm[self.pos:self.pos + self.batch_size]
-        self.pos += self.batch_size
+        start = self.pos + self.rank * self.batch_size
+        rows = self._perm[start:start + self.batch_size]
+        self.pos += span
         return rows
 
     def state_dict(self) -> dict[str, int]:
@@ -269,36 +276,79 @@ class LoopResult:
     resumed_from: int | None
 
 
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without torch.distributed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class Interrupted(MixcdError):
+    exit_code = 130
+
+
+@dataclass
+class _Pending:
+    """Step t's rehearsal predictions on their way to the host; observed before draw t+1."""
+
+    rows: torch.Tensor
+    wrong: torch.Tensor
+    event: Any
+
+
+def _fetch(task: Task, rows: torch.Tensor, transform: BatchTransform, device: torch.device,
+           channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of task rows on ``device``; pinned host memory makes the copy asynchronous."""
+    images = task.images(rows)
+    if device.type == "cuda" and images.device.type == "cpu":
+        images = images.pin_memory()
+    x = transform(images.to(device, non_blocking=True))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, task.targets[rows].to(device, non_blocking=True)
+
+
 def train_loop(model: MixcdNet, task: Task, head: str, transform: BatchTransform, device: torch.device,
                settings: TrainSettings, ledger: Ledger, sampler: RehearsalSampler | None = None,
                pool: Task | None = None, pool_head: str | None = None, correct0: torch.Tensor | None = None,
                telemetry_path: Path | None = None, checkpoint_path: Path | None = None,
-               resume: bool = False, progress: Any = None) -> LoopResult:
+               resume: bool = False, progress: Any = None, compile_model: bool = False) -> LoopResult:
     """Train ``model`` on ``task``; with a sampler, mix ``rehearsal_batch`` pool rows into every step.
 
-    The loss is (Σ fine-tune CE + w·Σ rehearsal CE) / (B + b). The sampler sees, from this very
-    forward pass and before the optimizer step, which of its rows are now predicted wrong.
+    The loss is (Σ fine-tune CE + w·Σ rehearsal CE) / (B + b). The sampler observes which of its
+    rows this step's forward pass (before the optimizer step) predicts wrong; the observation is
+    copied to the host asynchronously and folded in before the next draw, so on a GPU the host
+    never waits for the backward pass. Under torch.distributed each rank trains on its shard of
+    the fine-tune data and draws its own rehearsal rows; the sampler's counts are all-reduced.
     """
+    rank, world = dist_info()
     rehearse = sampler is not None and sampler.draws and settings.rehearsal_batch > 0
     if rehearse and (pool is None or pool_head is None or correct0 is None):
         raise ValueError("rehearsal needs the pool task, its head and the prior correctness column")
+    cuda = device.type == "cuda"
+    channels_last = settings.channels_last and cuda
     model.to(device)
-    if settings.channels_last and device.type == "cuda":
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     model.train()
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    if compile_model:
+        net = torch.compile(net)
     optimizer = create_optimizer(model.parameters(), settings.optimizer, settings.lr, settings.momentum,
                                  settings.weight_decay)
     schedule = create_schedule(optimizer, settings.schedule, settings.steps, settings.warmup_steps)
-    order = BatchOrder(len(task), settings.batch_size, derive_seed(settings.seed, f"{settings.purpose}-order"))
+    order = BatchOrder(len(task), settings.batch_size, derive_seed(settings.seed, f"{settings.purpose}-order"),
+                       rank, world)
     selection = None
     if rehearse:
         selection = EngineSelection(model, pool, transform, device, pool_head, head, ledger, settings.lr,
                                     settings.eval_batch_size)
-    hits = drawn = 0
-    start_step = 0
-    resumed_from = None
-    telemetry_offset = None
-    elapsed_before = 0.0
+    counters = {"hits": 0, "drawn": 0}
+    start_step, resumed_from, telemetry_offset, elapsed_before = 0, None, None, 0.0
+    fresh_interval = {"samples": 0, "hits": 0, "drawn": 0, "loss": 0.0, "n": 0}
+    interval = dict(fresh_interval)
     if resume and checkpoint_path is not None and checkpoint_path.is_file():
         state = safe_torch_load(checkpoint_path, what="training checkpoint")
         try:
@@ -307,107 +357,161 @@ def train_loop(model: MixcdNet, task: Task, head: str, transform: BatchTransform
             schedule.load_state_dict(state["schedule"])
             order.load_state_dict(state["order"])
             ledger.load_state_dict(state["ledger"])
-            if rehearse and state.get("sampler") is not None:
-                sampler.load_state_dict(state["sampler"])
+            if rehearse:
+                samplers = state["sampler"]
+                sampler.load_state_dict(samplers[rank] if isinstance(samplers, list) else samplers)
             torch.set_rng_state(state["torch_rng"])
-        except (KeyError, RuntimeError, ValueError) as exc:
+            interval.update(state["interval"])
+        except (KeyError, IndexError, RuntimeError, ValueError, TypeError) as exc:
             raise MixcdError(f"checkpoint {checkpoint_path} does not match this run's configuration "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
-        start_step, hits, drawn = int(state["step"]), int(state["hits"]), int(state["drawn"])
+        start_step = int(state["step"])
+        counters.update(hits=int(state["hits"]), drawn=int(state["drawn"]))
         telemetry_offset, elapsed_before = int(state["telemetry_offset"]), float(state["elapsed"])
         resumed_from = start_step
-    writer = JsonlWriter(telemetry_path, truncate_to=telemetry_offset) if telemetry_path else None
+    writer = JsonlWriter(telemetry_path, truncate_to=telemetry_offset) if telemetry_path and rank == 0 else None
+    pending: _Pending | None = None
+    last_loss = float("nan")
+    losses: list[tuple[int, torch.Tensor]] = []  # checked for NaN/inf at boundaries (one sync, not one per step)
+
+    def flush() -> None:
+        """Fold the pending observation into the sampler and the hit counters."""
+        nonlocal pending
+        if pending is None:
+            return
+        if pending.event is not None:
+            pending.event.synchronize()
+        wrong = pending.wrong.bool()
+        sampler.observe(pending.rows, wrong)
+        hits = int((correct0[pending.rows] & wrong).sum())
+        counters["hits"] += hits
+        counters["drawn"] += pending.rows.numel()
+        interval["hits"] += hits
+        interval["drawn"] += pending.rows.numel()
+        pending = None
+
+    def check_losses() -> float:
+        """Raise at the first non-finite loss since the last check; return the latest loss."""
+        if not losses:
+            return last_loss
+        values = torch.stack([v for _, v in losses]).float().cpu()
+        bad = (~torch.isfinite(values)).nonzero()
+        if bad.numel():
+            step_bad = losses[int(bad[0])][0]
+            if writer:
+                writer.close()
+            kept = f"; the last good checkpoint is kept: {checkpoint_path}" if checkpoint_path and \
+                checkpoint_path.is_file() else ""
+            raise TrainingDiverged(f"loss became {values[int(bad[0])].item()} at step {step_bad}{kept}; "
+                                   "lower the learning rate or check the data")
+        interval["loss"] += float(values.sum())
+        interval["n"] += len(losses)
+        losses.clear()
+        return float(values[-1])
 
     def save(step: int) -> None:
         if checkpoint_path is None:
             return
+        sampler_state = sampler.state_dict() if rehearse else None
+        if world > 1 and rehearse:
+            gathered: list[Any] = [None] * world
+            torch.distributed.all_gather_object(gathered, sampler_state)
+            sampler_state = gathered
+        if rank != 0:
+            return
         atomic_torch_save({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
             "scaler": None,  # bf16 autocast needs no loss scaling
-            "order": order.state_dict(), "ledger": ledger.state_dict(),
-            "sampler": sampler.state_dict() if rehearse else None, "torch_rng": torch.get_rng_state(),
-            "step": step, "hits": hits, "drawn": drawn, "telemetry_offset": writer.offset if writer else 0,
+            "order": order.state_dict(), "ledger": ledger.state_dict(), "sampler": sampler_state,
+            "torch_rng": torch.get_rng_state(), "step": step, "hits": counters["hits"],
+            "drawn": counters["drawn"], "interval": interval,
+            "telemetry_offset": writer.offset if writer else 0,
             "elapsed": elapsed_before + time.perf_counter() - t0,
         }, checkpoint_path)
 
     t0 = time.perf_counter()
-    interval = {"t": t0, "samples": 0, "hits": 0, "drawn": 0, "loss": 0.0, "n": 0}
-    loss_value = float("nan")
+    t_interval = t0
     b = settings.rehearsal_batch if rehearse else 0
     with stop_on_sigint() as interrupted:
         for step in range(start_step, settings.steps):
-            rows = order.next()
-            ft_x = transform(task.images(rows).to(device, non_blocking=True))
-            ft_y = task.targets[rows].to(device, non_blocking=True)
-            if settings.channels_last and device.type == "cuda":
-                ft_x = ft_x.contiguous(memory_format=torch.channels_last)
+            ft_x, ft_y = _fetch(task, order.next(), transform, device, channels_last)
+            n_ft = ft_x.shape[0]
             if rehearse:
+                flush()
                 selection.ft_x, selection.ft_y = ft_x, ft_y
                 pool_rows = sampler.draw(step, selection)
-                pool_x = transform(pool.images(pool_rows).to(device, non_blocking=True))
-                pool_y = pool.targets[pool_rows].to(device, non_blocking=True)
+                pool_x, pool_y = _fetch(pool, pool_rows, transform, device, channels_last)
                 x = torch.cat([ft_x, pool_x])
+                splits = [(head, 0, n_ft), (pool_head, n_ft, x.shape[0])]
             else:
-                x = ft_x
+                x, splits = ft_x, [(head, 0, n_ft)]
             with autocast_for(device, settings.amp):
-                feats = model.features(x)
-                ft_logits = model.heads[head](feats[: ft_x.shape[0]]).float()
-                loss_sum = F.cross_entropy(ft_logits, ft_y, reduction="sum")
+                outputs = net(x, splits=splits)
+                loss_sum = F.cross_entropy(outputs[0].float(), ft_y, reduction="sum")
                 if rehearse:
-                    reh_logits = model.heads[pool_head](feats[ft_x.shape[0]:]).float()
+                    reh_logits = outputs[1].float()
                     loss_sum = loss_sum + settings.rehearsal_weight * F.cross_entropy(reh_logits, pool_y,
                                                                                       reduction="sum")
             loss = loss_sum / x.shape[0]
-            if not torch.isfinite(loss):
-                if writer:
-                    writer.close()
-                where = f"; the last good checkpoint is {checkpoint_path}" if checkpoint_path and \
-                    checkpoint_path.is_file() else ""
-                raise TrainingDiverged(f"loss became {loss.item()} at step {step}{where}; "
-                                       "lower the learning rate or check the data")
+            losses.append((step, loss.detach()))
+            if not cuda:  # on the host a check is free; on a GPU it waits for a boundary
+                last_loss = check_losses()
             if rehearse:
-                wrong_now = (reh_logits.detach().argmax(1) != pool_y).cpu()
-                sampler.observe(pool_rows, wrong_now)
-                step_hits = int((correct0[pool_rows] & wrong_now).sum())
-                hits, drawn = hits + step_hits, drawn + pool_rows.numel()
-                interval["hits"] += step_hits
-                interval["drawn"] += pool_rows.numel()
+                wrong = reh_logits.detach().argmax(1) != pool_y
+                event = None
+                if cuda:
+                    wrong = wrong.to("cpu", non_blocking=True)
+                    event = torch.cuda.Event()
+                    event.record()
+                pending = _Pending(pool_rows, wrong, event)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            ledger.add(settings.purpose, forward=ft_x.shape[0], backward=ft_x.shape[0])
+            ledger.add(settings.purpose, forward=n_ft, backward=n_ft)
             if rehearse:
                 ledger.add("rehearsal", forward=b, backward=b)
-            loss_value = float(loss.detach())
             interval["samples"] += x.shape[0]
-            interval["loss"] += loss_value
-            interval["n"] += 1
             done = step + 1
-            if progress is not None:
-                progress(done, loss_value)
-            if writer and (done % settings.log_every == 0 or done == settings.steps):
+            log_now = done % settings.log_every == 0 or done == settings.steps
+            save_now = bool(settings.checkpoint_every) and (done % settings.checkpoint_every == 0
+                                                            or done == settings.steps)
+            stop_now = interrupted["stop"] and done < settings.steps
+            if log_now or save_now or stop_now or done == settings.steps:
+                last_loss = check_losses()
+                if rehearse:
+                    flush()
+            if progress is not None and (not cuda or log_now):
+                progress(done, last_loss)
+            if log_now and writer:
                 now = time.perf_counter()
-                record = {"step": done, "loss": interval["loss"] / interval["n"],
+                record = {"step": done, "loss": interval["loss"] / max(interval["n"], 1),
                           "lr": schedule.get_last_lr()[0],
-                          "throughput": interval["samples"] / max(now - interval["t"], 1e-9),
+                          "throughput": interval["samples"] * world / max(now - t_interval, 1e-9),
                           "hit_rate": interval["hits"] / interval["drawn"] if interval["drawn"] else None}
                 if rehearse:
                     record.update(sampler.telemetry())
                 writer.write(record)
-                interval = {"t": now, "samples": 0, "hits": 0, "drawn": 0, "loss": 0.0, "n": 0}
-            if settings.checkpoint_every and (done % settings.checkpoint_every == 0 or done == settings.steps):
+            if log_now:
+                t_interval = time.perf_counter()
+                interval.update(fresh_interval)
+            if save_now or stop_now:
                 save(done)
-            if interrupted["stop"] and done < settings.steps:
-                save(done)
+            if stop_now:
                 if writer:
                     writer.close()
-                raise MixcdError(f"interrupted at step {done}/{settings.steps}; checkpoint saved to "
-                                 f"{checkpoint_path}; rerun with resume=true to continue")
+                where = f"checkpoint saved to {checkpoint_path}; rerun the same command with resume=true " \
+                        f"hydra.run.dir=<this run folder> to continue" if checkpoint_path else "nothing was saved"
+                raise Interrupted(f"interrupted at step {done}/{settings.steps}; {where}")
     if writer:
         writer.close()
+    hits, drawn = counters["hits"], counters["drawn"]
+    if world > 1:
+        totals = torch.tensor([hits, drawn], dtype=torch.float64)
+        torch.distributed.all_reduce(totals)
+        hits, drawn = int(totals[0]), int(totals[1])
     return LoopResult(settings.steps, elapsed_before + time.perf_counter() - t0,
-                      hits / drawn if drawn else None, drawn, hits, loss_value, resumed_from)
+                      hits / drawn if drawn else None, drawn, hits, last_loss, resumed_from)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -32,7 +32,13 @@ class MixcdNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
-    def forward(self, x: torch.Tensor, head: str | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, head: str | None = None,
+                splits: list[tuple[str, int, int]] | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Logits of ``head``; or, with ``splits`` = [(head, start, stop), ...], one backbone pass over a
+        mixed batch and each row range through its own head (what DDP must see as one forward)."""
+        if splits is not None:
+            feats = self.features(x)
+            return tuple(self.heads[h](feats[a:b]) for h, a, b in splits)
         name = head or next(iter(self.heads))
         return self.heads[name](self.features(x))
 

@@ -31,8 +31,50 @@ def plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
+INTEGER_KEYS = ("seed", "trainer.steps", "trainer.batch_size", "trainer.warmup_steps", "trainer.log_every",
+                "trainer.checkpoint_every", "pretrain.epochs", "pretrain.batch_size", "pretrain.warmup_steps",
+                "pretrain.seed", "snapshot.batch_size", "eval.batch_size", "sampler.num_bins",
+                "sampler.refresh_every", "sampler.subset", "sampler.candidates", "model.width")
+NUMBER_KEYS = ("trainer.mix_ratio", "trainer.rehearsal_weight", "trainer.lr", "trainer.momentum",
+               "trainer.weight_decay", "pretrain.lr", "pretrain.momentum", "pretrain.weight_decay", "sampler.tau",
+               "sampler.decay", "sampler.prior_a", "sampler.prior_b", "sampler.epsilon", "sampler.temperature")
+
+
+def _choice_keys() -> dict[str, tuple[Any, ...]]:
+    from .data import HEAD_MODES
+    from .engine import OPTIMIZERS, SCHEDULES
+    from .samplers.mixcd import PARTITIONS
+    from .samplers.static import OVER
+
+    return {"head": HEAD_MODES, "trainer.optimizer": OPTIMIZERS, "pretrain.optimizer": OPTIMIZERS,
+            "trainer.schedule": SCHEDULES, "pretrain.schedule": SCHEDULES, "trainer.amp": ("auto", "bf16", "off"),
+            "sampler.partition": PARTITIONS, "sampler.over": OVER}
+
+
+def check_types(cfg: DictConfig) -> None:
+    """Numbers must be numbers and choices must be known, before any work starts."""
+    import math
+
+    from .errors import unknown_choice
+
+    for key in INTEGER_KEYS + NUMBER_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        integer = key in INTEGER_KEYS
+        ok = isinstance(value, int) if integer else isinstance(value, (int, float)) and math.isfinite(value)
+        if not ok or isinstance(value, bool):
+            kind = "an integer" if integer else "a finite number"
+            raise MixcdError(f"{key} must be {kind}, got {value!r}")
+    for key, choices in _choice_keys().items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and value not in choices:
+            raise unknown_choice(f"value for {key}", str(value), [str(c) for c in choices])
+
+
 def validate_config(cfg: DictConfig) -> None:
-    """Range and consistency checks Hydra's typing cannot express; one clear message each."""
+    """Type, range and consistency checks Hydra cannot express; one clear message each."""
+    check_types(cfg)
     t, s = cfg.trainer, cfg.sampler
     checks = [
         (t.steps >= 1, f"trainer.steps must be ≥ 1, got {t.steps}"),
@@ -48,6 +90,7 @@ def validate_config(cfg: DictConfig) -> None:
         (s.name == "none" or round(t.mix_ratio * t.batch_size) >= 1,
          f"trainer.mix_ratio={t.mix_ratio} with batch_size={t.batch_size} mixes in no sample; raise the ratio"),
         (s.get("num_bins", 1) >= 1, f"sampler.num_bins (K) must be ≥ 1, got {s.get('num_bins')}"),
+        (cfg.resume in RESUME_MODES, f"resume must be auto, true or false, got {cfg.resume!r}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -75,14 +118,34 @@ class Context:
     timings: dict[str, float]
 
 
+def _comparable(cfg_yaml: str) -> dict[str, Any]:
+    data = OmegaConf.to_container(OmegaConf.create(cfg_yaml)) or {}
+    data.pop("resume", None)
+    return data
+
+
 def setup(cfg: DictConfig, run_dir: Path | None = None) -> Context:
     validate_config(cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(str(cfg.device))
     run_dir = run_dir_of(cfg, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    previous = run_dir / "config.yaml"
+    if (run_dir / "checkpoints" / "last.pt").is_file() and previous.is_file() and cfg.stage == "train":
+        if _comparable(previous.read_text()) != _comparable(text):
+            raise MixcdError(f"{run_dir} holds an unfinished run made with a different configuration; "
+                             "rerun with its original overrides, or choose another hydra.run.dir")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from .artifacts import _write_error
+
+        raise _write_error(run_dir, exc) from exc
+    from .artifacts import atomic_path
+
+    with atomic_path(previous) as tmp:
+        tmp.write_text(text)
     write_json(environment_info(), run_dir / "env.json")
     t0 = time.perf_counter()
     exp = build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
@@ -227,6 +290,22 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+RESUME_MODES = ("auto", True, False)
+
+
+def resume_decision(mode: Any, run_dir: Path, checkpoint: Path) -> bool:
+    """auto: continue when the folder holds an unfinished run; true: must continue; false: must be fresh."""
+    if (run_dir / "metrics.json").is_file():
+        raise MixcdError(f"{run_dir} already holds a finished run; choose another hydra.run.dir")
+    has = checkpoint.is_file()
+    if mode is True and not has:
+        raise MixcdError(f"resume=true but {checkpoint} does not exist; drop resume to start a new run")
+    if mode is False and has:
+        raise MixcdError(f"{run_dir} holds an unfinished run (checkpoint {checkpoint}); resume=auto continues "
+                         "it, or choose another hydra.run.dir")
+    return has
+
+
 def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     ctx = setup(cfg, run_dir)
@@ -250,11 +329,9 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
                              log_every=int(t.log_every), checkpoint_every=int(t.checkpoint_every),
                              amp=str(t.amp), channels_last=bool(t.channels_last))
     checkpoint = run_dir / "checkpoints" / "last.pt"
-    resume = bool(cfg.resume)
-    if not resume and (run_dir / "metrics.json").is_file():
-        raise MixcdError(f"{run_dir} already holds a finished run; choose another hydra.run.dir")
-    if resume and not checkpoint.is_file():
-        reporting.note(f"resume=true but {checkpoint} does not exist yet: starting from step 0")
+    resume = resume_decision(cfg.resume, run_dir, checkpoint)
+    if resume:
+        reporting.note(f"resuming from {checkpoint}")
     t0 = time.perf_counter()
     with reporting.step_progress(f"fine-tune [{cfg.sampler.name}]", settings.steps) as progress:
         loop = train_loop(model, exp.ft_train, exp.ft_head(), exp.transform, ctx.device, settings, ctx.ledger,
