@@ -24,7 +24,9 @@ MULTIRUN = typer.Option(False, "-m", "--multirun", help="Run a Hydra sweep (comm
 def _stage(stage: str, overrides: list[str] | None, multirun: bool, extra: list[str]) -> None:
     from .hydra_app import run_stage
 
-    run_stage(stage, list(overrides or []) + list(extra), multirun)
+    code = run_stage(stage, list(overrides or []) + list(extra), multirun)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command(context_settings=STAGE_CONTEXT)

@@ -312,7 +312,8 @@ def train_loop(model: MixcdNet, task: Task, head: str, transform: BatchTransform
                settings: TrainSettings, ledger: Ledger, sampler: RehearsalSampler | None = None,
                pool: Task | None = None, pool_head: str | None = None, correct0: torch.Tensor | None = None,
                telemetry_path: Path | None = None, checkpoint_path: Path | None = None,
-               resume: bool = False, progress: Any = None, compile_model: bool = False) -> LoopResult:
+               resume: bool = False, progress: Any = None, compile_model: bool = False,
+               distributed: bool = True) -> LoopResult:
     """Train ``model`` on ``task``; with a sampler, mix ``rehearsal_batch`` pool rows into every step.
 
     The loss is (Σ fine-tune CE + w·Σ rehearsal CE) / (B + b). The sampler observes which of its
@@ -321,7 +322,7 @@ def train_loop(model: MixcdNet, task: Task, head: str, transform: BatchTransform
     never waits for the backward pass. Under torch.distributed each rank trains on its shard of
     the fine-tune data and draws its own rehearsal rows; the sampler's counts are all-reduced.
     """
-    rank, world = dist_info()
+    rank, world = dist_info() if distributed else (0, 1)
     rehearse = sampler is not None and sampler.draws and settings.rehearsal_batch > 0
     if rehearse and (pool is None or pool_head is None or correct0 is None):
         raise ValueError("rehearsal needs the pool task, its head and the prior correctness column")

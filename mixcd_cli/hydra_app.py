@@ -176,6 +176,7 @@ def validate(stage: str, overrides: list[str], multirun: bool) -> Any:
 
 def _task(stage: str) -> Any:
     def task_function(cfg: Any) -> Any:
+        from . import distributed
         from .reporting import error
         from .stages import STAGES
 
@@ -184,6 +185,8 @@ def _task(stage: str) -> Any:
         except MixcdError as exc:
             error(str(exc))
             sys.exit(exc.exit_code)
+        finally:
+            distributed.shutdown()
 
     return task_function
 
@@ -192,8 +195,16 @@ def run_stage(stage: str, overrides: list[str], multirun: bool = False, hydra_ar
     """Run ``stage`` through @hydra.main so -m sweeps, launchers and run folders behave as in Hydra."""
     import hydra
 
+    from . import distributed
+
     overrides = normalise_overrides(list(overrides))
-    validate(stage, overrides, multirun)
+    cfg = validate(stage, overrides, multirun)
+    devices = int(cfg.trainer.get("devices", 1) or 1)
+    if devices > 1 and distributed.env_world_size() == 1:
+        if multirun:
+            raise MixcdError("trainer.devices > 1 runs one job over several processes; sweep with a launcher "
+                             "(hydra/launcher=submitit_slurm) instead of -m, or run the jobs one by one")
+        return distributed.launch(stage, overrides, devices)
     register_resolvers()
     from hydra.core.global_hydra import GlobalHydra
 

@@ -25,7 +25,8 @@ err_console = Console(stderr=True)
 
 
 def _progress_enabled() -> bool:
-    return os.environ.get("MIXCD_PROGRESS", "1") != "0"
+    """Bars on rank 0 only (torchrun sets RANK), and never when MIXCD_PROGRESS=0."""
+    return os.environ.get("MIXCD_PROGRESS", "1") != "0" and os.environ.get("RANK", "0") == "0"
 
 
 @contextmanager

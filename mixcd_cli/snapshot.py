@@ -122,12 +122,15 @@ def load_snapshot(folder: Path, expected_key: str | None, pool: Task, prior_test
 
 def compute_part(model: Any, task: Task, head: str, transform: BatchTransform, device: torch.device,
                  batch_size: int, ledger: Any, amp: str, progress: Any = None) -> dict[str, torch.Tensor]:
+    """θ0's columns on one task; under torchrun each rank infers a contiguous shard, then all gather."""
+    from . import distributed
     from .engine import predict_task
 
+    start, stop = distributed.shard(len(task))
     p = predict_task(model, task, head, transform, device, batch_size, ledger, "snapshot", amp,
-                     progress=progress)
-    return {"loss": p.loss, "pred": p.pred, "conf": p.conf, "correct": p.correct, "target": task.targets,
-            "index": task.index}
+                     rows=torch.arange(start, stop), progress=progress)
+    cols = distributed.gather_rows({"loss": p.loss, "pred": p.pred, "conf": p.conf, "correct": p.correct})
+    return {**cols, "target": task.targets, "index": task.index}
 
 
 def get_or_create_snapshot(cache_dir: Path, checkpoint: Path, model: Any, pool: Task, prior_test: Task,
@@ -135,19 +138,39 @@ def get_or_create_snapshot(cache_dir: Path, checkpoint: Path, model: Any, pool: 
                            ledger: Any, amp: str = "auto", explicit: Path | None = None,
                            progress: Any = None) -> tuple[Snapshot, bool]:
     """Return (snapshot, was_cached). Parallel jobs wait on a lock instead of computing it twice."""
+    from . import distributed
+
     key = snapshot_key(file_digest(checkpoint), pool, prior_test, transform, head)
     if explicit is not None:
         return load_snapshot(explicit, key, pool, prior_test), True
     folder = cache_dir / "snapshots" / key
+    if distributed.world() > 1:
+        # Every rank infers its shard; rank 0 writes; the others load what it wrote.
+        cached = distributed.broadcast((folder / "meta.json").is_file() if distributed.rank() == 0 else None)
+        if not cached:
+            pool_cols = compute_part(model, pool, head, transform, device, batch_size, ledger, amp, progress)
+            test_cols = compute_part(model, prior_test, head, transform, device, batch_size, ledger, amp, progress)
+            if distributed.rank() == 0:
+                with file_lock(cache_dir / "locks" / f"snapshot-{key}.lock"):
+                    if not (folder / "meta.json").is_file():
+                        write_snapshot(folder, _meta(key, checkpoint, pool, prior_test, transform, head, pool_cols,
+                                                     test_cols), pool_cols, test_cols)
+        distributed.barrier()
+        return load_snapshot(folder, key, pool, prior_test), bool(cached)
     with file_lock(cache_dir / "locks" / f"snapshot-{key}.lock"):
         if (folder / "meta.json").is_file():
             return load_snapshot(folder, key, pool, prior_test), True
         pool_cols = compute_part(model, pool, head, transform, device, batch_size, ledger, amp, progress)
         test_cols = compute_part(model, prior_test, head, transform, device, batch_size, ledger, amp, progress)
-        meta = {"key": key, "format": FORMAT_VERSION, "checkpoint": str(checkpoint), "pool": pool.definition,
-                "prior_test": prior_test.definition, "transform": transform.describe(), "head": head,
-                "pool_size": len(pool), "test_size": len(prior_test),
-                "pool_acc0": float(pool_cols["correct"].float().mean()) if len(pool) else None,
-                "test_acc0": float(test_cols["correct"].float().mean()) if len(prior_test) else None}
-        write_snapshot(folder, meta, pool_cols, test_cols)
+        write_snapshot(folder, _meta(key, checkpoint, pool, prior_test, transform, head, pool_cols, test_cols),
+                       pool_cols, test_cols)
         return load_snapshot(folder, key, pool, prior_test), False
+
+
+def _meta(key: str, checkpoint: Path, pool: Task, prior_test: Task, transform: BatchTransform, head: str,
+          pool_cols: dict[str, torch.Tensor], test_cols: dict[str, torch.Tensor]) -> dict[str, Any]:
+    return {"key": key, "format": FORMAT_VERSION, "checkpoint": str(checkpoint), "pool": pool.definition,
+            "prior_test": prior_test.definition, "transform": transform.describe(), "head": head,
+            "pool_size": len(pool), "test_size": len(prior_test),
+            "pool_acc0": float(pool_cols["correct"].float().mean()) if len(pool) else None,
+            "test_acc0": float(test_cols["correct"].float().mean()) if len(prior_test) else None}

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import reporting
+from . import distributed, reporting
 from .artifacts import config_digest, environment_info, file_lock, read_json, write_json
 from .data import Experiment, build_experiment
 from .engine import TrainSettings, derive_seed, predict_task, resolve_device, train_loop
@@ -128,9 +128,14 @@ def setup(cfg: DictConfig, run_dir: Path | None = None) -> Context:
     validate_config(cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    device = resolve_device(str(cfg.device))
-    run_dir = run_dir_of(cfg, run_dir)
+    device = distributed.init_from_env(str(cfg.device)) or resolve_device(str(cfg.device))
+    # Under torchrun every rank must use rank 0's folder (Hydra's timestamp differs per process).
+    run_dir = Path(distributed.broadcast(str(run_dir_of(cfg, run_dir))))
     text = OmegaConf.to_yaml(cfg, resolve=True)
+    if distributed.rank() != 0:
+        exp = build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
+                               cfg.image_size)
+        return Context(cfg, run_dir, device, exp, Ledger(), {})
     previous = run_dir / "config.yaml"
     if (run_dir / "checkpoints" / "last.pt").is_file() and previous.is_file() and cfg.stage == "train":
         if _comparable(previous.read_text()) != _comparable(text):
@@ -183,6 +188,17 @@ def prior_checkpoint(ctx: Context, allow_train: bool = True) -> tuple[Path, bool
                          "transform": exp.transform.describe(), "heads": heads, "pretrain": plain(cfg.pretrain)})
     cache = Path(cfg.paths.cache_dir)
     path = cache / "prior" / key / "model.pt"
+    if distributed.world() > 1:
+        # θ0 is trained by rank 0 alone (no collectives); the other ranks wait, then read the cache.
+        result = _prior_locked(ctx, cache, key, path, spec, heads, allow_train) if distributed.rank() == 0 else None
+        distributed.barrier()
+        return distributed.broadcast(result)
+    return _prior_locked(ctx, cache, key, path, spec, heads, allow_train)
+
+
+def _prior_locked(ctx: Context, cache: Path, key: str, path: Path, spec: dict[str, Any], heads: dict[str, int],
+                  allow_train: bool) -> tuple[Path, bool]:
+    cfg, exp = ctx.cfg, ctx.experiment
     with file_lock(cache / "locks" / f"prior-{key}.lock"):
         if path.is_file():
             return path, True
@@ -199,7 +215,7 @@ def prior_checkpoint(ctx: Context, allow_train: bool = True) -> tuple[Path, bool
         t0 = time.perf_counter()
         with reporting.step_progress("pretrain θ0", steps) as progress:
             train_loop(model, exp.pool, exp.prior_head(), exp.transform, ctx.device, settings, ctx.ledger,
-                       telemetry_path=path.parent / "pretrain.jsonl", progress=progress)
+                       telemetry_path=path.parent / "pretrain.jsonl", progress=progress, distributed=False)
         save_model(model, path, spec, {"experiment_pool": exp.pool.definition})
         ctx.timings["pretrain"] = time.perf_counter() - t0
         return path, False
@@ -321,24 +337,30 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     torch.manual_seed(derive_seed(seed, "finetune"))
     b = 0 if cfg.sampler.name == "none" else int(round(float(cfg.trainer.mix_ratio) * int(cfg.trainer.batch_size)))
     options = {k: v for k, v in plain(cfg.sampler).items() if k not in SAMPLER_META_KEYS}
-    sampler = create_sampler(str(cfg.sampler.name), snap.pool_info(exp.pool), b, derive_seed(seed, "sampler"),
-                             **options)
+    # Each rank draws its own rows from the shared distribution: one generator per rank.
+    sampler_seed = derive_seed(seed, "sampler" if distributed.world() == 1 else f"sampler-rank{distributed.rank()}")
+    sampler = create_sampler(str(cfg.sampler.name), snap.pool_info(exp.pool), b, sampler_seed, **options)
     t = cfg.trainer
     settings = settings_from(t, int(t.steps), seed, "finetune", "fine-tune", int(cfg.eval.batch_size),
                              rehearsal_batch=b, rehearsal_weight=float(t.rehearsal_weight),
                              log_every=int(t.log_every), checkpoint_every=int(t.checkpoint_every),
                              amp=str(t.amp), channels_last=bool(t.channels_last))
     checkpoint = run_dir / "checkpoints" / "last.pt"
-    resume = resume_decision(cfg.resume, run_dir, checkpoint)
-    if resume:
+    resume = distributed.broadcast(resume_decision(cfg.resume, run_dir, checkpoint) if distributed.rank() == 0
+                                   else None)
+    if resume and distributed.rank() == 0:
         reporting.note(f"resuming from {checkpoint}")
     t0 = time.perf_counter()
     with reporting.step_progress(f"fine-tune [{cfg.sampler.name}]", settings.steps) as progress:
         loop = train_loop(model, exp.ft_train, exp.ft_head(), exp.transform, ctx.device, settings, ctx.ledger,
                           sampler=sampler, pool=exp.pool, pool_head=exp.prior_head(),
                           correct0=snap.pool.correct.bool(), telemetry_path=run_dir / "metrics.jsonl",
-                          checkpoint_path=checkpoint, resume=resume, progress=progress)
+                          checkpoint_path=checkpoint, resume=resume, progress=progress,
+                          compile_model=bool(t.get("compile", False)))
     ctx.timings["finetune"] = loop.wall_time if loop.resumed_from is None else time.perf_counter() - t0
+    distributed.all_reduce_ledger(ctx.ledger)
+    if distributed.rank() != 0:  # rank 0 evaluates and writes; the model is identical on every rank
+        return {}
     save_model(model, run_dir / "model.pt", model_spec(plain(cfg.model)),
                {"heads_of": {"prior": exp.prior_head(), "finetune": exp.ft_head()}})
     metrics = evaluate(ctx, model, snap)
@@ -349,7 +371,7 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         "batch_size": settings.batch_size, "rehearsal_batch": b, **metrics,
         "hit_rate": loop.hit_rate, "rehearsal_drawn": loop.drawn, "rehearsal_hits": loop.hits,
         "final_loss": loop.final_loss, "ledger": ctx.ledger.summary(), "wall_time": ctx.timings,
-        "peak_memory_mb": peak_memory_mb(ctx.device), "device": str(ctx.device),
+        "peak_memory_mb": peak_memory_mb(ctx.device), "device": str(ctx.device), "world_size": distributed.world(),
         "prior_checkpoint": str(prior_path), "snapshot": str(snap.path),
         "cached": {"prior": prior_cached, "snapshot": snap_cached}, "resumed_from": loop.resumed_from,
         "sampler_final": sampler.telemetry(),
