@@ -44,7 +44,7 @@ class ImageSource(Protocol):
 
 @dataclass
 class ArraySource:
-    """An in-memory split: all images in one uint8 tensor."""
+    """An in-memory split: all images in one uint8 tensor (on the host, or moved to the GPU whole)."""
 
     data: torch.Tensor  # (N, C, H, W) uint8
     targets: torch.Tensor  # (N,) int64
@@ -57,7 +57,11 @@ class ArraySource:
         return int(self.data.shape[1])
 
     def images(self, index: torch.Tensor) -> torch.Tensor:
-        return self.data[index]
+        return self.data[index.to(self.data.device)]
+
+    def to_device(self, device: torch.device) -> None:
+        """Keep all images on ``device``: each step then sends only index tensors there."""
+        self.data = self.data.to(device)
 
     def __len__(self) -> int:
         return int(self.targets.numel())
@@ -66,28 +70,38 @@ class ArraySource:
 class FolderSource:
     """An ImageFolder tree (root/class/image), decoded lazily and resized to a fixed square."""
 
-    def __init__(self, root: Path, image_size: int) -> None:
+    def __init__(self, root: Path, image_size: int, workers: int = 8) -> None:
         from torchvision.datasets import ImageFolder
 
         self.folder = ImageFolder(str(root))
         self.image_size = image_size
+        self.workers = max(1, int(workers))
+        self._pool: Any = None
         self.targets = torch.tensor(self.folder.targets, dtype=torch.int64)
         self.channels = 3
         self.mean = (0.485, 0.456, 0.406)
         self.std = (0.229, 0.224, 0.225)
         self.aux: dict[str, torch.Tensor] = {}
 
-    def images(self, index: torch.Tensor) -> torch.Tensor:
+    def _decode(self, i: int) -> torch.Tensor:
         from PIL import Image
 
-        out = torch.empty((len(index), 3, self.image_size, self.image_size), dtype=torch.uint8)
-        for row, i in enumerate(index.tolist()):
-            path, _ = self.folder.samples[i]
-            with Image.open(path) as img:
-                img = img.convert("RGB").resize((self.image_size, self.image_size))
-                arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
-            out[row] = arr.permute(2, 0, 1)
-        return out
+        path, _ = self.folder.samples[i]
+        with Image.open(path) as img:
+            img = img.convert("RGB").resize((self.image_size, self.image_size))
+            return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def images(self, index: torch.Tensor) -> torch.Tensor:
+        """Decode in a persistent thread pool (PIL releases the GIL while decoding)."""
+        if self._pool is None and self.workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mixcd-decode")
+        rows = index.tolist()
+        decoded = list(self._pool.map(self._decode, rows)) if self._pool else [self._decode(i) for i in rows]
+        if not decoded:
+            return torch.empty((0, 3, self.image_size, self.image_size), dtype=torch.uint8)
+        return torch.stack(decoded)
 
     def __len__(self) -> int:
         return int(self.targets.numel())
@@ -173,11 +187,11 @@ for _name in _TV_SPECS:
 
 @DATASETS.register("imagefolder", help="ImageFolder tree: <root>/<train|val>/<class>/<image>")
 def _load_imagefolder(root: str, train: bool, image_size: int = 224, train_dir: str = "train",
-                      test_dir: str = "val", **_: Any) -> FolderSource:
+                      test_dir: str = "val", workers: int = 8, **_: Any) -> FolderSource:
     path = Path(root) / (train_dir if train else test_dir)
     if not path.is_dir():
         raise MixcdError(f"ImageFolder split not found: {path} (expected <root>/{train_dir} and <root>/{test_dir})")
-    return FolderSource(path, image_size)
+    return FolderSource(path, image_size, workers)
 
 
 @DATASETS.register("synthetic", help="small generated dataset (class templates + noise), for tests")

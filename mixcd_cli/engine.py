@@ -96,6 +96,30 @@ def predict_task(model: MixcdNet, task: Task, head: str, transform: BatchTransfo
     return Predictions(torch.cat(out_loss), pred, torch.cat(out_conf), pred == targets_all)
 
 
+def largest_batch(model: MixcdNet, task: Task, head: str, transform: BatchTransform, device: torch.device,
+                  amp: str = "auto", start: int = 8192, floor: int = 64) -> int:
+    """The largest power-of-two inference batch (≤ start) that fits on the GPU; 1024 on the host."""
+    if device.type != "cuda":
+        return 1024
+    was_training = model.training
+    model.eval()
+    size = start
+    try:
+        while size > floor:
+            rows = torch.arange(min(size, len(task)))
+            try:
+                with torch.no_grad(), autocast_for(device, amp):
+                    model(transform(task.images(rows).to(device)), head)
+                torch.cuda.synchronize(device)
+                return size
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                size //= 2
+        return floor
+    finally:
+        model.train(was_training)
+
+
 # ------------------------------------------------------------------------------------ selection
 
 
@@ -423,7 +447,8 @@ def train_loop(model: MixcdNet, task: Task, head: str, transform: BatchTransform
         atomic_torch_save({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
             "scaler": None,  # bf16 autocast needs no loss scaling
-            "order": order.state_dict(), "ledger": ledger.state_dict(), "sampler": sampler_state,
+            "order": order_after_step if prefetcher else order.state_dict(), "ledger": ledger.state_dict(),
+            "sampler": sampler_state,
             "torch_rng": torch.get_rng_state(), "step": step, "hits": counters["hits"],
             "drawn": counters["drawn"], "interval": interval,
             "telemetry_offset": writer.offset if writer else 0,
@@ -433,9 +458,36 @@ def train_loop(model: MixcdNet, task: Task, head: str, transform: BatchTransform
     t0 = time.perf_counter()
     t_interval = t0
     b = settings.rehearsal_batch if rehearse else 0
+    # Host-side sources on a GPU (or decoded from files): fetch step t+1's fine-tune images while
+    # step t runs. Its rows come from the seeded order, so prefetching changes no number.
+    in_memory = isinstance(getattr(task.source, "data", None), torch.Tensor)
+    host_images = not in_memory or task.source.data.device.type == "cpu"
+    prefetcher = None
+    if (cuda and host_images) or not in_memory:
+        from concurrent.futures import ThreadPoolExecutor
+
+        prefetcher = ThreadPoolExecutor(1, thread_name_prefix="mixcd-prefetch")
+
+    def load(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = task.images(rows)
+        if cuda and images.device.type == "cpu":
+            images = images.pin_memory()
+        return images, task.targets[rows]
+
+    order_after_step = order.state_dict()
+    upcoming = prefetcher.submit(load, order.next()) if prefetcher and start_step < settings.steps else None
     with stop_on_sigint() as interrupted:
         for step in range(start_step, settings.steps):
-            ft_x, ft_y = _fetch(task, order.next(), transform, device, channels_last)
+            if prefetcher is not None:
+                images, labels = upcoming.result()
+                order_after_step = order.state_dict()  # before the prefetch moves the order ahead
+                upcoming = prefetcher.submit(load, order.next()) if step + 1 < settings.steps else None
+                ft_x = transform(images.to(device, non_blocking=True))
+                if channels_last:
+                    ft_x = ft_x.contiguous(memory_format=torch.channels_last)
+                ft_y = labels.to(device, non_blocking=True)
+            else:
+                ft_x, ft_y = _fetch(task, order.next(), transform, device, channels_last)
             n_ft = ft_x.shape[0]
             if rehearse:
                 flush()
@@ -506,6 +558,8 @@ def train_loop(model: MixcdNet, task: Task, head: str, transform: BatchTransform
                 raise Interrupted(f"interrupted at step {done}/{settings.steps}; {where}")
     if writer:
         writer.close()
+    if prefetcher is not None:
+        prefetcher.shutdown(wait=True)
     hits, drawn = counters["hits"], counters["drawn"]
     if world > 1:
         totals = torch.tensor([hits, drawn], dtype=torch.float64)

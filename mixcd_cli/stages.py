@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, reporting
 from .artifacts import config_digest, environment_info, file_lock, read_json, write_json
 from .data import Experiment, build_experiment
-from .engine import TrainSettings, derive_seed, predict_task, resolve_device, train_loop
+from .engine import TrainSettings, derive_seed, largest_batch, predict_task, resolve_device, train_loop
 from .errors import MixcdError
 from .metrics import categories, forgetting_metrics
 from .models import MixcdNet, create_model, load_model, model_spec, save_model
@@ -33,7 +33,7 @@ def plain(node: Any) -> Any:
 
 INTEGER_KEYS = ("seed", "trainer.steps", "trainer.batch_size", "trainer.warmup_steps", "trainer.log_every",
                 "trainer.checkpoint_every", "pretrain.epochs", "pretrain.batch_size", "pretrain.warmup_steps",
-                "pretrain.seed", "snapshot.batch_size", "eval.batch_size", "sampler.num_bins",
+                "pretrain.seed", "eval.batch_size", "sampler.num_bins",
                 "sampler.refresh_every", "sampler.subset", "sampler.candidates", "model.width")
 NUMBER_KEYS = ("trainer.mix_ratio", "trainer.rehearsal_weight", "trainer.lr", "trainer.momentum",
                "trainer.weight_decay", "pretrain.lr", "pretrain.momentum", "pretrain.weight_decay", "sampler.tau",
@@ -91,6 +91,10 @@ def validate_config(cfg: DictConfig) -> None:
          f"trainer.mix_ratio={t.mix_ratio} with batch_size={t.batch_size} mixes in no sample; raise the ratio"),
         (s.get("num_bins", 1) >= 1, f"sampler.num_bins (K) must be ≥ 1, got {s.get('num_bins')}"),
         (cfg.resume in RESUME_MODES, f"resume must be auto, true or false, got {cfg.resume!r}"),
+        (cfg.snapshot.batch_size == "auto" or (isinstance(cfg.snapshot.batch_size, int)
+                                               and not isinstance(cfg.snapshot.batch_size, bool)
+                                               and cfg.snapshot.batch_size >= 1),
+         f"snapshot.batch_size must be auto or a positive integer, got {cfg.snapshot.batch_size!r}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -135,6 +139,7 @@ def setup(cfg: DictConfig, run_dir: Path | None = None) -> Context:
     if distributed.rank() != 0:
         exp = build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
                                cfg.image_size)
+        place_data(exp, device, cfg.trainer.get("data_on_device", "auto"))
         return Context(cfg, run_dir, device, exp, Ledger(), {})
     previous = run_dir / "config.yaml"
     if (run_dir / "checkpoints" / "last.pt").is_file() and previous.is_file() and cfg.stage == "train":
@@ -155,7 +160,21 @@ def setup(cfg: DictConfig, run_dir: Path | None = None) -> Context:
     t0 = time.perf_counter()
     exp = build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
                            cfg.image_size)
+    place_data(exp, device, cfg.trainer.get("data_on_device", "auto"))
     return Context(cfg, run_dir, device, exp, Ledger(), {"data": time.perf_counter() - t0})
+
+
+def place_data(exp: Experiment, device: torch.device, mode: Any) -> None:
+    """On a GPU, keep in-memory datasets there when they fit in a quarter of free memory (mode auto)."""
+    if device.type != "cuda" or mode is False:
+        return
+    sources = {id(t.source): t.source for t in (exp.pool, exp.prior_test, exp.ft_train, exp.ft_test)}
+    arrays = [s for s in sources.values() if hasattr(s, "to_device")]
+    need = sum(s.data.numel() * s.data.element_size() for s in arrays)
+    free, _ = torch.cuda.mem_get_info(device)
+    if mode is True or need < free / 4:
+        for s in arrays:
+            s.to_device(device)
 
 
 def model_args(cfg: DictConfig) -> dict[str, Any]:
@@ -257,10 +276,13 @@ def snapshot_for(ctx: Context, path: Path) -> tuple[Snapshot, bool]:
     model = load_prior(ctx, path)
     t0 = time.perf_counter()
     total = len(exp.pool) + len(exp.prior_test)
+    batch = cfg.snapshot.batch_size
+    if batch == "auto":  # the largest batch that fits: inference needs no activations kept
+        batch = largest_batch(model, exp.pool, exp.prior_head(), exp.transform, ctx.device, str(cfg.trainer.amp))
     with reporting.count_progress("snapshot θ0", total) as progress:
         snap, cached = get_or_create_snapshot(
             Path(cfg.paths.cache_dir), path, model, exp.pool, exp.prior_test, exp.prior_head(), exp.transform,
-            ctx.device, int(cfg.snapshot.batch_size), ctx.ledger, str(cfg.trainer.amp),
+            ctx.device, int(batch), ctx.ledger, str(cfg.trainer.amp),
             Path(cfg.snapshot.path) if cfg.snapshot.path else None, progress)
     ctx.timings["snapshot"] = time.perf_counter() - t0
     return snap, cached

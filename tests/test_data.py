@@ -85,3 +85,59 @@ def test_fingerprint_changes_with_the_pool() -> None:
     assert a.fingerprint() != b.fingerprint()
     assert a.fingerprint() == make_task("a", "synthetic", "", "train", [0, 1], None, "original",
                                         options=opts).fingerprint()
+
+
+def _image_tree(root: Path, n_per_class: int = 12, classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write root/<split>/c<k>/<i>.png and return the train images/labels in ImageFolder's order."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    images, labels = [], []
+    for split in ("train", "val"):
+        for k in range(classes):
+            folder = root / split / f"c{k}"
+            folder.mkdir(parents=True)
+            for i in range(n_per_class):
+                img = torch.randint(0, 256, (3, 8, 8), generator=g, dtype=torch.uint8)
+                Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
+                if split == "train":
+                    images.append(img)
+                    labels.append(k)
+    return torch.stack(images), torch.tensor(labels)
+
+
+def test_imagefolder_decodes_in_threads_and_prefetch_changes_nothing(tmp_path: Path) -> None:
+    from mixcd_cli.data import ArraySource, BatchTransform, Task
+    from mixcd_cli.engine import TrainSettings, train_loop
+    from mixcd_cli.models import create_model
+    from mixcd_cli.samplers import Ledger
+
+    images, labels = _image_tree(tmp_path / "tree")
+    folder = make_task("f", "imagefolder", str(tmp_path / "tree"), "train", None, None, "original",
+                       options={"image_size": 8, "workers": 4})
+    assert torch.equal(folder.images(torch.arange(len(folder))), images)
+    assert torch.equal(folder.targets, labels)
+    memory = Task("m", ArraySource(images, labels, (0.5,) * 3, (0.25,) * 3), torch.arange(len(labels)), labels, 3, {})
+    transform = BatchTransform((0.5,) * 3, (0.25,) * 3)
+    settings = TrainSettings(steps=9, batch_size=5, lr=0.1, log_every=100)
+    losses = []
+    for task in (folder, memory):  # the folder task prefetches the next batch in a thread; memory does not
+        torch.manual_seed(0)
+        model = create_model("cnn", 3, {"shared": 3}, width=4)
+        losses.append(train_loop(model, task, "shared", transform, torch.device("cpu"), settings, Ledger()).final_loss)
+    assert losses[0] == losses[1]
+
+    # resuming a prefetching loop continues with the right batch: 6 steps + resume to 9 == 9 steps
+    ckpt = tmp_path / "ck.pt"
+    const = {"schedule": "constant", "checkpoint_every": 3}
+    torch.manual_seed(0)
+    full = train_loop(create_model("cnn", 3, {"shared": 3}, width=4), folder, "shared", transform,
+                      torch.device("cpu"), TrainSettings(steps=9, batch_size=5, lr=0.1, **const), Ledger())
+    torch.manual_seed(0)
+    model = create_model("cnn", 3, {"shared": 3}, width=4)
+    train_loop(model, folder, "shared", transform, torch.device("cpu"),
+               TrainSettings(steps=6, batch_size=5, lr=0.1, **const), Ledger(), checkpoint_path=ckpt)
+    resumed = train_loop(create_model("cnn", 3, {"shared": 3}, width=4), folder, "shared", transform,
+                         torch.device("cpu"), TrainSettings(steps=9, batch_size=5, lr=0.1, **const), Ledger(),
+                         checkpoint_path=ckpt, resume=True)
+    assert resumed.resumed_from == 6 and resumed.final_loss == full.final_loss
