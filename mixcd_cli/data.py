@@ -279,6 +279,8 @@ def make_task(name: str, dataset: str, root: str, split: str, classes: Sequence[
     targets = source.targets
     present = sorted(set(targets.unique().tolist()))
     chosen = list(present if classes is None else classes)
+    if not chosen:
+        raise MixcdError(f"task '{name}': the classes list is empty")
     missing = [c for c in chosen if c not in present]
     if missing:
         raise MixcdError(f"task '{name}': classes {missing} do not occur in {dataset}/{split} "

@@ -90,6 +90,8 @@ def validate_config(cfg: DictConfig) -> None:
         (s.name == "none" or round(t.mix_ratio * t.batch_size) >= 1,
          f"trainer.mix_ratio={t.mix_ratio} with batch_size={t.batch_size} mixes in no sample; raise the ratio"),
         (s.get("num_bins", 1) >= 1, f"sampler.num_bins (K) must be ≥ 1, got {s.get('num_bins')}"),
+        (cfg.stage != "eval" or bool(cfg.get("run_dir")),
+         "mixcd eval needs run_dir=PATH (a folder written by `mixcd train`)"),
         (cfg.resume in RESUME_MODES, f"resume must be auto, true or false, got {cfg.resume!r}"),
         (cfg.snapshot.batch_size == "auto" or (isinstance(cfg.snapshot.batch_size, int)
                                                and not isinstance(cfg.snapshot.batch_size, bool)
