@@ -174,8 +174,14 @@ def validate(stage: str, overrides: list[str], multirun: bool) -> Any:
     return cfg
 
 
+FAILED_JOBS: list[str] = []
+
+
 def _task(stage: str) -> Any:
     def task_function(cfg: Any) -> Any:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
         from . import distributed
         from .reporting import error
         from .stages import STAGES
@@ -184,7 +190,19 @@ def _task(stage: str) -> Any:
             return STAGES[stage](cfg)
         except MixcdError as exc:
             error(str(exc))
-            sys.exit(exc.exit_code)
+            hc = HydraConfig.get()
+            if hc.mode != RunMode.MULTIRUN:
+                sys.exit(exc.exit_code)
+            # In a sweep one bad job must not stop the others: leave the reason in its folder
+            # (the report lists it as skipped) and fail the sweep at the end.
+            folder = Path(hc.runtime.output_dir)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "error.txt").write_text(str(exc) + "\n")
+            except OSError:
+                pass
+            FAILED_JOBS.append(f"job {hc.job.num} ({' '.join(hc.overrides.task)}): {exc}")
+            return None
         finally:
             distributed.shutdown()
 
@@ -212,8 +230,12 @@ def run_stage(stage: str, overrides: list[str], multirun: bool = False, hydra_ar
     main = hydra.main(config_path=str(config_dir()), config_name=stage, version_base="1.3")(_task(stage))
     argv = sys.argv
     sys.argv = [f"mixcd {stage}", *(["--multirun"] if multirun else []), *(hydra_args or []), *overrides]
+    FAILED_JOBS.clear()
     try:
         main()
     finally:
         sys.argv = argv
+    if FAILED_JOBS:
+        raise MixcdError(f"{len(FAILED_JOBS)} sweep job(s) failed (each folder holds error.txt); "
+                         f"first: {FAILED_JOBS[0]}")
     return 0

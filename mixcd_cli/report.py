@@ -84,7 +84,10 @@ def collect(paths: Iterable[Path], stage: str = "train") -> tuple[list[Run], lis
             metrics_path = folder / "metrics.json"
             if not metrics_path.is_file():
                 if _stage_of(cfg_path) == stage:
-                    skipped.append((folder, "no metrics.json (unfinished or failed run)"))
+                    error = folder / "error.txt"
+                    why = f"failed: {error.read_text().strip()}" if error.is_file() else \
+                        "no metrics.json (unfinished or failed run)"
+                    skipped.append((folder, why))
                 continue
             try:
                 m = json.loads(metrics_path.read_text())

@@ -94,3 +94,17 @@ def test_multirun_through_cli(tiny: list[str], out_dir: Path) -> None:
     # the prior model and snapshot were computed once and reused by every job
     assert sum(not r["cached"]["prior"] for r in runs) <= 1
     assert time.time() - start < 120
+
+
+def test_a_failing_sweep_job_does_not_stop_the_others(tiny: list[str], out_dir: Path) -> None:
+    # prior.classes=[9] does not exist in the tiny data: that job fails, the other still runs
+    result = runner.invoke(app, ["train", "-m", *tiny, "trainer.steps=4", "prior.classes=[0,1,2],[9]"])
+    assert result.exit_code != 0
+    assert "1 sweep job(s) failed" in str(result.exception)
+    sweep = next((out_dir / "multirun" / "train").iterdir())
+    assert (sweep / "0" / "metrics.json").is_file()
+    assert "do not occur" in (sweep / "1" / "error.txt").read_text()
+    from mixcd_cli.report import collect
+
+    runs, skipped = collect([sweep])
+    assert len(runs) == 1 and "do not occur" in skipped[0][1]
