@@ -210,10 +210,18 @@ def prior_checkpoint(ctx: Context, allow_train: bool = True) -> tuple[Path, bool
     cache = Path(cfg.paths.cache_dir)
     path = cache / "prior" / key / "model.pt"
     if distributed.world() > 1:
-        # θ0 is trained by rank 0 alone (no collectives); the other ranks wait, then read the cache.
-        result = _prior_locked(ctx, cache, key, path, spec, heads, allow_train) if distributed.rank() == 0 else None
-        distributed.barrier()
-        return distributed.broadcast(result)
+        # θ0 is trained by rank 0 alone (no collectives); the others wait for its outcome, error included,
+        # so a failure there cannot leave them blocked.
+        outcome: Any = None
+        if distributed.rank() == 0:
+            try:
+                outcome = ("ok", _prior_locked(ctx, cache, key, path, spec, heads, allow_train))
+            except MixcdError as exc:
+                outcome = ("error", str(exc))
+        outcome = distributed.broadcast(outcome)
+        if outcome[0] == "error":
+            raise MixcdError(outcome[1])
+        return outcome[1]
     return _prior_locked(ctx, cache, key, path, spec, heads, allow_train)
 
 
