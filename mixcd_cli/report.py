@@ -174,12 +174,18 @@ def equivalents(groups: Sequence[Group], sampler: str = "mixcd") -> list[dict[st
     return rows
 
 
-def _fmt(mean: float | None, std: float | None, pct: bool) -> str:
+def _fmt(mean: float | None, std: float | None, kind: str) -> str:
     if mean is None:
         return "-"
-    if pct:
+    if kind == "pct":
         return f"{100 * mean:.2f} ± {100 * (std or 0):.2f}"
-    return f"{mean:,.0f} ± {std or 0:,.0f}" if mean >= 100 else f"{mean:.2f} ± {std or 0:.2f}"
+    if kind == "count":
+        return f"{mean:,.0f} ± {std or 0:,.0f}"
+    return f"{mean:.2f} ± {std or 0:.2f}"
+
+
+def _kind(key: str) -> str:
+    return "pct" if key in PCT else "count" if key.startswith("ledger") or key == "training_passes" else "plain"
 
 
 PCT = {"pre_acc", "forgetting", "ft_acc", "hit_rate", "cd_rate"}
@@ -193,7 +199,7 @@ def table_rows(groups: Sequence[Group]) -> list[list[str]]:
     for g in groups:
         n = max(g.stat(k)[2] for k in ("pre_acc",))
         rows.append([g.experiment, g.sampler, f"{g.mix_ratio:g}", str(n)]
-                    + [_fmt(*g.stat(k)[:2], k in PCT) for k in METRICS])
+                    + [_fmt(*g.stat(k)[:2], _kind(k)) for k in METRICS])
     return rows
 
 
@@ -322,7 +328,7 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
         {"experiment": g.experiment, "sampler": g.sampler, "mix_ratio": g.mix_ratio,
          **{k: dict(zip(("mean", "std", "n"), g.stat(k), strict=True)) for k in METRICS}} for g in groups],
         "random_equivalent": eq, "skipped": [[str(p), why] for p, why in skipped],
-        "plots": [str(p) for p in pngs]}
+        "plots": [p.name for p in pngs]}
     write_json(summary, out / "report.json")
     console.print(f"wrote {out / 'report.csv'}, report.md, report.json" + (f" and {len(pngs)} plots" if pngs else ""),
                   highlight=False, soft_wrap=True)

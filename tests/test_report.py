@@ -97,7 +97,7 @@ def test_report_writes_files(runs_dir: Path, tmp_path: Path) -> None:
     md = (out / "report.md").read_text()
     assert "60.00 ± 10.00" in md and "Random-equivalent" in md and "broken" in md
     for png in summary["plots"]:
-        assert Path(png).read_bytes()[:8] == PNG_MAGIC
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC
     assert len(summary["plots"]) == 2
 
 
@@ -122,5 +122,5 @@ def test_tiny_multirun_into_report(tiny: list[str], out_dir: Path) -> None:
     from PIL import Image
 
     for png in data["plots"]:
-        with Image.open(png) as img:
+        with Image.open(sweep / png) as img:
             img.verify()
