@@ -102,7 +102,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-step", action="store_true", help="only the sampler micro-benchmark")
+    parser.add_argument("--step-only", action="store_true", help="only the whole-step ratio")
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    if args.step_only:
+        part2(200, args.rounds)
+        return
     if args.quick:
         part1([10_000, 1_000_000], [64], 500)
         if not args.skip_step:
