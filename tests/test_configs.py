@@ -12,7 +12,7 @@ from mixcd_cli.stages import validate_config
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)
 def test_every_stage_composes(stage: str) -> None:
-    cfg = compose(stage, [])
+    cfg = compose(stage, ["run_dir=/some/run"] if stage == "eval" else [])
     assert cfg.stage == stage
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     validate_config(cfg)
