@@ -82,7 +82,7 @@ def part2(steps: int, rounds: int) -> None:
             options = {k: v for k, v in plain(compose("train", [f"sampler={name}"]).sampler).items()
                        if k not in ("name", "mix_ratio")}
             sampler = create_sampler(name, snap.pool_info(exp.pool), b, seed=r, **options)
-            settings: TrainSettings = settings_from(cfg.trainer, steps, r, "finetune", "bench", 1024,
+            settings: TrainSettings = settings_from(cfg.trainer, steps, r, "finetune", 1024,
                                                     rehearsal_batch=b)
             t0 = time.perf_counter()
             train_loop(model, exp.ft_train, exp.ft_head(), exp.transform, ctx.device, settings, ctx.ledger,

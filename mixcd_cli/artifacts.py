@@ -176,10 +176,3 @@ class JsonlWriter:
     def close(self) -> None:
         self._f.close()
 
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            rows.append(json.loads(line))
-    return rows

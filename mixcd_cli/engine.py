@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -230,8 +230,6 @@ class TrainSettings:
     amp: str = "auto"
     channels_last: bool = False
     purpose: str = "finetune"
-    description: str = "fine-tune"
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class BatchOrder:
@@ -568,6 +566,3 @@ def train_loop(model: MixcdNet, task: Task, head: str, transform: BatchTransform
     return LoopResult(settings.steps, elapsed_before + time.perf_counter() - t0,
                       hits / drawn if drawn else None, drawn, hits, last_loss, resumed_from)
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

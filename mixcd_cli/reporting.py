@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,6 +126,3 @@ def print_run(result: dict[str, Any], run_dir: Path) -> None:
     console.print(table)
     console.print(f"run folder: {run_dir}", highlight=False, soft_wrap=True)
 
-
-def is_tty() -> bool:
-    return sys.stdout.isatty()

@@ -183,13 +183,13 @@ def model_args(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in plain(cfg.model).items() if k != "backbone"}
 
 
-def settings_from(node: DictConfig, steps: int, seed: int, purpose: str, description: str, eval_batch: int,
+def settings_from(node: DictConfig, steps: int, seed: int, purpose: str, eval_batch: int,
                   rehearsal_batch: int = 0, **extra: Any) -> TrainSettings:
     return TrainSettings(steps=steps, batch_size=int(node.batch_size), rehearsal_batch=rehearsal_batch,
                          optimizer=str(node.optimizer), lr=float(node.lr), momentum=float(node.momentum),
                          weight_decay=float(node.weight_decay), schedule=str(node.schedule),
                          warmup_steps=int(node.warmup_steps), seed=seed, eval_batch_size=eval_batch,
-                         purpose=purpose, description=description, **extra)
+                         purpose=purpose, **extra)
 
 
 # ------------------------------------------------------------------------------------ pretrain
@@ -239,7 +239,7 @@ def _prior_locked(ctx: Context, cache: Path, key: str, path: Path, spec: dict[st
         model = create_model(spec["backbone"], exp.channels, heads, **model_args(cfg))
         batch = min(int(pre.batch_size), len(exp.pool))
         steps = int(pre.epochs) * max(1, len(exp.pool) // batch)
-        settings = settings_from(pre, steps, int(pre.seed), "pretrain", "pretrain θ0", int(cfg.eval.batch_size),
+        settings = settings_from(pre, steps, int(pre.seed), "pretrain", int(cfg.eval.batch_size),
                                  amp=str(cfg.trainer.amp), log_every=max(1, steps // 10))
         t0 = time.perf_counter()
         with reporting.step_progress("pretrain θ0", steps) as progress:
@@ -373,7 +373,7 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     sampler_seed = derive_seed(seed, "sampler" if distributed.world() == 1 else f"sampler-rank{distributed.rank()}")
     sampler = create_sampler(str(cfg.sampler.name), snap.pool_info(exp.pool), b, sampler_seed, **options)
     t = cfg.trainer
-    settings = settings_from(t, int(t.steps), seed, "finetune", "fine-tune", int(cfg.eval.batch_size),
+    settings = settings_from(t, int(t.steps), seed, "finetune", int(cfg.eval.batch_size),
                              rehearsal_batch=b, rehearsal_weight=float(t.rehearsal_weight),
                              log_every=int(t.log_every), checkpoint_every=int(t.checkpoint_every),
                              amp=str(t.amp), channels_last=bool(t.channels_last))
