@@ -50,33 +50,35 @@ ORACLE ?= oracle_cd
 RATIOS ?= 0.0625,0.125,0.25,0.5
 SEEDS ?= 1,2,3
 EXTRA ?=
+# Each reproduction writes a fresh, time-stamped folder: rerunning never overwrites earlier runs.
+STAMP ?= $(shell date -u +%Y%m%dT%H%M%SZ)
 
 .PHONY: reproduce-fmnist reproduce-fmnist-quick reproduce-fmnist-multi reproduce-fmnist-multi-quick _reproduce bench
 
 _reproduce:
-	rm -rf $(REPRO)/$(NAME)
-	$(MIXCD) train -m experiment=$(EXP) sampler=none seed=$(SEEDS) $(EXTRA) hydra.sweep.dir=$(REPRO)/$(NAME)/none
+	$(MIXCD) train -m experiment=$(EXP) sampler=none seed=$(SEEDS) $(EXTRA) \
+		hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/none
 	$(MIXCD) train -m experiment=$(EXP) sampler=$(SAMPLERS) trainer.mix_ratio=$(RATIOS) seed=$(SEEDS) $(EXTRA) \
-		hydra.sweep.dir=$(REPRO)/$(NAME)/rehearsal
+		hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/rehearsal
 	$(if $(ORACLE),$(MIXCD) train -m experiment=$(EXP) sampler=$(ORACLE) sampler.subset=5000 \
-		trainer.mix_ratio=$(RATIOS) seed=$(SEEDS) $(EXTRA) hydra.sweep.dir=$(REPRO)/$(NAME)/oracle)
-	$(MIXCD) report $(REPRO)/$(NAME) --out $(OUT)
+		trainer.mix_ratio=$(RATIOS) seed=$(SEEDS) $(EXTRA) hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/oracle)
+	$(MIXCD) report $(REPRO)/$(NAME)/$(STAMP) --out $(OUT)
 
-reproduce-fmnist: install data ## full comparison on the default experiment → results/fmnist (about an hour on 2 cores)
+reproduce-fmnist: install data ## full comparison on the default experiment → results/fmnist (36 min on 2 cores)
 	@date -u +"started %FT%TZ"
 	$(MAKE) --no-print-directory _reproduce NAME=fmnist EXP=fmnist OUT=$(CURDIR)/results/fmnist
 	@date -u +"finished %FT%TZ"
 
 reproduce-fmnist-quick: install data ## small version (none, random, mixcd; 2 ratios; 1 seed; 200 steps): minutes
 	$(MAKE) --no-print-directory _reproduce NAME=fmnist-quick EXP=fmnist SAMPLERS=random,mixcd ORACLE= \
-		RATIOS=0.125,0.5 SEEDS=1 EXTRA=trainer.steps=200 OUT=$(REPRO)/fmnist-quick/report
+		RATIOS=0.125,0.5 SEEDS=1 EXTRA=trainer.steps=200 OUT=$(REPRO)/fmnist-quick/latest-report
 
-reproduce-fmnist-multi: install data ## full comparison on the multi-head even→odd experiment → results/fmnist_multi
+reproduce-fmnist-multi: install data ## the same on the multi-head even→odd experiment → results/fmnist_multi (51 min)
 	$(MAKE) --no-print-directory _reproduce NAME=fmnist_multi EXP=fmnist_multi OUT=$(CURDIR)/results/fmnist_multi
 
 reproduce-fmnist-multi-quick: install data ## small version of reproduce-fmnist-multi
 	$(MAKE) --no-print-directory _reproduce NAME=fmnist_multi-quick EXP=fmnist_multi SAMPLERS=random,mixcd ORACLE= \
-		RATIOS=0.125,0.5 SEEDS=1 EXTRA=trainer.steps=200 OUT=$(REPRO)/fmnist_multi-quick/report
+		RATIOS=0.125,0.5 SEEDS=1 EXTRA=trainer.steps=200 OUT=$(REPRO)/fmnist_multi-quick/latest-report
 
 bench: install ## sampler micro-benchmark and whole-step overhead (prints numbers and ratios)
 	$(PY) benchmarks/sampler_bench.py
