@@ -318,16 +318,20 @@ class _Pending:
     event: Any
 
 
-def _fetch(task: Task, rows: torch.Tensor, transform: BatchTransform, device: torch.device,
-           channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and labels of task rows on ``device``; pinned host memory makes the copy asynchronous."""
+def _host_batch(task: Task, rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images and labels of task rows; pinned when bound for a GPU so the copy is asynchronous."""
     images = task.images(rows)
     if device.type == "cuda" and images.device.type == "cpu":
         images = images.pin_memory()
+    return images, task.targets[rows]
+
+
+def _to_device(images: torch.Tensor, labels: torch.Tensor, transform: BatchTransform, device: torch.device,
+               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     x = transform(images.to(device, non_blocking=True))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    return x, task.targets[rows].to(device, non_blocking=True)
+    return x, labels.to(device, non_blocking=True)
 
 
 def train_loop(model: MixcdNet, task: Task, head: str, transform: BatchTransform, device: torch.device,
@@ -466,32 +470,27 @@ def train_loop(model: MixcdNet, task: Task, head: str, transform: BatchTransform
 
         prefetcher = ThreadPoolExecutor(1, thread_name_prefix="mixcd-prefetch")
 
-    def load(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = task.images(rows)
-        if cuda and images.device.type == "cpu":
-            images = images.pin_memory()
-        return images, task.targets[rows]
-
     order_after_step = order.state_dict()
-    upcoming = prefetcher.submit(load, order.next()) if prefetcher and start_step < settings.steps else None
+    upcoming = None
+    if prefetcher is not None and start_step < settings.steps:
+        upcoming = prefetcher.submit(_host_batch, task, order.next(), device)
     with stop_on_sigint() as interrupted:
         for step in range(start_step, settings.steps):
             if prefetcher is not None:
-                images, labels = upcoming.result()
+                batch = upcoming.result()
                 order_after_step = order.state_dict()  # before the prefetch moves the order ahead
-                upcoming = prefetcher.submit(load, order.next()) if step + 1 < settings.steps else None
-                ft_x = transform(images.to(device, non_blocking=True))
-                if channels_last:
-                    ft_x = ft_x.contiguous(memory_format=torch.channels_last)
-                ft_y = labels.to(device, non_blocking=True)
+                upcoming = prefetcher.submit(_host_batch, task, order.next(), device) \
+                    if step + 1 < settings.steps else None
             else:
-                ft_x, ft_y = _fetch(task, order.next(), transform, device, channels_last)
+                batch = _host_batch(task, order.next(), device)
+            ft_x, ft_y = _to_device(*batch, transform, device, channels_last)
             n_ft = ft_x.shape[0]
             if rehearse:
                 flush()
                 selection.ft_x, selection.ft_y = ft_x, ft_y
                 pool_rows = sampler.draw(step, selection)
-                pool_x, pool_y = _fetch(pool, pool_rows, transform, device, channels_last)
+                pool_x, pool_y = _to_device(*_host_batch(pool, pool_rows, device), transform, device,
+                                            channels_last)
                 x = torch.cat([ft_x, pool_x])
                 splits = [(head, 0, n_ft), (pool_head, n_ft, x.shape[0])]
             else:

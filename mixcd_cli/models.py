@@ -143,7 +143,7 @@ def create_model(backbone: str, in_chans: int, heads: dict[str, int], **kwargs: 
 
 def model_spec(model_cfg: dict[str, Any]) -> dict[str, Any]:
     """The architecture part of a model config (what must match between checkpoint and model)."""
-    return {k: v for k, v in model_cfg.items() if k not in ("weights", "pretrained", "channels_last", "compile")}
+    return {k: v for k, v in model_cfg.items() if k not in ("weights", "pretrained")}
 
 
 def save_model(model: MixcdNet, path: Path, spec: dict[str, Any], extra: dict[str, Any] | None = None) -> None:

@@ -153,9 +153,7 @@ def equivalent_budget(curve: Sequence[tuple[float, float]], target: float) -> tu
                 return b0, f"{b0:,.0f}"
             budget = b0 + (target - a0) * (b1 - b0) / (a1 - a0)
             return budget, f"{budget:,.0f}"
-    if target <= max(a for _, a in curve):
-        b = next(b for b, a in curve if a >= target)
-        return b, f"{b:,.0f}"
+    # The segments join up from the first point, so a target no segment spans lies above them all.
     return None, f"> {curve[-1][0]:,.0f} (max)"
 
 
@@ -197,8 +195,7 @@ HEADERS = {"pre_acc": "pre_acc %", "forgetting": "forgetting pts", "ft_acc": "ft
 def table_rows(groups: Sequence[Group]) -> list[list[str]]:
     rows = []
     for g in groups:
-        n = max(g.stat(k)[2] for k in ("pre_acc",))
-        rows.append([g.experiment, g.sampler, f"{g.mix_ratio:g}", str(n)]
+        rows.append([g.experiment, g.sampler, f"{g.mix_ratio:g}", str(g.stat("pre_acc")[2])]
                     + [_fmt(*g.stat(k)[:2], _kind(k)) for k in METRICS])
     return rows
 

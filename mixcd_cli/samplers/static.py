@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from ..errors import MixcdError, unknown_choice
@@ -84,9 +82,6 @@ class _LossWeighted(RehearsalSampler):
         u = torch.rand(self.batch_size, generator=self.generator, dtype=torch.float64)
         pos = torch.searchsorted(self.cdf, u).clamp_max(self.rows.numel() - 1)
         return self.rows[pos]
-
-    def telemetry(self) -> dict[str, Any]:
-        return {}
 
 
 @SAMPLERS.register("loss_high", help="static weights favouring high prior loss (hardest first), tempered")
