@@ -488,6 +488,8 @@ def train_loop(model: MixcdNet, task: Task, head: str, transform: BatchTransform
             if rehearse:
                 flush()
                 selection.ft_x, selection.ft_y = ft_x, ft_y
+                # MIR's virtual step must be the step about to be taken: the scheduled rate, not the base one.
+                selection.lr = optimizer.param_groups[0]["lr"]
                 pool_rows = sampler.draw(step, selection)
                 pool_x, pool_y = _to_device(*_host_batch(pool, pool_rows, device), transform, device,
                                             channels_last)

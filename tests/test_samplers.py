@@ -188,13 +188,60 @@ def test_oracle_draws_only_true_cd_and_refreshes_every_m() -> None:
     preds[cd_rows] = (preds[cd_rows] + 1) % 5
     ctx = FakeContext(preds)
     s = create_sampler("oracle_cd", pool, 64, seed=0, refresh_every=10)
-    drawn = torch.cat([s.draw(step, ctx) for step in range(25)])
+    early = torch.cat([s.draw(step, ctx) for step in range(10)])
+    # no refresh before step M: at step 0 the model is θ0 and has no collateral damage to find
+    assert ctx.calls == 0 and s.refreshes == 0 and bool(pool.correct0[early].all())
+    assert not bool(torch.isin(early, cd_rows).all())  # uniform over E, not yet the CD set
+    drawn = torch.cat([s.draw(step, ctx) for step in range(10, 25)])
     assert bool(torch.isin(drawn, cd_rows).all())
-    assert s.refreshes == 3 and ctx.calls == 3 * pool.eligible().numel()
+    assert s.refreshes == 2 and ctx.calls == 2 * pool.eligible().numel()  # steps 10 and 20
     sub = create_sampler("oracle_cd", pool, 64, seed=0, refresh_every=10, subset=500)
     ctx2 = FakeContext(preds)
     sub.draw(0, ctx2)
+    assert ctx2.calls == 0
+    sub.draw(10, ctx2)
     assert ctx2.calls == 500
+
+
+def test_distinct_rows_without_replacement_and_uniform() -> None:
+    from mixcd_cli.samplers.base import distinct_rows
+
+    g = torch.Generator().manual_seed(0)
+    rows = torch.arange(100, 1100)
+    counts = torch.zeros(1000, dtype=torch.float64)
+    for _ in range(2000):
+        pick = distinct_rows(rows, 64, g)  # 4k < n: the draw-and-drop-repeats path
+        assert pick.unique().numel() == 64 and bool(((pick >= 100) & (pick < 1100)).all())
+        counts[pick - 100] += 1
+    stat = chi_square(counts, torch.full((1000,), 1e-3, dtype=torch.float64))
+    assert stat < 999 + 4.5 * (2 * 999) ** 0.5
+    small = distinct_rows(torch.arange(10), 10, g)  # the permutation path
+    assert sorted(small.tolist()) == list(range(10))
+    with pytest.raises(MixcdError, match="distinct"):
+        distinct_rows(torch.arange(5), 6, g)
+
+
+def test_mir_candidates_are_distinct() -> None:
+    class Recording(SelectionContext):
+        def __init__(self) -> None:
+            self.rows: list[torch.Tensor] = []
+
+        def pool_losses(self, rows, params):
+            self.rows.append(rows)
+            return torch.rand(rows.numel())
+
+        def virtual_params(self):
+            return {}
+
+    pool = make_pool(n=300)
+    ctx = Recording()
+    s = create_sampler("mir", pool, 16, seed=0, candidates=64)
+    for step in range(50):
+        chosen = s.draw(step, ctx)
+        assert chosen.unique().numel() == 16
+    assert all(r.unique().numel() == 64 for r in ctx.rows)
+    with pytest.raises(MixcdError, match="exceed"):
+        create_sampler("mir", make_pool(n=30), 8, seed=0, candidates=40)
 
 
 def test_mir_picks_largest_loss_increase_by_hand() -> None:
@@ -225,7 +272,7 @@ def test_mir_picks_largest_loss_increase_by_hand() -> None:
     # by hand: same candidates, W' = W - lr·∇W CE(ft), b' likewise, loss increase, top-5
     g = torch.Generator()
     g.set_state(gen_state)
-    cands = torch.arange(n)[torch.randint(n, (20,), generator=g)]
+    cands = torch.arange(n)[torch.randperm(n, generator=g)[:20]]  # 20 distinct of 40
     W, b = model.heads["shared"].weight.detach(), model.heads["shared"].bias.detach()
     x = ft_x.flatten(1)
     p = torch.softmax(x @ W.T + b, 1)

@@ -140,6 +140,28 @@ def uniform_rows(rows: torch.Tensor, b: int, generator: torch.Generator) -> torc
     return rows[torch.randint(rows.numel(), (b,), generator=generator)]
 
 
+def distinct_rows(rows: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k different members of ``rows``, uniformly without replacement, in O(k) when k ≪ |rows|.
+
+    A full permutation would cost O(N) per step on a 10^7-sample pool; drawing with replacement
+    and dropping repeats (keeping first occurrences, so the result is a pure function of the
+    generator) needs one round almost always when k is small against N.
+    """
+    n = rows.numel()
+    if k > n:
+        raise MixcdError(f"cannot draw {k} distinct rehearsal candidates from {n} pool samples")
+    if 4 * k >= n:
+        return rows[torch.randperm(n, generator=generator)[:k]]
+    picked: list[int] = []
+    seen: set[int] = set()
+    while len(picked) < k:
+        for i in torch.randint(n, (k - len(picked),), generator=generator).tolist():
+            if i not in seen:
+                seen.add(i)
+                picked.append(i)
+    return rows[torch.tensor(picked, dtype=torch.int64)]
+
+
 def create_sampler(name: str, pool: PoolInfo, batch_size: int, seed: int, **options: Any) -> RehearsalSampler:
     """Build registered sampler ``name``; unknown options are refused with the valid ones named."""
     import inspect

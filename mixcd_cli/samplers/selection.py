@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ..errors import MixcdError
-from .base import SAMPLERS, PoolInfo, RehearsalSampler, SelectionContext, uniform_rows
+from .base import SAMPLERS, PoolInfo, RehearsalSampler, SelectionContext, distinct_rows, uniform_rows
 from .static import _support
 
 
@@ -17,9 +17,15 @@ def _need(ctx: SelectionContext | None, name: str) -> SelectionContext:
     return ctx
 
 
-@SAMPLERS.register("oracle_cd", help="uniform over the true CD set, refreshed every M steps by a forward pass")
+@SAMPLERS.register("oracle_cd", help="uniform over the true CD set, refreshed every M steps by a forward pass "
+                                     "(from step M: at step 0 there is none)")
 class OracleCDSampler(RehearsalSampler):
-    """Knows the true collateral damage, at the price of forward passes over E (or a subset) every M steps."""
+    """Knows the true collateral damage, at the price of forward passes over E (or a subset) every M steps.
+
+    The refreshes run at steps M, 2M, ...: at step 0 the model is θ0, under which no eligible
+    sample is wrong by construction, so a refresh there would be charged and find nothing.
+    Until the first refresh the draws are uniform over E.
+    """
 
     name = "oracle_cd"
 
@@ -33,7 +39,7 @@ class OracleCDSampler(RehearsalSampler):
             raise MixcdError("oracle_cd: no eligible pool samples (the prior model got none right)")
         self.refresh_every, self.subset = int(refresh_every), int(subset)
         self.cd_rows = torch.empty(0, dtype=torch.int64)
-        self.last_refresh = -1
+        self.last_refresh = 0  # step 0 counts as refreshed: θ0 has no collateral damage
         self.refreshes = 0
 
     def refresh(self, ctx: SelectionContext) -> None:
@@ -46,7 +52,7 @@ class OracleCDSampler(RehearsalSampler):
         self.refreshes += 1
 
     def draw(self, step: int, ctx: SelectionContext | None = None) -> torch.Tensor:
-        if self.last_refresh < 0 or step - self.last_refresh >= self.refresh_every:
+        if step - self.last_refresh >= self.refresh_every:
             self.refresh(_need(ctx, self.name))
             self.last_refresh = step
         # No CD yet (early steps): fall back to uniform over E rather than draw nothing.
@@ -80,10 +86,13 @@ class MIRSampler(RehearsalSampler):
             raise MixcdError(f"mir: candidates ({self.candidates}) must be ≥ the rehearsal batch "
                              f"({self.batch_size})")
         self.rows = _support(pool, over)
+        if self.candidates > self.rows.numel():
+            raise MixcdError(f"mir: candidates ({self.candidates}) exceed the {self.rows.numel()} pool samples "
+                             "it draws from; lower sampler.candidates")
 
     def draw(self, step: int, ctx: SelectionContext | None = None) -> torch.Tensor:
         ctx = _need(ctx, self.name)
-        cands = uniform_rows(self.rows, self.candidates, self.generator)
+        cands = distinct_rows(self.rows, self.candidates, self.generator)
         before = ctx.pool_losses(cands, None)
         after = ctx.pool_losses(cands, ctx.virtual_params())
         top = torch.topk(after - before, self.batch_size, sorted=False).indices
