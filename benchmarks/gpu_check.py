@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 
 from mixcd_cli.data import ArraySource, BatchTransform, Task, make_synthetic
-from mixcd_cli.engine import TrainSettings, predict_task, train_loop
+from mixcd_cli.metrics import Ledger
 from mixcd_cli.models import create_model
-from mixcd_cli.samplers import Ledger, PoolInfo, create_sampler
+from mixcd_cli.samplers import PoolInfo, create_sampler
+from mixcd_cli.training import FineTuner, Rehearsal, TrainSettings, predict_task
 
 
 class Utilisation:
@@ -96,15 +97,15 @@ def main() -> None:
             sampler = create_sampler(name, info, b if name != "none" else 0, seed=0)
             settings = TrainSettings(steps=args.steps, batch_size=args.batch,
                                      rehearsal_batch=b if name != "none" else 0, lr=0.01, amp="bf16",
-                                     channels_last=True, log_every=10**9, checkpoint_every=0)
+                                     channels_last=True, log_every=10**9, checkpoint_every=0,
+                                     compile=args.compile)
             warm = TrainSettings(**{**settings.__dict__, "steps": 10})
-            kw = dict(sampler=sampler, pool=pool, pool_head="shared", correct0=info.correct0,
-                      compile_model=args.compile)
-            train_loop(model, ft, "shared", transform, device, warm, Ledger(), **kw)
+            rehearsal = Rehearsal(sampler, pool, "shared", info.correct0)
+            FineTuner(model, ft, "shared", transform, device, warm, Ledger(), rehearsal).run()
             sync()
             with Utilisation() if cuda else nullcontext(Utilisation()) as util:
                 t0 = time.perf_counter()
-                train_loop(model, ft, "shared", transform, device, settings, Ledger(), **kw)
+                FineTuner(model, ft, "shared", transform, device, settings, Ledger(), rehearsal).run()
                 sync()
                 dt = time.perf_counter() - t0
             per = args.batch + (b if name != "none" else 0)

@@ -56,10 +56,8 @@ def part1(sizes: list[int], batches: list[int], iters: int) -> None:
 
 
 def part2(steps: int, rounds: int) -> None:
-    from mixcd_cli.engine import train_loop
     from mixcd_cli.hydra_app import compose
     from mixcd_cli.stages import (
-        TrainSettings,
         load_prior,
         plain,
         prior_checkpoint,
@@ -67,6 +65,7 @@ def part2(steps: int, rounds: int) -> None:
         setup,
         snapshot_for,
     )
+    from mixcd_cli.training import FineTuner, Rehearsal, TrainSettings
 
     os.environ.setdefault("MIXCD_PROGRESS", "0")
     cfg = compose("train", [])
@@ -85,9 +84,8 @@ def part2(steps: int, rounds: int) -> None:
             settings: TrainSettings = settings_from(cfg.trainer, steps, r, "finetune", 1024,
                                                     rehearsal_batch=b)
             t0 = time.perf_counter()
-            train_loop(model, exp.ft_train, exp.ft_head(), exp.transform, ctx.device, settings, ctx.ledger,
-                       sampler=sampler, pool=exp.pool, pool_head=exp.prior_head(),
-                       correct0=snap.pool.correct.bool())
+            FineTuner(model, exp.ft_train, exp.ft_head(), exp.transform, ctx.device, settings, ctx.ledger,
+                      Rehearsal(sampler, exp.pool, exp.prior_head(), snap.pool.correct.bool())).run()
             times[name].append((time.perf_counter() - t0) / steps * 1e3)
     rm, mm = statistics.median(times["random"]), statistics.median(times["mixcd"])
     paired = [m / r for m, r in zip(times["mixcd"], times["random"], strict=True)]

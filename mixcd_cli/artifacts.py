@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -106,14 +105,12 @@ def config_digest(obj: Any) -> str:
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock, so parallel jobs compute a shared cache entry once."""
+    """An exclusive lock across processes (filelock), so parallel jobs compute a shared cache entry once."""
+    from filelock import FileLock
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with FileLock(str(path)):
+        yield
 
 
 def git_sha(start: Path) -> str | None:

@@ -19,38 +19,87 @@ app = typer.Typer(
 STAGE_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 OVERRIDES = typer.Argument(None, help="Hydra overrides, e.g. sampler=mixcd trainer.steps=300", show_default=False)
 MULTIRUN = typer.Option(False, "-m", "--multirun", help="Run a Hydra sweep (comma-separated values).")
+# Hydra's own flags, passed through to @hydra.main unchanged.
+CFG = typer.Option(None, "--cfg", "-c", help="Print the config instead of running: job, hydra or all.",
+                   show_default=False)
+RESOLVE = typer.Option(False, "--resolve", help="With --cfg: resolve interpolations before printing.")
+PACKAGE = typer.Option(None, "--package", "-p", help="With --cfg: print only this package of the config.",
+                       show_default=False)
+INFO = typer.Option(None, "--info", "-i", help="Print Hydra information instead of running: all, config, defaults, "
+                    "defaults-tree, plugins or searchpath.", show_default=False)
+HYDRA_HELP = typer.Option(False, "--hydra-help", help="Hydra's own help (its flags and config groups).")
+CFG_CHOICES = ("job", "hydra", "all")
+INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
 
 
-def _stage(stage: str, overrides: list[str] | None, multirun: bool, extra: list[str]) -> None:
+def _groups_epilog() -> str:
+    """The config groups and their options, for every stage's --help (reads conf/, imports nothing heavy)."""
+    from .hydra_app import config_groups, group_options
+
+    try:
+        groups = [g for g in config_groups() if group_options(g)] + ["hydra/launcher"]
+        lines = [f"{g}: {', '.join(group_options(g))}" for g in groups]
+    except Exception:  # a broken install still shows the rest of the help
+        return ""
+    return "Config groups (group=option):\n\n" + "\n\n".join(lines)
+
+
+def _hydra_args(cfg: str | None, resolve: bool, package: str | None, info: str | None,
+                hydra_help: bool) -> list[str]:
+    from .errors import MixcdError, unknown_choice
+
+    if cfg is not None and cfg not in CFG_CHOICES:
+        raise unknown_choice("--cfg value", cfg, CFG_CHOICES)
+    if info is not None and info not in INFO_CHOICES:
+        raise unknown_choice("--info value", info, INFO_CHOICES)
+    if (resolve or package) and cfg is None:
+        raise MixcdError("--resolve and --package only apply with --cfg job|hydra|all")
+    args = ["--cfg", cfg] if cfg else []
+    args += ["--resolve"] if resolve else []
+    args += ["--package", package] if package else []
+    args += ["--info", info] if info else []
+    return args + (["--hydra-help"] if hydra_help else [])
+
+
+def _stage(stage: str, ctx: typer.Context, overrides: list[str] | None, multirun: bool, cfg: str | None,
+           resolve: bool, package: str | None, info: str | None, hydra_help: bool) -> None:
     from .hydra_app import run_stage
 
-    code = run_stage(stage, list(overrides or []) + list(extra), multirun)
+    hydra_args = _hydra_args(cfg, resolve, package, info, hydra_help)
+    code = run_stage(stage, list(overrides or []) + list(ctx.args), multirun, hydra_args)
     if code:
         raise typer.Exit(code)
 
 
-@app.command(context_settings=STAGE_CONTEXT)
-def pretrain(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN) -> None:
+EPILOG = _groups_epilog()
+
+
+@app.command(context_settings=STAGE_CONTEXT, epilog=EPILOG)
+def pretrain(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN, cfg: str = CFG,
+             resolve: bool = RESOLVE, package: str = PACKAGE, info: str = INFO, hydra_help: bool = HYDRA_HELP) -> None:
     """Train the prior model θ0 on the prior task (cached; skipped when prior_model.checkpoint is set)."""
-    _stage("pretrain", overrides, multirun, ctx.args)
+    _stage("pretrain", ctx, overrides, multirun, cfg, resolve, package, info, hydra_help)
 
 
-@app.command(context_settings=STAGE_CONTEXT)
-def snapshot(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN) -> None:
+@app.command(context_settings=STAGE_CONTEXT, epilog=EPILOG)
+def snapshot(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN, cfg: str = CFG,
+             resolve: bool = RESOLVE, package: str = PACKAGE, info: str = INFO, hydra_help: bool = HYDRA_HELP) -> None:
     """Record θ0's per-sample loss, prediction, confidence and correctness on the pool (cached)."""
-    _stage("snapshot", overrides, multirun, ctx.args)
+    _stage("snapshot", ctx, overrides, multirun, cfg, resolve, package, info, hydra_help)
 
 
-@app.command(context_settings=STAGE_CONTEXT)
-def train(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN) -> None:
+@app.command(context_settings=STAGE_CONTEXT, epilog=EPILOG)
+def train(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN, cfg: str = CFG,
+          resolve: bool = RESOLVE, package: str = PACKAGE, info: str = INFO, hydra_help: bool = HYDRA_HELP) -> None:
     """Run the chain: pretrain and snapshot (cached), fine-tune with a rehearsal sampler, evaluate."""
-    _stage("train", overrides, multirun, ctx.args)
+    _stage("train", ctx, overrides, multirun, cfg, resolve, package, info, hydra_help)
 
 
-@app.command("eval", context_settings=STAGE_CONTEXT)
-def eval_(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN) -> None:
+@app.command("eval", context_settings=STAGE_CONTEXT, epilog=EPILOG)
+def eval_(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN, cfg: str = CFG,
+          resolve: bool = RESOLVE, package: str = PACKAGE, info: str = INFO, hydra_help: bool = HYDRA_HELP) -> None:
     """Re-evaluate a finished run folder: run_dir=PATH (with the overrides it was trained with)."""
-    _stage("eval", overrides, multirun, ctx.args)
+    _stage("eval", ctx, overrides, multirun, cfg, resolve, package, info, hydra_help)
 
 
 @app.command()
@@ -89,9 +138,9 @@ def ls(kind: str = typer.Argument(..., help="samplers | models | tasks | experim
     """List what is registered: samplers, models, tasks, experiments or datasets."""
     from rich.table import Table
 
+    from .console import console
     from .errors import unknown_choice
     from .hydra_app import config_dir, group_options
-    from .reporting import console
 
     if kind not in LS_KINDS:
         raise unknown_choice("kind to list", kind, LS_KINDS)
@@ -125,9 +174,11 @@ def main() -> None:
     from .errors import MixcdError
 
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of typer.Exit and of an
+        # Abort (Ctrl-C) — it must reach the shell, not be dropped.
+        code = app(standalone_mode=False)
     except MixcdError as exc:
-        from .reporting import error
+        from .console import error
 
         error(str(exc))
         sys.exit(exc.exit_code)
@@ -144,6 +195,7 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

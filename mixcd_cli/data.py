@@ -13,7 +13,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,9 +59,13 @@ class ArraySource:
     def images(self, index: torch.Tensor) -> torch.Tensor:
         return self.data[index.to(self.data.device)]
 
-    def to_device(self, device: torch.device) -> None:
-        """Keep all images on ``device``: each step then sends only index tensors there."""
-        self.data = self.data.to(device)
+    def on_device(self, device: torch.device) -> ArraySource:
+        """A copy whose images live on ``device`` (each step then sends only index tensors there).
+
+        A copy, not a move: sources are memoised per process, and a sweep worker that reuses the
+        process for its next job must find them on the host as loaded.
+        """
+        return replace(self, data=self.data.to(device))
 
     def __len__(self) -> int:
         return int(self.targets.numel())

@@ -1,4 +1,10 @@
-"""One fine-tuning over N processes (torchrun + DDP): process group, rank helpers, self-launch."""
+"""One fine-tuning over N processes (torchrun + DDP): the one rank API of mixcd.
+
+Every collective of the package goes through this module. On CUDA the process group is
+``cpu:gloo,cuda:nccl``: NCCL reduces CUDA tensors only, while the sampler's counts, the hit
+counters and the ledger live on the host, so they travel over the gloo half of the same group
+(DESIGN §8). Nothing outside this module calls ``torch.distributed`` directly.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +24,20 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def backend_for(cuda: bool) -> str:
+    """The process-group backend: gloo alone on CPU; on CUDA, gloo for host tensors and nccl for device ones."""
+    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
+
+
+def served_devices(backend: str) -> set[str]:
+    """Device types whose tensors a backend string can reduce ('nccl' alone serves only cuda)."""
+    if ":" not in backend:
+        return {"cuda"} if backend == "nccl" else {"cpu", "cuda"} if backend == "gloo" else {"cpu"}
+    return {pair.split(":")[0] for pair in backend.split(",")}
+
+
 def init_from_env(device_name: str) -> torch.device | None:
-    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); None when not under torchrun."""
+    """Join the process group torchrun describes; None when not under torchrun."""
     if env_world_size() <= 1:
         return None
     import torch.distributed as dist
@@ -27,7 +45,7 @@ def init_from_env(device_name: str) -> torch.device | None:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device_name != "cpu" and torch.cuda.is_available()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group(backend_for(cuda))
     if cuda:
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
@@ -60,12 +78,27 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum over ranks of a host or device tensor (in place; returned for chaining)."""
+    if world() > 1:
+        torch.distributed.all_reduce(values)
+    return values
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's value of a picklable object, in rank order, on every rank."""
+    if world() <= 1:
+        return [obj]
+    parts: list[Any] = [None] * world()
+    torch.distributed.all_gather_object(parts, obj)
+    return parts
+
+
 def gather_rows(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Concatenate each rank's shard of per-sample columns, in rank order (shards are contiguous)."""
     if world() <= 1:
         return local
-    parts: list[Any] = [None] * world()
-    torch.distributed.all_gather_object(parts, {k: v.cpu() for k, v in local.items()})
+    parts = gather_objects({k: v.cpu() for k, v in local.items()})
     return {k: torch.cat([p[k] for p in parts]) for k in local}
 
 
@@ -77,11 +110,12 @@ def shard(n: int) -> tuple[int, int]:
 
 
 def all_reduce_ledger(ledger: Any) -> None:
+    """Sum every rank's ledger into each (passes are counted where they were made)."""
     if world() <= 1:
         return
     keys = list(ledger.forward)
     t = torch.tensor([ledger.forward[k] for k in keys] + [ledger.backward[k] for k in keys], dtype=torch.float64)
-    torch.distributed.all_reduce(t)
+    all_reduce_sum(t)
     for i, k in enumerate(keys):
         ledger.forward[k] = int(t[i])
         ledger.backward[k] = int(t[len(keys) + i])

@@ -32,3 +32,9 @@ def unknown_choice(kind: str, name: str, choices: Iterable[str]) -> MixcdError:
     """The standard 'unknown X, choose one of ...' error."""
     valid = sorted(choices)
     return MixcdError(f"unknown {kind} '{name}'{closest(name, valid)}; choose one of: {', '.join(valid)}")
+
+
+class Interrupted(MixcdError):
+    """Ctrl-C: what was saved is named in the message."""
+
+    exit_code = 130

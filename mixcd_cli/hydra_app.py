@@ -11,13 +11,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .callbacks import ERROR_FILE, SweepOutcome
 from .errors import MixcdError, closest, unknown_choice
 
 STAGE_NAMES = ("pretrain", "snapshot", "train", "eval")
 
 
 def config_dir() -> Path:
-    """conf/ beside the package (repository checkout / editable install), or MIXCD_CONFIG_DIR."""
+    """MIXCD_CONFIG_DIR; conf/ beside the package (checkout, editable install); else the packaged copy."""
     env = os.environ.get("MIXCD_CONFIG_DIR")
     candidates = [Path(env)] if env else []
     here = Path(__file__).resolve().parent
@@ -30,8 +31,19 @@ def config_dir() -> Path:
 
 
 def project_root() -> str:
-    """Where outputs/ and data/ live by default: MIXCD_ROOT, else the repository holding conf/."""
-    return os.environ.get("MIXCD_ROOT") or str(config_dir().parent)
+    """Where outputs/ and data/ live by default.
+
+    MIXCD_ROOT when set; else the repository checkout whose conf/ is in use (a clone, or an editable
+    install); else, for a package installed without a checkout, the folder mixcd was started from,
+    as Hydra itself does.
+    """
+    env = os.environ.get("MIXCD_ROOT")
+    if env:
+        return env
+    conf = config_dir()
+    if conf == Path(__file__).resolve().parent / "conf":
+        return os.getcwd()
+    return str(conf.parent)
 
 
 def register_resolvers() -> None:
@@ -174,7 +186,19 @@ def validate(stage: str, overrides: list[str], multirun: bool) -> Any:
     return cfg
 
 
-FAILED_JOBS: list[str] = []
+def failed_jobs(sweep_dir: Path) -> list[str]:
+    """'job N (overrides): reason' for every job folder of a sweep that holds error.txt."""
+    out = []
+    for error in sorted(sweep_dir.glob(f"*/{ERROR_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        overrides = error.parent / ".hydra" / "overrides.yaml"
+        what = ""
+        if overrides.is_file():
+            from omegaconf import OmegaConf
+
+            what = f" ({' '.join(str(o) for o in OmegaConf.load(overrides))})"
+        reason = error.read_text().strip().splitlines()
+        out.append(f"job {error.parent.name}{what}: {reason[0] if reason else 'failed'}")
+    return out
 
 
 def _task(stage: str) -> Any:
@@ -183,25 +207,27 @@ def _task(stage: str) -> Any:
         from hydra.types import RunMode
 
         from . import distributed
-        from .reporting import error
+        from .console import error
         from .stages import STAGES
 
+        hc = HydraConfig.get()
+        multirun = hc.mode == RunMode.MULTIRUN
+        folder = Path(hc.runtime.output_dir)
+        if multirun:  # a rerun into the same sweep folder starts clean
+            (folder / ERROR_FILE).unlink(missing_ok=True)
         try:
             return STAGES[stage](cfg)
         except MixcdError as exc:
             error(str(exc))
-            hc = HydraConfig.get()
-            if hc.mode != RunMode.MULTIRUN:
+            if not multirun:
                 sys.exit(exc.exit_code)
             # In a sweep one bad job must not stop the others: leave the reason in its folder
-            # (the report lists it as skipped) and fail the sweep at the end.
-            folder = Path(hc.runtime.output_dir)
+            # (the report lists it as failed) and fail the sweep at the end.
             try:
                 folder.mkdir(parents=True, exist_ok=True)
-                (folder / "error.txt").write_text(str(exc) + "\n")
+                (folder / ERROR_FILE).write_text(str(exc) + "\n")
             except OSError:
                 pass
-            FAILED_JOBS.append(f"job {hc.job.num} ({' '.join(hc.overrides.task)}): {exc}")
             return None
         finally:
             distributed.shutdown()
@@ -218,7 +244,8 @@ def run_stage(stage: str, overrides: list[str], multirun: bool = False, hydra_ar
     overrides = normalise_overrides(list(overrides))
     cfg = validate(stage, overrides, multirun)
     devices = int(cfg.trainer.get("devices", 1) or 1)
-    if devices > 1 and distributed.env_world_size() == 1:
+    inspect_only = any(a in (hydra_args or []) for a in ("--cfg", "--info", "--hydra-help"))
+    if devices > 1 and distributed.env_world_size() == 1 and not inspect_only:
         if multirun:
             raise MixcdError("trainer.devices > 1 runs one job over several processes; sweep with a launcher "
                              "(hydra/launcher=submitit_slurm) instead of -m, or run the jobs one by one")
@@ -230,12 +257,13 @@ def run_stage(stage: str, overrides: list[str], multirun: bool = False, hydra_ar
     main = hydra.main(config_path=str(config_dir()), config_name=stage, version_base="1.3")(_task(stage))
     argv = sys.argv
     sys.argv = [f"mixcd {stage}", *(["--multirun"] if multirun else []), *(hydra_args or []), *overrides]
-    FAILED_JOBS.clear()
+    SweepOutcome.sweep_dir = None
     try:
         main()
     finally:
         sys.argv = argv
-    if FAILED_JOBS:
-        raise MixcdError(f"{len(FAILED_JOBS)} sweep job(s) failed (each folder holds error.txt); "
-                         f"first: {FAILED_JOBS[0]}")
+    failed = failed_jobs(SweepOutcome.sweep_dir) if multirun and SweepOutcome.sweep_dir else []
+    if failed:
+        raise MixcdError(f"{len(failed)} sweep job(s) failed (each folder holds {ERROR_FILE}); "
+                         f"first: {failed[0]}")
     return 0

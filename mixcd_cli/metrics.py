@@ -1,10 +1,40 @@
-"""What is measured: forgetting, downstream accuracy, the four categories (DESIGN §6)."""
+"""What is measured: the ledger, forgetting, downstream accuracy, the four categories (DESIGN §6)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+
+PURPOSES = ("pretrain", "finetune", "rehearsal", "selection", "snapshot", "eval")
+
+
+class Ledger:
+    """Sample forward and backward passes by purpose (DESIGN §2): the currency of fair comparison."""
+
+    def __init__(self) -> None:
+        self.forward = dict.fromkeys(PURPOSES, 0)
+        self.backward = dict.fromkeys(PURPOSES, 0)
+
+    def add(self, purpose: str, forward: int = 0, backward: int = 0) -> None:
+        self.forward[purpose] += int(forward)
+        self.backward[purpose] += int(backward)
+
+    def training_passes(self) -> int:
+        """Forward + backward sample passes spent by fine-tuning (fine-tune, rehearsal, selection)."""
+        return sum(self.forward[p] + self.backward[p] for p in ("finetune", "rehearsal", "selection"))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"forward": dict(self.forward), "backward": dict(self.backward)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.forward.update(state["forward"])
+        self.backward.update(state["backward"])
+
+    def summary(self) -> dict[str, Any]:
+        return {"forward": dict(self.forward), "backward": dict(self.backward),
+                "training_passes": self.training_passes(),
+                "rehearsal_budget": self.forward["rehearsal"]}
 
 
 def categories(correct0: torch.Tensor, correct_now: torch.Tensor) -> dict[str, Any]:

@@ -286,7 +286,7 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
     from rich.table import Table
 
     from .artifacts import write_json
-    from .reporting import console, note
+    from .console import console, note
 
     if not console.is_terminal:  # a log or a pipe: do not squeeze the table into 80 columns
         console = Console(width=240)

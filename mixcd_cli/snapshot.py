@@ -124,7 +124,7 @@ def compute_part(model: Any, task: Task, head: str, transform: BatchTransform, d
                  batch_size: int, ledger: Any, amp: str, progress: Any = None) -> dict[str, torch.Tensor]:
     """θ0's columns on one task; under torchrun each rank infers a contiguous shard, then all gather."""
     from . import distributed
-    from .engine import predict_task
+    from .training.inference import predict_task
 
     start, stop = distributed.shard(len(task))
     p = predict_task(model, task, head, transform, device, batch_size, ledger, "snapshot", amp,

@@ -5,7 +5,7 @@ This is the only module that reads config objects; everything it calls takes pla
 
 from __future__ import annotations
 
-import resource
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,17 +14,19 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed, reporting
+from . import console, distributed
 from .artifacts import config_digest, environment_info, file_lock, read_json, write_json
 from .data import Experiment, build_experiment
-from .engine import TrainSettings, derive_seed, largest_batch, predict_task, resolve_device, train_loop
 from .errors import MixcdError
-from .metrics import categories, forgetting_metrics
+from .metrics import Ledger, categories, forgetting_metrics
 from .models import MixcdNet, create_model, load_model, model_spec, save_model
-from .samplers import Ledger, create_sampler
+from .runtime import AMP_MODES, derive_seed, peak_memory_mb, resolve_device
+from .samplers import create_sampler
 from .snapshot import Snapshot, get_or_create_snapshot
+from .training import FineTuner, Rehearsal, TrainSettings, largest_batch, predict_task
 
 SAMPLER_META_KEYS = ("name", "mix_ratio")
+log = logging.getLogger(__name__)
 
 
 def plain(node: Any) -> Any:
@@ -42,12 +44,12 @@ NUMBER_KEYS = ("trainer.mix_ratio", "trainer.rehearsal_weight", "trainer.lr", "t
 
 def _choice_keys() -> dict[str, tuple[Any, ...]]:
     from .data import HEAD_MODES
-    from .engine import OPTIMIZERS, SCHEDULES
     from .samplers.mixcd import PARTITIONS
     from .samplers.static import OVER
+    from .training import OPTIMIZERS, SCHEDULES
 
     return {"head": HEAD_MODES, "trainer.optimizer": OPTIMIZERS, "pretrain.optimizer": OPTIMIZERS,
-            "trainer.schedule": SCHEDULES, "pretrain.schedule": SCHEDULES, "trainer.amp": ("auto", "bf16", "off"),
+            "trainer.schedule": SCHEDULES, "pretrain.schedule": SCHEDULES, "trainer.amp": AMP_MODES,
             "sampler.partition": PARTITIONS, "sampler.over": OVER}
 
 
@@ -131,6 +133,7 @@ def _comparable(cfg_yaml: str) -> dict[str, Any]:
 
 
 def setup(cfg: DictConfig, run_dir: Path | None = None) -> Context:
+    """Validate, pick the device, fix the run folder (shared by all ranks), write config and environment, load data."""
     validate_config(cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -159,6 +162,7 @@ def setup(cfg: DictConfig, run_dir: Path | None = None) -> Context:
     with atomic_path(previous) as tmp:
         tmp.write_text(text)
     write_json(environment_info(), run_dir / "env.json")
+    log.info("mixcd %s in %s on %s (world size %d)", cfg.stage, run_dir, device, distributed.world())
     t0 = time.perf_counter()
     exp = build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
                            cfg.image_size)
@@ -167,16 +171,21 @@ def setup(cfg: DictConfig, run_dir: Path | None = None) -> Context:
 
 
 def place_data(exp: Experiment, device: torch.device, mode: Any) -> None:
-    """On a GPU, keep in-memory datasets there when they fit in a quarter of free memory (mode auto)."""
+    """On a GPU, keep in-memory datasets there when they fit in a quarter of free memory (mode auto).
+
+    The experiment's tasks are pointed at device copies; the memoised host sources stay untouched.
+    """
     if device.type != "cuda" or mode is False:
         return
-    sources = {id(t.source): t.source for t in (exp.pool, exp.prior_test, exp.ft_train, exp.ft_test)}
-    arrays = [s for s in sources.values() if hasattr(s, "to_device")]
-    need = sum(s.data.numel() * s.data.element_size() for s in arrays)
+    tasks = (exp.pool, exp.prior_test, exp.ft_train, exp.ft_test)
+    sources = {id(t.source): t.source for t in tasks}
+    arrays = {key: s for key, s in sources.items() if hasattr(s, "on_device")}
+    need = sum(s.data.numel() * s.data.element_size() for s in arrays.values())
     free, _ = torch.cuda.mem_get_info(device)
     if mode is True or need < free / 4:
-        for s in arrays:
-            s.to_device(device)
+        moved = {key: s.on_device(device) for key, s in arrays.items()}
+        for t in tasks:
+            t.source = moved.get(id(t.source), t.source)
 
 
 def model_args(cfg: DictConfig) -> dict[str, Any]:
@@ -240,11 +249,11 @@ def _prior_locked(ctx: Context, cache: Path, key: str, path: Path, spec: dict[st
         batch = min(int(pre.batch_size), len(exp.pool))
         steps = int(pre.epochs) * max(1, len(exp.pool) // batch)
         settings = settings_from(pre, steps, int(pre.seed), "pretrain", int(cfg.eval.batch_size),
-                                 amp=str(cfg.trainer.amp), log_every=max(1, steps // 10))
+                                 amp=str(cfg.trainer.amp), log_every=max(1, steps // 10), distributed=False)
         t0 = time.perf_counter()
-        with reporting.step_progress("pretrain θ0", steps) as progress:
-            train_loop(model, exp.pool, exp.prior_head(), exp.transform, ctx.device, settings, ctx.ledger,
-                       telemetry_path=path.parent / "pretrain.jsonl", progress=progress, distributed=False)
+        with console.step_progress("pretrain θ0", steps) as progress:
+            FineTuner(model, exp.pool, exp.prior_head(), exp.transform, ctx.device, settings, ctx.ledger,
+                      telemetry_path=path.parent / "pretrain.jsonl", progress=progress).run()
         save_model(model, path, spec, {"experiment_pool": exp.pool.definition})
         ctx.timings["pretrain"] = time.perf_counter() - t0
         return path, False
@@ -273,7 +282,7 @@ def run_pretrain(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
               "pre_acc0": float(preds.correct.float().mean()), "ledger": ctx.ledger.summary(),
               "wall_time": ctx.timings}
     write_json(result, ctx.run_dir / "pretrain.json")
-    reporting.print_kv("pretrain", {"checkpoint": str(path), "cached": cached,
+    console.print_kv("pretrain", {"checkpoint": str(path), "cached": cached,
                                     "prior-test accuracy": f"{result['pre_acc0']:.4f}"})
     return result
 
@@ -289,7 +298,7 @@ def snapshot_for(ctx: Context, path: Path) -> tuple[Snapshot, bool]:
     batch = cfg.snapshot.batch_size
     if batch == "auto":  # the largest batch that fits: inference needs no activations kept
         batch = largest_batch(model, exp.pool, exp.prior_head(), exp.transform, ctx.device, str(cfg.trainer.amp))
-    with reporting.count_progress("snapshot θ0", total) as progress:
+    with console.count_progress("snapshot θ0", total) as progress:
         snap, cached = get_or_create_snapshot(
             Path(cfg.paths.cache_dir), path, model, exp.pool, exp.prior_test, exp.prior_head(), exp.transform,
             ctx.device, int(batch), ctx.ledger, str(cfg.trainer.amp),
@@ -307,7 +316,7 @@ def run_snapshot(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
               "test_acc0": float(snap.test.correct.float().mean()),
               "ledger": ctx.ledger.summary()}
     write_json(result, ctx.run_dir / "snapshot.json")
-    reporting.print_kv("snapshot", {"folder": str(snap.path), "cached": cached, "pool size": len(snap.pool),
+    console.print_kv("snapshot", {"folder": str(snap.path), "cached": cached, "pool size": len(snap.pool),
                                     "pool accuracy θ0": f"{result['pool_acc0']:.4f}",
                                     "prior-test accuracy θ0": f"{result['test_acc0']:.4f}"})
     return result
@@ -330,12 +339,6 @@ def evaluate(ctx: Context, model: MixcdNet, snap: Snapshot) -> dict[str, Any]:
         out["pool_categories"] = categories(snap.pool.correct, correct(exp.pool, exp.prior_head()))
     ctx.timings["eval"] = time.perf_counter() - t0
     return out
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 RESUME_MODES = ("auto", True, False)
@@ -376,19 +379,19 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     settings = settings_from(t, int(t.steps), seed, "finetune", int(cfg.eval.batch_size),
                              rehearsal_batch=b, rehearsal_weight=float(t.rehearsal_weight),
                              log_every=int(t.log_every), checkpoint_every=int(t.checkpoint_every),
-                             amp=str(t.amp), channels_last=bool(t.channels_last))
+                             amp=str(t.amp), channels_last=bool(t.channels_last),
+                             compile=bool(t.get("compile", False)))
     checkpoint = run_dir / "checkpoints" / "last.pt"
     resume = distributed.broadcast(resume_decision(cfg.resume, run_dir, checkpoint) if distributed.rank() == 0
                                    else None)
     if resume and distributed.rank() == 0:
-        reporting.note(f"resuming from {checkpoint}")
+        console.note(f"resuming from {checkpoint}")
     t0 = time.perf_counter()
-    with reporting.step_progress(f"fine-tune [{cfg.sampler.name}]", settings.steps) as progress:
-        loop = train_loop(model, exp.ft_train, exp.ft_head(), exp.transform, ctx.device, settings, ctx.ledger,
-                          sampler=sampler, pool=exp.pool, pool_head=exp.prior_head(),
-                          correct0=snap.pool.correct.bool(), telemetry_path=run_dir / "metrics.jsonl",
-                          checkpoint_path=checkpoint, resume=resume, progress=progress,
-                          compile_model=bool(t.get("compile", False)))
+    with console.step_progress(f"fine-tune [{cfg.sampler.name}]", settings.steps) as progress:
+        rehearsal = Rehearsal(sampler, exp.pool, exp.prior_head(), snap.pool.correct.bool())
+        loop = FineTuner(model, exp.ft_train, exp.ft_head(), exp.transform, ctx.device, settings, ctx.ledger,
+                         rehearsal, telemetry_path=run_dir / "metrics.jsonl", checkpoint_path=checkpoint,
+                         progress=progress).run(resume)
     ctx.timings["finetune"] = loop.wall_time if loop.resumed_from is None else time.perf_counter() - t0
     distributed.all_reduce_ledger(ctx.ledger)
     if distributed.rank() != 0:  # rank 0 evaluates and writes; the model is identical on every rank
@@ -409,7 +412,7 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         "sampler_final": sampler.telemetry(),
     }
     write_json(result, run_dir / "metrics.json")
-    reporting.print_run(result, run_dir)
+    console.print_run(result, run_dir)
     return result
 
 
@@ -431,7 +434,7 @@ def run_eval(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         "experiment", "sampler", "mix_ratio", "seed", "hit_rate", "ledger")}, **metrics,
               "wall_time": ctx.timings}
     write_json(result, ctx.run_dir / "metrics.json")
-    reporting.print_run(result, ctx.run_dir)
+    console.print_run(result, ctx.run_dir)
     return result
 
 

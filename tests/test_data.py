@@ -108,9 +108,9 @@ def _image_tree(root: Path, n_per_class: int = 12, classes: int = 3) -> tuple[to
 
 def test_imagefolder_decodes_in_threads_and_prefetch_changes_nothing(tmp_path: Path) -> None:
     from mixcd_cli.data import ArraySource, BatchTransform, Task
-    from mixcd_cli.engine import TrainSettings, train_loop
+    from mixcd_cli.metrics import Ledger
     from mixcd_cli.models import create_model
-    from mixcd_cli.samplers import Ledger
+    from mixcd_cli.training import FineTuner, TrainSettings
 
     images, labels = _image_tree(tmp_path / "tree")
     folder = make_task("f", "imagefolder", str(tmp_path / "tree"), "train", None, None, "original",
@@ -124,20 +124,21 @@ def test_imagefolder_decodes_in_threads_and_prefetch_changes_nothing(tmp_path: P
     for task in (folder, memory):  # the folder task prefetches the next batch in a thread; memory does not
         torch.manual_seed(0)
         model = create_model("cnn", 3, {"shared": 3}, width=4)
-        losses.append(train_loop(model, task, "shared", transform, torch.device("cpu"), settings, Ledger()).final_loss)
+        losses.append(FineTuner(model, task, "shared", transform, torch.device("cpu"), settings, Ledger()).run()
+                      .final_loss)
     assert losses[0] == losses[1]
 
     # resuming a prefetching loop continues with the right batch: 6 steps + resume to 9 == 9 steps
     ckpt = tmp_path / "ck.pt"
     const = {"schedule": "constant", "checkpoint_every": 3}
     torch.manual_seed(0)
-    full = train_loop(create_model("cnn", 3, {"shared": 3}, width=4), folder, "shared", transform,
-                      torch.device("cpu"), TrainSettings(steps=9, batch_size=5, lr=0.1, **const), Ledger())
+    full = FineTuner(create_model("cnn", 3, {"shared": 3}, width=4), folder, "shared", transform,
+                     torch.device("cpu"), TrainSettings(steps=9, batch_size=5, lr=0.1, **const), Ledger()).run()
     torch.manual_seed(0)
     model = create_model("cnn", 3, {"shared": 3}, width=4)
-    train_loop(model, folder, "shared", transform, torch.device("cpu"),
-               TrainSettings(steps=6, batch_size=5, lr=0.1, **const), Ledger(), checkpoint_path=ckpt)
-    resumed = train_loop(create_model("cnn", 3, {"shared": 3}, width=4), folder, "shared", transform,
-                         torch.device("cpu"), TrainSettings(steps=9, batch_size=5, lr=0.1, **const), Ledger(),
-                         checkpoint_path=ckpt, resume=True)
+    FineTuner(model, folder, "shared", transform, torch.device("cpu"),
+              TrainSettings(steps=6, batch_size=5, lr=0.1, **const), Ledger(), checkpoint_path=ckpt).run()
+    resumed = FineTuner(create_model("cnn", 3, {"shared": 3}, width=4), folder, "shared", transform,
+                        torch.device("cpu"), TrainSettings(steps=9, batch_size=5, lr=0.1, **const), Ledger(),
+                        checkpoint_path=ckpt).run(resume=True)
     assert resumed.resumed_from == 6 and resumed.final_loss == full.final_loss

@@ -75,3 +75,44 @@ def test_train_over_two_processes(tiny: list[str], tmp_path: Path) -> None:
     assert m["ledger"]["forward"]["rehearsal"] == 12 * 4 * 2
     assert m["rehearsal_drawn"] == 12 * 4 * 2
     assert not (tmp_path / "outputs" / "runs").exists()  # every rank wrote into the one run folder
+
+
+def test_two_process_run_killed_and_resumed_reports_what_an_uninterrupted_one_does(tiny: list[str],
+                                                                                   tmp_path: Path) -> None:
+    """Per-rank state (ledger, hit counters, sampler) is saved for each rank and restored to its own rank."""
+    import signal
+    import time
+
+    from test_resume import stable
+
+    args = [sys.executable, "-m", "mixcd_cli.cli", "train", *tiny, "sampler=mixcd", "trainer.devices=2",
+            "trainer.steps=300", "trainer.checkpoint_every=5", "trainer.log_every=50", "threads=1"]
+    env = {**os.environ, "MIXCD_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
+    ref = subprocess.run([*args, f"hydra.run.dir={ref_dir}"], capture_output=True, text=True, env=env, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    proc = subprocess.Popen([*args, f"hydra.run.dir={cut_dir}"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    ckpt, deadline = cut_dir / "checkpoints" / "last.pt", time.time() + 300
+    while True:
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        try:
+            if ckpt.is_file() and torch.load(ckpt, weights_only=False)["step"] >= 40:
+                break
+        except Exception:  # a rename may race the read
+            pass
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher ...
+    proc.wait()
+    # ... and both ranks, which torchrun starts in sessions of their own (as a lost node would lose them)
+    subprocess.run(["pkill", "-KILL", "-f", f"hydra.run.dir={cut_dir}"], check=False)
+    time.sleep(0.5)
+    assert not (cut_dir / "metrics.json").exists()
+    resumed = subprocess.run([*args, f"hydra.run.dir={cut_dir}"], capture_output=True, text=True, env=env,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    want = json.loads((ref_dir / "metrics.json").read_text())
+    got = json.loads((cut_dir / "metrics.json").read_text())
+    assert got["resumed_from"] >= 40
+    assert stable(got) == stable(want)

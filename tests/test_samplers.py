@@ -247,9 +247,9 @@ def test_mir_candidates_are_distinct() -> None:
 def test_mir_picks_largest_loss_increase_by_hand() -> None:
     """A linear model where the virtual SGD step is computed by hand."""
     from mixcd_cli.data import ArraySource, BatchTransform, Task
-    from mixcd_cli.engine import EngineSelection
+    from mixcd_cli.metrics import Ledger
     from mixcd_cli.models import MixcdNet
-    from mixcd_cli.samplers import Ledger
+    from mixcd_cli.training import ModelSelection
 
     torch.manual_seed(0)
     n, d, classes = 40, 4, 3
@@ -260,7 +260,7 @@ def test_mir_picks_largest_loss_increase_by_hand() -> None:
     model = MixcdNet(nn.Flatten(), d, {"shared": classes})
     ledger = Ledger()
     lr = 0.5
-    ctx = EngineSelection(model, task, transform, torch.device("cpu"), "shared", "shared", ledger, lr)
+    ctx = ModelSelection(model, task, transform, torch.device("cpu"), "shared", "shared", ledger, lr)
     ft_x, ft_y = torch.randn(8, 1, 2, 2), torch.randint(0, classes, (8,))
     ctx.ft_x, ctx.ft_y = ft_x, ft_y
 
@@ -294,21 +294,21 @@ def test_mir_picks_largest_loss_increase_by_hand() -> None:
 @pytest.mark.parametrize("name", ["random", "mixcd", "oracle_cd", "mir"])
 def test_ledger_matches_passes_counted_by_hooks(name: str, compose_cfg, tiny, tmp_path, monkeypatch) -> None:
     """Count every sample through the backbone (forward and backward) and compare with the ledger."""
-    import mixcd_cli.engine as engine
     from mixcd_cli.stages import run_train
+    from mixcd_cli.training import FineTuner
 
     seen = {"forward": 0, "backward": 0}
-    original = engine.train_loop
+    original = FineTuner.setup
 
-    def counting_loop(model, *args, **kwargs):
-        if kwargs.get("sampler") is not None:  # the fine-tune loop, not pretraining
-            model.backbone.register_forward_hook(
+    def counting_setup(self, resume=False):
+        if self.rehearsal is not None:  # the fine-tune loop, not pretraining
+            self.model.backbone.register_forward_hook(
                 lambda m, i, o: seen.__setitem__("forward", seen["forward"] + o.shape[0]))
-            model.backbone.register_full_backward_hook(
+            self.model.backbone.register_full_backward_hook(
                 lambda m, gi, go: seen.__setitem__("backward", seen["backward"] + go[0].shape[0]))
-        return original(model, *args, **kwargs)
+        return original(self, resume)
 
-    monkeypatch.setattr("mixcd_cli.stages.train_loop", counting_loop)
+    monkeypatch.setattr(FineTuner, "setup", counting_setup)
     res = run_train(compose_cfg("train", [*tiny, f"sampler={name}", "trainer.steps=7"]
                                 + (["sampler.refresh_every=3"] if name == "oracle_cd" else [])), tmp_path / "r")
     fwd, bwd = res["ledger"]["forward"], res["ledger"]["backward"]
@@ -319,3 +319,49 @@ def test_ledger_matches_passes_counted_by_hooks(name: str, compose_cfg, tiny, tm
         assert fwd["selection"] > 0
     else:
         assert fwd["selection"] == 0
+
+
+def test_probabilities_match_an_independent_computation_with_decay_and_prior() -> None:
+    """λ < 1 and a ≠ b0, over many steps: decay applied once per step, both prior terms, the ε floor.
+
+    Fails for a sampler that ignores decay, decays twice, drops b0 or a, or mixes ε wrongly.
+    """
+    pool = make_pool(n=4000)
+    lam, a, b0, eps = 0.9, 2.0, 3.0, 0.1
+    s = create_sampler("mixcd", pool, 32, seed=3, num_bins=6, decay=lam, prior_a=a, prior_b=b0, epsilon=eps)
+    k = s.num_bins
+    bin_of = torch.from_numpy(s.bin_of).long()
+    n_k = torch.bincount(bin_of[bin_of >= 0], minlength=k).double()
+    m = torch.zeros(k, dtype=torch.float64)
+    c = torch.zeros(k, dtype=torch.float64)
+    g = torch.Generator().manual_seed(11)
+    true_rate = torch.linspace(0.05, 0.9, k, dtype=torch.float64)
+    for step in range(60):
+        alpha = (c + a) / (m + a + b0)
+        expected = (1 - eps) * n_k * alpha / (n_k * alpha).sum() + eps * n_k / n_k.sum()
+        assert torch.allclose(torch.from_numpy(s.probs()), expected, rtol=0, atol=1e-12), step
+        rows = s.draw(step)
+        # rows outside E are ignored by observe; mix some in to check that too
+        rows = torch.cat([rows, torch.nonzero(~pool.correct0).flatten()[:5]])
+        bins = bin_of[rows]
+        wrong = torch.rand(rows.numel(), generator=g, dtype=torch.float64) < true_rate[bins.clamp_min(0)]
+        s.observe(rows, wrong)
+        keep = bins >= 0
+        seen_now = torch.bincount(bins[keep], minlength=k).double()
+        cd_now = torch.bincount(bins[keep], weights=wrong[keep].double(), minlength=k)
+        m, c = lam * m + seen_now, lam * c + cd_now
+    assert torch.allclose(torch.from_numpy(s.alpha()), (c + a) / (m + a + b0), rtol=0, atol=1e-12)
+
+
+def test_every_member_of_every_bin_is_drawn_and_draws_stay_in_their_bin() -> None:
+    """Tiny bins (1 to 4 rows): an off-by-one in the within-bin draw skips the last member or leaks."""
+    targets = torch.tensor([0] * 1 + [1] * 2 + [2] * 3 + [3] * 4)
+    n = targets.numel()
+    pool = PoolInfo(targets, torch.ones(n, dtype=torch.bool), torch.rand(n), torch.ones(n))
+    s = create_sampler("mixcd", pool, 20_000, seed=0, partition="class")
+    rows = s.draw(0)
+    assert sorted(rows.unique().tolist()) == list(range(n))
+    members = {k: set(s.index.rows[s.index.offsets[k]:s.index.offsets[k + 1]].tolist()) for k in range(4)}
+    bins = torch.multinomial(torch.from_numpy(s.probs()), 4000, replacement=True, generator=torch.Generator())
+    drawn = s.index.draw_within(bins, torch.Generator().manual_seed(1))
+    assert all(int(r) in members[int(b)] for b, r in zip(bins, drawn, strict=True))

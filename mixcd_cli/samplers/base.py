@@ -12,37 +12,6 @@ from ..registry import Registry
 
 SAMPLERS: Registry = Registry("sampler")
 
-PURPOSES = ("pretrain", "finetune", "rehearsal", "selection", "snapshot", "eval")
-
-
-class Ledger:
-    """Sample forward and backward passes by purpose (DESIGN §2): the currency of fair comparison."""
-
-    def __init__(self) -> None:
-        self.forward = dict.fromkeys(PURPOSES, 0)
-        self.backward = dict.fromkeys(PURPOSES, 0)
-
-    def add(self, purpose: str, forward: int = 0, backward: int = 0) -> None:
-        self.forward[purpose] += int(forward)
-        self.backward[purpose] += int(backward)
-
-    def training_passes(self) -> int:
-        """Forward + backward sample passes spent by fine-tuning (fine-tune, rehearsal, selection)."""
-        return sum(self.forward[p] + self.backward[p] for p in ("finetune", "rehearsal", "selection"))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"forward": dict(self.forward), "backward": dict(self.backward)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.forward.update(state["forward"])
-        self.backward.update(state["backward"])
-
-    def summary(self) -> dict[str, Any]:
-        return {"forward": dict(self.forward), "backward": dict(self.backward),
-                "training_passes": self.training_passes(),
-                "rehearsal_budget": self.forward["rehearsal"]}
-
-
 @dataclass
 class PoolInfo:
     """Snapshot columns of the prior pool P under θ0, as CPU tensors (index = pool row)."""
@@ -67,8 +36,8 @@ class PoolInfo:
 class SelectionContext:
     """What samplers that spend extra passes (oracle_cd, mir) may use at a step.
 
-    Implemented by the engine; each method charges the passes it makes to the ledger under
-    ``selection``, so no sampler can hide its cost.
+    Implemented by the trainer (training.inference.ModelSelection); each method charges the passes
+    it makes to the ledger under ``selection``, so no sampler can hide its cost.
     """
 
     def predict(self, rows: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import distributed
 from ..errors import MixcdError, unknown_choice
 from .base import SAMPLERS, BinnedIndex, PoolInfo, RehearsalSampler, SelectionContext
 
@@ -121,11 +122,9 @@ class MixCDSampler(RehearsalSampler):
         pair = (self.bin_of[rows.numpy()].astype(np.int64) + 1) * 2 + wrong_now.numpy()
         counts = np.bincount(pair, minlength=2 * (self.num_bins + 1)).reshape(-1, 2)[1:]
         new = np.stack([counts.sum(1), counts[:, 1]]).astype(np.float64)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Every rank must sample from the same p: sum the observations of all ranks.
-            reduced = torch.from_numpy(new)
-            torch.distributed.all_reduce(reduced)
-            new = reduced.numpy()
+        # Every rank must sample from the same p: sum the observations of all ranks (on the host,
+        # over the group's gloo half when training runs on CUDA).
+        new = distributed.all_reduce_sum(torch.from_numpy(new)).numpy()
         self.seen *= self.decay
         self.seen += new[0]
         self.cd *= self.decay

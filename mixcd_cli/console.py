@@ -1,7 +1,12 @@
-"""Console output: rich progress bars and result tables (the report command lives in report.py)."""
+"""Console output: rich progress bars and result tables (the report command lives in report.py).
+
+Everything printed here is also logged to the ``mixcd`` logger, which Hydra's job logging
+(conf/hydra/job_logging/mixcd.yaml) writes to the run folder's <stage>.log.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +26,7 @@ from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
+log = logging.getLogger("mixcd")
 
 
 def _progress_enabled() -> bool:
@@ -72,14 +78,20 @@ def count_progress(description: str, total: int) -> Iterator[Callable[[int], Non
 
 
 def note(message: str) -> None:
+    """A remark on stderr (resuming, a value adjusted, ...)."""
+    log.info(message)
     err_console.print(f"[yellow]{message}[/yellow]")
 
 
 def error(message: str) -> None:
+    """The one line a user mistake gets."""
+    log.error(message)
     err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, markup=True, soft_wrap=True)
 
 
 def print_kv(title: str, values: dict[str, Any]) -> None:
+    """A two-column table of named values."""
+    log.info("%s: %s", title, "; ".join(f"{k}={v}" for k, v in values.items()))
     table = Table(title=title, show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -123,6 +135,8 @@ def print_run(result: dict[str, Any], run_dir: Path) -> None:
     rows.append(("wall time (s)", " · ".join(f"{k} {v:.1f}" for k, v in times.items())))
     for row in rows:
         table.add_row(*row)
+    log.info("%s: %s", title, "; ".join(f"{k}={v}" for k, v in rows))
+    log.info("run folder: %s", run_dir)
     console.print(table)
     console.print(f"run folder: {run_dir}", highlight=False, soft_wrap=True)
 

@@ -1,0 +1,70 @@
+"""Process-level runtime: seeds, devices, autocast, Ctrl-C handling, memory readings."""
+
+from __future__ import annotations
+
+import hashlib
+import resource
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+
+from .errors import MixcdError, unknown_choice
+
+AMP_MODES = ("auto", "bf16", "off")
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """Independent, reproducible seeds per purpose (model init, data order, sampler, ...)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' → CUDA when present, else CPU; asking for CUDA without one is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MixcdError(f"device={name} requested but no CUDA device is available; use device=cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise MixcdError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from exc
+
+
+def autocast_for(device: torch.device, amp: str) -> Any:
+    """bf16 autocast on CUDA when supported (amp=auto|bf16); fp32 on CPU keeps runs bit-reproducible."""
+    if amp not in AMP_MODES:
+        raise unknown_choice("amp mode", amp, AMP_MODES)
+    if device.type == "cuda" and amp != "off" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@contextmanager
+def stop_on_sigint() -> Iterator[dict[str, bool]]:
+    """Turn Ctrl-C into a flag checked between steps, so the checkpoint written is consistent."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag["stop"]:  # second Ctrl-C: the user insists
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated on CUDA, peak resident set size of the process on the host."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

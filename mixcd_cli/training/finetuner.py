@@ -1,0 +1,451 @@
+"""The training recipe: one model, one task, optionally a rehearsal sampler mixing in pool rows.
+
+`FineTuner` is a small class in the shape of a torchtune recipe — ``setup``, ``step``, ``save``,
+``restore``, ``run`` — over one `TrainState`. What a checkpoint holds is one list (`FineTuner.parts`)
+that both ``save`` and ``restore`` walk, so the two can never disagree. Parts are either shared
+(identical on every rank: model, optimizer, schedule, data order) or per rank (ledger, sampler,
+counters, RNG), and per-rank parts are saved for every rank so that a resumed multi-process run
+reports exactly what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import distributed
+from ..artifacts import JsonlWriter, atomic_torch_save, safe_torch_load
+from ..data import BatchTransform, Task
+from ..errors import Interrupted, MixcdError, TrainingDiverged
+from ..metrics import Ledger
+from ..models import MixcdNet
+from ..runtime import autocast_for, derive_seed, stop_on_sigint
+from ..samplers.base import RehearsalSampler
+from .inference import ModelSelection
+from .optim import create_optimizer, create_schedule
+
+CHECKPOINT_FORMAT = 2
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    """Plain settings of one training run (fine-tune or pretrain)."""
+
+    steps: int
+    batch_size: int
+    rehearsal_batch: int = 0
+    rehearsal_weight: float = 1.0
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 0
+    eval_batch_size: int = 1024
+    amp: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    distributed: bool = True  # False: train on this process alone even inside a process group
+    purpose: str = "finetune"
+
+
+@dataclass
+class Rehearsal:
+    """The prior pool a sampler draws ``rehearsal_batch`` rows from at every step."""
+
+    sampler: RehearsalSampler
+    pool: Task
+    head: str
+    correct0: torch.Tensor  # bool per pool row: prior-correct under θ0 (a drawn row that is now wrong is a hit)
+
+
+class BatchOrder:
+    """Epoch-wise permutations from (seed, epoch): resuming needs only (epoch, position).
+
+    Under DDP every rank computes the same permutation and takes its own slice of each global
+    batch, so the ranks' shards never overlap.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.batch_size = min(batch_size, max(1, n // world))
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+        self.epoch, self.pos = 0, 0
+        self._perm = self._permutation()
+
+    def _permutation(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(derive_seed(self.seed, f"epoch{self.epoch}"))
+        return torch.randperm(self.n, generator=g)
+
+    def next(self) -> torch.Tensor:
+        """This rank's rows of the next batch."""
+        span = self.batch_size * self.world
+        if self.pos + span > self.n:  # drop the ragged tail: every batch has B rows per rank
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._perm = self._permutation()
+        start = self.pos + self.rank * self.batch_size
+        rows = self._perm[start:start + self.batch_size]
+        self.pos += span
+        return rows
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self._perm = self._permutation()
+
+
+def _fresh_interval() -> dict[str, float]:
+    return {"samples": 0, "hits": 0, "drawn": 0, "loss": 0.0, "n": 0}
+
+
+@dataclass
+class TrainState:
+    """Where the run is: the step reached, this rank's hit counters, the open log interval, times."""
+
+    step: int = 0
+    hits: int = 0
+    drawn: int = 0
+    interval: dict[str, float] = field(default_factory=_fresh_interval)
+    telemetry_offset: int = 0
+    elapsed: float = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, dict(value) if isinstance(value, dict) else value)
+
+
+class _Part:
+    """A checkpoint part given by a getter and a setter (for state that is not an object of its own)."""
+
+    def __init__(self, get: Callable[[], Any], put: Callable[[Any], None]) -> None:
+        self.state_dict, self.load_state_dict = get, put
+
+
+@dataclass
+class LoopResult:
+    """What a finished run reports (hits and drawn summed over ranks)."""
+
+    steps: int
+    wall_time: float
+    hit_rate: float | None
+    drawn: int
+    hits: int
+    final_loss: float
+    resumed_from: int | None
+
+
+@dataclass
+class _Pending:
+    """Step t's rehearsal predictions on their way to the host; observed before draw t+1."""
+
+    rows: torch.Tensor
+    wrong: torch.Tensor
+    event: Any
+
+
+def host_batch(task: Task, rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images and labels of task rows; pinned when bound for a GPU so the copy is asynchronous."""
+    images = task.images(rows)
+    if device.type == "cuda" and images.device.type == "cpu":
+        images = images.pin_memory()
+    return images, task.targets[rows]
+
+
+def to_device(images: torch.Tensor, labels: torch.Tensor, transform: BatchTransform, device: torch.device,
+              channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised model inputs and labels on ``device``."""
+    x = transform(images.to(device, non_blocking=True))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, labels.to(device, non_blocking=True)
+
+
+class FineTuner:
+    """Train ``model`` on ``task``; with a `Rehearsal`, mix ``rehearsal_batch`` pool rows into every step.
+
+    The loss is (Σ fine-tune CE + w·Σ rehearsal CE) / (B + b). The sampler observes which of its
+    rows this step's forward pass (before the optimizer step) predicts wrong; the observation is
+    copied to the host asynchronously and folded in before the next draw, so on a GPU the host
+    never waits for the backward pass. Under torch.distributed each rank trains on its shard of
+    the fine-tune data and draws its own rehearsal rows; the sampler's counts are all-reduced.
+    """
+
+    def __init__(self, model: MixcdNet, task: Task, head: str, transform: BatchTransform, device: torch.device,
+                 settings: TrainSettings, ledger: Ledger, rehearsal: Rehearsal | None = None,
+                 telemetry_path: Path | None = None, checkpoint_path: Path | None = None,
+                 progress: Callable[[int, float], None] | None = None) -> None:
+        self.model, self.task, self.head, self.transform = model, task, head, transform
+        self.device, self.settings, self.ledger = device, settings, ledger
+        self.rehearsal = rehearsal if rehearsal is not None and rehearsal.sampler.draws \
+            and settings.rehearsal_batch > 0 else None
+        self.telemetry_path, self.checkpoint_path, self.progress = telemetry_path, checkpoint_path, progress
+        self.rank, self.world = (distributed.rank(), distributed.world()) if settings.distributed else (0, 1)
+        self.cuda = device.type == "cuda"
+        self.channels_last = settings.channels_last and self.cuda
+        self.state = TrainState()
+        self.resumed_from: int | None = None
+        self.last_loss = float("nan")
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, resume: bool = False) -> None:
+        """Build the network, optimizer, schedule, data order and selection context; restore if asked."""
+        s, model = self.settings, self.model
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        model.train()
+        self.net: nn.Module = model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.cuda else None)
+        if s.compile:
+            self.net = torch.compile(self.net)
+        self.optimizer = create_optimizer(model.parameters(), s.optimizer, s.lr, s.momentum, s.weight_decay)
+        self.schedule = create_schedule(self.optimizer, s.schedule, s.steps, s.warmup_steps)
+        self.order = BatchOrder(len(self.task), s.batch_size, derive_seed(s.seed, f"{s.purpose}-order"),
+                                self.rank, self.world)
+        self.selection: ModelSelection | None = None
+        if self.rehearsal is not None:
+            r = self.rehearsal
+            self.selection = ModelSelection(model, r.pool, self.transform, self.device, r.head, self.head,
+                                            self.ledger, s.lr, s.eval_batch_size)
+        if resume and self.checkpoint_path is not None and self.checkpoint_path.is_file():
+            self.restore(self.checkpoint_path)
+        self._elapsed_before = self.state.elapsed
+        self.writer = JsonlWriter(self.telemetry_path, truncate_to=self.state.telemetry_offset) \
+            if self.telemetry_path and self.rank == 0 else None
+        self._pending: _Pending | None = None
+        self._losses: list[tuple[int, torch.Tensor]] = []  # NaN-checked at boundaries: one sync, not one a step
+        # Host-side sources on a GPU (or decoded from files): fetch step t+1's fine-tune images while
+        # step t runs. Its rows come from the seeded order, so prefetching changes no number.
+        in_memory = isinstance(getattr(self.task.source, "data", None), torch.Tensor)
+        host_images = not in_memory or self.task.source.data.device.type == "cpu"
+        self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="mixcd-prefetch") \
+            if (self.cuda and host_images) or not in_memory else None
+        self._order_at_step = self.order.state_dict()  # the order as of the step boundary (before any prefetch)
+        self._upcoming: Future | None = None
+        if self._prefetcher is not None and self.state.step < s.steps:
+            self._upcoming = self._prefetcher.submit(host_batch, self.task, self.order.next(), self.device)
+        self._t0 = self._t_interval = time.perf_counter()
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def parts(self) -> list[tuple[str, bool, Any]]:
+        """(name, per_rank, object with state_dict/load_state_dict): what a checkpoint holds, for save and restore."""
+        parts: list[tuple[str, bool, Any]] = [
+            ("model", False, self.model),
+            ("optimizer", False, self.optimizer),
+            ("schedule", False, self.schedule),
+            ("order", False, _Part(lambda: dict(self._order_at_step), self.order.load_state_dict)),
+            ("ledger", True, self.ledger),
+            ("state", True, self.state),
+            ("torch_rng", True, _Part(torch.get_rng_state, torch.set_rng_state)),
+        ]
+        if self.rehearsal is not None:
+            parts.append(("sampler", True, self.rehearsal.sampler))
+        return parts
+
+    def save(self) -> None:
+        """Write the checkpoint atomically (rank 0), with every rank's per-rank parts."""
+        if self.checkpoint_path is None:
+            return
+        self.state.telemetry_offset = self.writer.offset if self.writer else 0
+        self.state.elapsed = self._elapsed_before + time.perf_counter() - self._t0
+        mine = {name: obj.state_dict() for name, obj in self._per_rank(True)}
+        ranks = distributed.gather_objects(mine) if self.world > 1 else [mine]
+        if self.rank != 0:
+            return
+        shared = {name: obj.state_dict() for name, obj in self._per_rank(False)}
+        atomic_torch_save({"format": CHECKPOINT_FORMAT, "world_size": self.world, "step": self.state.step,
+                           "shared": shared, "ranks": ranks}, self.checkpoint_path)
+
+    def restore(self, path: Path) -> None:
+        """Load a checkpoint written by `save`: shared parts as they are, per-rank parts for this rank."""
+        checkpoint = safe_torch_load(path, what="training checkpoint")
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise MixcdError(f"checkpoint {path} was written by another version of mixcd; start a new run folder")
+        if checkpoint["world_size"] != self.world:
+            raise MixcdError(f"checkpoint {path} was written by {checkpoint['world_size']} process(es), this run "
+                             f"has {self.world}; resume with trainer.devices={checkpoint['world_size']}")
+        try:
+            for name, obj in self._per_rank(False):
+                obj.load_state_dict(checkpoint["shared"][name])
+            for name, obj in self._per_rank(True):
+                obj.load_state_dict(checkpoint["ranks"][self.rank][name])
+        except (KeyError, IndexError, RuntimeError, ValueError, TypeError) as exc:
+            raise MixcdError(f"checkpoint {path} does not match this run's configuration "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        self._order_at_step = self.order.state_dict()
+        self.resumed_from = self.state.step
+
+    def _per_rank(self, per_rank: bool) -> list[tuple[str, Any]]:
+        return [(name, obj) for name, rank_part, obj in self.parts() if rank_part == per_rank]
+
+    # ------------------------------------------------------------------ one step
+
+    def _next_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._prefetcher is None:
+            batch = host_batch(self.task, self.order.next(), self.device)
+            self._order_at_step = self.order.state_dict()
+        else:
+            batch = self._upcoming.result()
+            self._order_at_step = self.order.state_dict()  # before the prefetch moves the order ahead
+            self._upcoming = self._prefetcher.submit(host_batch, self.task, self.order.next(), self.device) \
+                if step + 1 < self.settings.steps else None
+        return to_device(*batch, self.transform, self.device, self.channels_last)
+
+    def step(self, step: int) -> None:
+        """One optimisation step: fine-tune batch, rehearsal rows drawn after folding in step−1's observation."""
+        s, r = self.settings, self.rehearsal
+        ft_x, ft_y = self._next_batch(step)
+        n_ft = ft_x.shape[0]
+        if r is not None:
+            self.flush()
+            self.selection.ft_x, self.selection.ft_y = ft_x, ft_y
+            # MIR's virtual step must be the step about to be taken: the scheduled rate, not the base one.
+            self.selection.lr = self.optimizer.param_groups[0]["lr"]
+            pool_rows = r.sampler.draw(step, self.selection)
+            pool_x, pool_y = to_device(*host_batch(r.pool, pool_rows, self.device), self.transform, self.device,
+                                       self.channels_last)
+            x = torch.cat([ft_x, pool_x])
+            splits = [(self.head, 0, n_ft), (r.head, n_ft, x.shape[0])]
+        else:
+            x, splits = ft_x, [(self.head, 0, n_ft)]
+        with autocast_for(self.device, s.amp):
+            outputs = self.net(x, splits=splits)
+            loss_sum = F.cross_entropy(outputs[0].float(), ft_y, reduction="sum")
+            if r is not None:
+                reh_logits = outputs[1].float()
+                loss_sum = loss_sum + s.rehearsal_weight * F.cross_entropy(reh_logits, pool_y, reduction="sum")
+        loss = loss_sum / x.shape[0]
+        self._losses.append((step, loss.detach()))
+        if not self.cuda:  # on the host a check is free; on a GPU it waits for a boundary
+            self.last_loss = self.check_losses()
+        if r is not None:
+            wrong = reh_logits.detach().argmax(1) != pool_y
+            event = None
+            if self.cuda:
+                wrong = wrong.to("cpu", non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+            self._pending = _Pending(pool_rows, wrong, event)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        self.ledger.add(s.purpose, forward=n_ft, backward=n_ft)
+        if r is not None:
+            self.ledger.add("rehearsal", forward=s.rehearsal_batch, backward=s.rehearsal_batch)
+        self.state.interval["samples"] += x.shape[0]
+        self.state.step = step + 1
+
+    def flush(self) -> None:
+        """Fold the pending observation into the sampler and the hit counters."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if pending.event is not None:
+            pending.event.synchronize()
+        wrong = pending.wrong.bool()
+        self.rehearsal.sampler.observe(pending.rows, wrong)
+        hits = int((self.rehearsal.correct0[pending.rows] & wrong).sum())
+        drawn = pending.rows.numel()
+        self.state.hits += hits
+        self.state.drawn += drawn
+        self.state.interval["hits"] += hits
+        self.state.interval["drawn"] += drawn
+
+    def check_losses(self) -> float:
+        """Raise at the first non-finite loss since the last check; return the latest loss."""
+        if not self._losses:
+            return self.last_loss
+        values = torch.stack([v for _, v in self._losses]).float().cpu()
+        bad = (~torch.isfinite(values)).nonzero()
+        if bad.numel():
+            step_bad = self._losses[int(bad[0])][0]
+            path = self.checkpoint_path
+            kept = f"; the last good checkpoint is kept: {path}" if path and path.is_file() else ""
+            raise TrainingDiverged(f"loss became {values[int(bad[0])].item()} at step {step_bad}{kept}; "
+                                   "lower the learning rate or check the data")
+        self.state.interval["loss"] += float(values.sum())
+        self.state.interval["n"] += len(self._losses)
+        self._losses.clear()
+        return float(values[-1])
+
+    # ------------------------------------------------------------------ boundaries and the loop
+
+    def _boundary(self, stop_requested: bool) -> None:
+        """After a step: NaN check and observation at boundaries, progress, telemetry, checkpoint, Ctrl-C."""
+        s, done = self.settings, self.state.step
+        log_now = done % s.log_every == 0 or done == s.steps
+        save_now = bool(s.checkpoint_every) and (done % s.checkpoint_every == 0 or done == s.steps)
+        stop_now = stop_requested and done < s.steps
+        if log_now or save_now or stop_now or done == s.steps:
+            self.last_loss = self.check_losses()
+            if self.rehearsal is not None:
+                self.flush()
+        if self.progress is not None and (not self.cuda or log_now):
+            self.progress(done, self.last_loss)
+        if log_now:
+            if self.writer:
+                record = self._telemetry()
+                self.writer.write(record)
+                log.info("%s step %d/%d: loss %.4f, lr %.4g, %.0f samples/s%s", s.purpose, done, s.steps,
+                         record["loss"], record["lr"], record["throughput"],
+                         "" if record["hit_rate"] is None else f", hit rate {record['hit_rate']:.3f}")
+            self._t_interval = time.perf_counter()
+            self.state.interval = _fresh_interval()
+        if save_now or stop_now:
+            self.save()
+        if stop_now:
+            path = self.checkpoint_path
+            where = f"checkpoint saved to {path}; rerun the same command with resume=true " \
+                    f"hydra.run.dir=<this run folder> to continue" if path else "nothing was saved"
+            raise Interrupted(f"interrupted at step {done}/{s.steps}; {where}")
+
+    def _telemetry(self) -> dict[str, Any]:
+        interval = self.state.interval
+        now = time.perf_counter()
+        record = {"step": self.state.step, "loss": interval["loss"] / max(interval["n"], 1),
+                  "lr": self.schedule.get_last_lr()[0],
+                  "throughput": interval["samples"] * self.world / max(now - self._t_interval, 1e-9),
+                  "hit_rate": interval["hits"] / interval["drawn"] if interval["drawn"] else None}
+        if self.rehearsal is not None:
+            record.update(self.rehearsal.sampler.telemetry())
+        return record
+
+    def run(self, resume: bool = False) -> LoopResult:
+        """Set up (restoring when ``resume`` and a checkpoint exists), train to the end, report."""
+        self.setup(resume)
+        try:
+            with stop_on_sigint() as interrupted:
+                for step in range(self.state.step, self.settings.steps):
+                    self.step(step)
+                    self._boundary(interrupted["stop"])
+        finally:
+            if self.writer:
+                self.writer.close()
+            if self._prefetcher is not None:
+                self._prefetcher.shutdown(wait=True)
+        totals = distributed.all_reduce_sum(torch.tensor([self.state.hits, self.state.drawn], dtype=torch.float64)) \
+            if self.world > 1 else torch.tensor([self.state.hits, self.state.drawn], dtype=torch.float64)
+        hits, drawn = int(totals[0]), int(totals[1])
+        return LoopResult(self.settings.steps, self._elapsed_before + time.perf_counter() - self._t0,
+                          hits / drawn if drawn else None, drawn, hits, self.last_loss, self.resumed_from)
