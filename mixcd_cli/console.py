@@ -27,6 +27,9 @@ from rich.table import Table
 console = Console()
 err_console = Console(stderr=True)
 log = logging.getLogger("mixcd")
+# Outside a Hydra job (tests, library use) nothing is configured: stay silent rather than let
+# logging's last-resort handler print every error a second time.
+log.addHandler(logging.NullHandler())
 
 
 def _progress_enabled() -> bool:

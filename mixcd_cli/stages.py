@@ -59,9 +59,10 @@ def check_types(cfg: DictConfig) -> None:
 
     from .errors import unknown_choice
 
+    absent = object()
     for key in INTEGER_KEYS + NUMBER_KEYS:
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is None:
+        value = OmegaConf.select(cfg, key, default=absent)
+        if value is absent:  # e.g. sampler.num_bins under another sampler
             continue
         integer = key in INTEGER_KEYS
         ok = isinstance(value, int) if integer else isinstance(value, (int, float)) and math.isfinite(value)

@@ -108,3 +108,46 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tiny: list[str], out_dir: 
 
     runs, skipped = collect([sweep])
     assert len(runs) == 1 and "do not occur" in skipped[0][1]
+
+
+def test_hydra_flags_pass_through_and_run_nothing(tiny: list[str], out_dir: Path) -> None:
+    job = mixcd("train", "--cfg", "job", *tiny, "sampler=mixcd", "trainer.steps=7")
+    assert job.returncode == 0, job.stderr
+    assert "steps: 7" in job.stdout and "name: mixcd" in job.stdout and "hydra:" not in job.stdout
+    part = mixcd("train", "--cfg", "job", "--resolve", "--package", "trainer", *tiny)
+    assert part.returncode == 0 and part.stdout.startswith("# @package trainer") and "mix_ratio: 0.25" in part.stdout
+    hydra = mixcd("train", "-c", "hydra", *tiny)
+    assert hydra.returncode == 0 and "job_logging" in hydra.stdout
+    info = mixcd("train", "--info", "defaults", *tiny)
+    assert info.returncode == 0 and "Defaults List" in info.stdout and "sampler/random" in info.stdout
+    assert mixcd("train", "--hydra-help").returncode == 0
+    assert not out_dir.exists()  # printing a config runs no stage
+    bad = mixcd("train", "--cfg", "jobs", *tiny)
+    assert bad.returncode == 2 and "did you mean 'job'" in bad.stderr
+
+
+def test_stage_help_lists_config_groups() -> None:
+    result = runner.invoke(app, ["train", "--help"])
+    assert result.exit_code == 0
+    assert "sampler:" in result.output and "mixcd" in result.output and "hydra/launcher:" in result.output
+
+
+def test_logging_goes_to_the_stage_log_once(tiny: list[str], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = mixcd("train", *tiny, "sampler=mixcd", "trainer.steps=20", "trainer.log_every=10",
+                 f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    log = (run_dir / "train.log").read_text()
+    assert "mixcd train in" in log
+    assert "finetune step 10/20" in log and "finetune step 20/20" in log and "hit rate" in log
+    assert "prior-test acc after" in log and f"run folder: {run_dir}" in log
+    # the rich console prints the result once: the log handler does not echo it a second time
+    assert proc.stdout.count("run folder:") == 1 and "[INFO]" not in proc.stdout + proc.stderr
+
+
+def test_exit_codes_are_2_for_a_mistake_and_3_for_divergence(tiny: list[str], tmp_path: Path) -> None:
+    assert mixcd("train", *tiny, "sampler=nosuch").returncode == 2
+    assert mixcd("report", str(tmp_path / "nothing-here")).returncode == 2
+    diverged = mixcd("train", *tiny, "trainer.lr=1e30", "trainer.steps=20", f"hydra.run.dir={tmp_path / 'r'}")
+    assert diverged.returncode == 3, diverged.stderr
+    assert "loss became" in diverged.stderr and "Traceback" not in diverged.stderr

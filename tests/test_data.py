@@ -142,3 +142,27 @@ def test_imagefolder_decodes_in_threads_and_prefetch_changes_nothing(tmp_path: P
                         torch.device("cpu"), TrainSettings(steps=9, batch_size=5, lr=0.1, **const), Ledger(),
                         checkpoint_path=ckpt).run(resume=True)
     assert resumed.resumed_from == 6 and resumed.final_loss == full.final_loss
+
+
+def test_placing_data_on_a_device_leaves_the_memoised_sources_alone(compose_cfg, tiny, monkeypatch) -> None:
+    """A sweep worker reuses its process: the next job must find the cached sources as loaded."""
+    from mixcd_cli import data as data_mod
+    from mixcd_cli.data import ArraySource, build_experiment
+    from mixcd_cli.stages import place_data, plain
+
+    cfg = compose_cfg("train", tiny)
+    exp = build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
+                           cfg.image_size)
+    cached = {key: (src, src.data) for key, src in data_mod._SOURCE_CACHE.items() if isinstance(src, ArraySource)}
+    some = next(iter(cached.values()))[0]
+    copy = some.on_device(torch.device("cpu"))
+    assert copy is not some and some.data is cached[next(iter(cached))][1]  # a copy; the cached one keeps its data
+    # No GPU here: stand in for the device copy with a host clone, and for the free-memory query.
+    monkeypatch.setattr(ArraySource, "on_device", lambda self, device: data_mod.replace(self, data=self.data.clone()))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2**40, 2**40))
+    place_data(exp, torch.device("cuda"), "auto")
+    tasks = (exp.pool, exp.prior_test, exp.ft_train, exp.ft_test)
+    originals = {id(src) for src, _ in cached.values()}
+    assert all(id(t.source) not in originals for t in tasks)  # the tasks point at the copies
+    for key, (src, tensor) in cached.items():
+        assert data_mod._SOURCE_CACHE[key] is src and src.data is tensor  # untouched

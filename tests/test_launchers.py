@@ -30,3 +30,21 @@ def test_submitit_local_launcher(tiny: list[str], out_dir: Path) -> None:
     runs = _sweep(tiny, out_dir, "submitit_local")
     assert {r["sampler"] for r in runs} == {"random", "mixcd"}
     assert all(r["pre_acc"] is not None for r in runs)
+
+
+def test_a_failing_job_fails_a_parallel_sweep(tiny: list[str], out_dir: Path) -> None:
+    """Under joblib the jobs run in worker processes: failure is read back from their folders."""
+    import os
+    import subprocess
+    import sys
+
+    # the second value of the sweep is only composed inside its job, where it is refused
+    proc = subprocess.run([sys.executable, "-m", "mixcd_cli.cli", "train", "-m", "hydra/launcher=local_parallel",
+                           *tiny, "trainer.steps=4,0", "threads=1"], capture_output=True, text=True,
+                          env={**os.environ, "MIXCD_PROGRESS": "0"}, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "1 sweep job(s) failed" in proc.stderr and "trainer.steps must be ≥ 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    sweep = next((out_dir / "multirun" / "train").iterdir())
+    assert (sweep / "0" / "metrics.json").is_file() and not (sweep / "0" / "error.txt").exists()
+    assert "trainer.steps" in (sweep / "1" / "error.txt").read_text()
