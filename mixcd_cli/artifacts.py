@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
+import math
 import os
 import platform
 import subprocess
@@ -17,6 +19,21 @@ from typing import Any
 import torch
 
 from .errors import MixcdError
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: Path, directory: bool = False) -> None:
+    """Give a file (or folder) made by mkstemp/mkdtemp the mode a plain open/mkdir would have.
+
+    mkstemp and mkdtemp create 0600/0700 whatever the umask, which would make a cache shared by a
+    team unreadable to everyone but its first writer.
+    """
+    os.chmod(path, (0o777 if directory else 0o666) & ~_current_umask())
 
 
 def _write_error(path: Path, exc: OSError) -> MixcdError:
@@ -38,6 +55,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
+        honour_umask(Path(tmp))
     except OSError as exc:
         raise _write_error(path, exc) from exc
     try:
@@ -51,23 +69,42 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save, atomically, with bytes that depend on ``obj`` alone.
+
+    Serialising to memory first keeps the archive's internal name fixed ('archive'): saved
+    straight to the temporary file, the zip would carry that file's random name, and two saves of
+    the same weights would get different fingerprints (and miss the snapshot cache).
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getbuffer())
+
+
+def to_json_safe(obj: Any) -> Any:
+    """Plain JSON values: tensors and arrays as lists, paths as strings, NaN and ±inf as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): to_json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # torch tensors, numpy arrays and scalars
+        return to_json_safe(obj.tolist())
+    return obj
+
+
+def json_text(obj: Any, **kwargs: Any) -> str:
+    """Strict JSON (never a bare NaN token, which JSON does not allow)."""
+    return json.dumps(to_json_safe(obj), allow_nan=False, **kwargs)
 
 
 def write_json(obj: Any, path: Path) -> None:
+    """Write strict JSON atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
+        tmp.write_text(json_text(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: Path, what: str = "file") -> Any:
@@ -161,7 +198,7 @@ class JsonlWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         try:
-            self._f.write((json.dumps(record, default=_json_default) + "\n").encode())
+            self._f.write((json_text(record) + "\n").encode())
             self._f.flush()
         except OSError as exc:
             raise _write_error(self.path, exc) from exc

@@ -14,6 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 STAGE_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -176,7 +177,7 @@ def main() -> None:
     try:
         # Without standalone mode click returns (not raises) the code of typer.Exit and of an
         # Abort (Ctrl-C) — it must reach the shell, not be dropped.
-        code = app(standalone_mode=False)
+        code = app(prog_name="mixcd", standalone_mode=False)
     except MixcdError as exc:
         from .console import error
 
@@ -184,17 +185,25 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(130)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
+    except (typer.Abort, KeyboardInterrupt):
+        from .console import error
+        from .errors import interrupt_message
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        error(interrupt_message())
+        sys.exit(130)
+    except Exception as exc:
+        # Usage errors (missing argument, unknown command or option): click's short usage message and
+        # its exit code 2. Typer vendors its own click, so recognise them by shape, not by class.
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            sys.exit(exit_code)
         raise
+    if code == 130:  # typer turns a Ctrl-C it caught into this code: say what it interrupted
+        from .console import error
+        from .errors import interrupt_message
+
+        error(interrupt_message())
     sys.exit(code if isinstance(code, int) else 0)
 
 

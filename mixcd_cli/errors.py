@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 
 class MixcdError(Exception):
@@ -38,3 +39,26 @@ class Interrupted(MixcdError):
     """Ctrl-C: what was saved is named in the message."""
 
     exit_code = 130
+
+
+# What the process is doing and what a Ctrl-C there leaves behind, for the one line it prints.
+_PHASE = {"doing": "starting", "kept": "nothing was written"}
+
+
+@contextmanager
+def phase(doing: str, kept: str) -> Iterator[None]:
+    """Mark a stretch of work: an interrupt inside it says it stopped during ``doing`` and that ``kept`` holds."""
+    previous = dict(_PHASE)
+    _PHASE.update(doing=doing, kept=kept)
+    yield  # on an exception (Ctrl-C) the phase stays set, for the line printed at the top
+    _PHASE.update(previous)
+
+
+def phase_kept(kept: str) -> None:
+    """Update what the current phase has safely written so far (e.g. a new checkpoint)."""
+    _PHASE["kept"] = kept
+
+
+def interrupt_message() -> str:
+    """The line printed for a Ctrl-C that reached the top (not one handled by fine-tuning)."""
+    return f"interrupted during {_PHASE['doing']}; {_PHASE['kept']}"

@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .artifacts import config_digest, file_digest, file_lock, read_json, write_json
+from .artifacts import config_digest, file_digest, file_lock, honour_umask, read_json, write_json
 from .data import BatchTransform, Task
 from .errors import MixcdError
 from .samplers.base import PoolInfo
 
 COLUMNS = {"loss": np.float32, "pred": np.int32, "conf": np.float32, "correct": np.bool_, "target": np.int32,
            "index": np.int64}
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta.json holds a checksum of every column
 
 
 @dataclass
@@ -90,9 +90,12 @@ def write_snapshot(folder: Path, meta: dict[str, Any], pool: dict[str, torch.Ten
     """Write into a temporary sibling and rename: readers never see a half-written snapshot."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    honour_umask(tmp, directory=True)
     try:
         _write_part(tmp, "pool", pool)
         _write_part(tmp, "test", test)
+        # Checksums of every column: loading verifies contents, not only shapes.
+        meta = {**meta, "checksums": {p.name: file_digest(p) for p in sorted(tmp.glob("*.npy"))}}
         write_json(meta, tmp / "meta.json")
         if folder.exists():
             shutil.rmtree(folder)
@@ -111,6 +114,13 @@ def load_snapshot(folder: Path, expected_key: str | None, pool: Task, prior_test
     if expected_key is not None and meta.get("key") != expected_key:
         raise MixcdError(f"snapshot {folder} was made for another model, pool or transform "
                          f"(its key {meta.get('key')} ≠ {expected_key}); drop snapshot.path to recompute")
+    for name, digest in (meta.get("checksums") or {}).items():
+        column = folder / name
+        if column.is_file() and file_digest(column) != digest:
+            raise MixcdError(f"snapshot {folder} is corrupt: {name} does not match its checksum; "
+                             "delete the folder to recompute it")
+    if not meta.get("checksums"):
+        raise MixcdError(f"snapshot {folder} has no checksums (made by an older mixcd); delete it to recompute")
     snap = Snapshot(folder, meta, _read_part(folder, "pool"), _read_part(folder, "test"))
     for part, task, name in ((snap.pool, pool, "pool"), (snap.test, prior_test, "prior test set")):
         if len(part) != len(task) or not torch.equal(part.index.long(), task.index.long()) \

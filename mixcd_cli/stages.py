@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import console, distributed
 from .artifacts import config_digest, environment_info, file_lock, read_json, write_json
 from .data import Experiment, build_experiment
-from .errors import MixcdError
+from .errors import MixcdError, phase
 from .metrics import Ledger, categories, forgetting_metrics
 from .models import MixcdNet, create_model, load_model, model_spec, save_model
 from .runtime import AMP_MODES, derive_seed, peak_memory_mb, resolve_device
@@ -165,9 +165,10 @@ def setup(cfg: DictConfig, run_dir: Path | None = None) -> Context:
     write_json(environment_info(), run_dir / "env.json")
     log.info("mixcd %s in %s on %s (world size %d)", cfg.stage, run_dir, device, distributed.world())
     t0 = time.perf_counter()
-    exp = build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
-                           cfg.image_size)
-    place_data(exp, device, cfg.trainer.get("data_on_device", "auto"))
+    with phase("data loading", f"only the configuration was written ({run_dir})"):
+        exp = build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
+                               cfg.image_size)
+        place_data(exp, device, cfg.trainer.get("data_on_device", "auto"))
     return Context(cfg, run_dir, device, exp, Ledger(), {"data": time.perf_counter() - t0})
 
 
@@ -252,7 +253,8 @@ def _prior_locked(ctx: Context, cache: Path, key: str, path: Path, spec: dict[st
         settings = settings_from(pre, steps, int(pre.seed), "pretrain", int(cfg.eval.batch_size),
                                  amp=str(cfg.trainer.amp), log_every=max(1, steps // 10), distributed=False)
         t0 = time.perf_counter()
-        with console.step_progress("pretrain θ0", steps) as progress:
+        with phase("pretraining of θ0", "the cache holds only finished prior models; rerun to pretrain again"), \
+                console.step_progress("pretrain θ0", steps) as progress:
             FineTuner(model, exp.pool, exp.prior_head(), exp.transform, ctx.device, settings, ctx.ledger,
                       telemetry_path=path.parent / "pretrain.jsonl", progress=progress).run()
         save_model(model, path, spec, {"experiment_pool": exp.pool.definition})
@@ -299,7 +301,8 @@ def snapshot_for(ctx: Context, path: Path) -> tuple[Snapshot, bool]:
     batch = cfg.snapshot.batch_size
     if batch == "auto":  # the largest batch that fits: inference needs no activations kept
         batch = largest_batch(model, exp.pool, exp.prior_head(), exp.transform, ctx.device, str(cfg.trainer.amp))
-    with console.count_progress("snapshot θ0", total) as progress:
+    with phase("the snapshot", "the cache holds only complete snapshots; rerun to compute it again"), \
+            console.count_progress("snapshot θ0", total) as progress:
         snap, cached = get_or_create_snapshot(
             Path(cfg.paths.cache_dir), path, model, exp.pool, exp.prior_test, exp.prior_head(), exp.transform,
             ctx.device, int(batch), ctx.ledger, str(cfg.trainer.amp),
@@ -388,7 +391,10 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     if resume and distributed.rank() == 0:
         console.note(f"resuming from {checkpoint}")
     t0 = time.perf_counter()
-    with console.step_progress(f"fine-tune [{cfg.sampler.name}]", settings.steps) as progress:
+    kept = f"the checkpoint {checkpoint} is kept; rerun the same command to resume" if resume else \
+        "no checkpoint was written yet"
+    with phase("fine-tuning (second Ctrl-C: stopped at once)", kept), \
+            console.step_progress(f"fine-tune [{cfg.sampler.name}]", settings.steps) as progress:
         rehearsal = Rehearsal(sampler, exp.pool, exp.prior_head(), snap.pool.correct.bool())
         loop = FineTuner(model, exp.ft_train, exp.ft_head(), exp.transform, ctx.device, settings, ctx.ledger,
                          rehearsal, telemetry_path=run_dir / "metrics.jsonl", checkpoint_path=checkpoint,
@@ -399,7 +405,9 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         return {}
     save_model(model, run_dir / "model.pt", model_spec(plain(cfg.model)),
                {"heads_of": {"prior": exp.prior_head(), "finetune": exp.ft_head()}})
-    metrics = evaluate(ctx, model, snap)
+    with phase("evaluation", f"the fine-tuned model and {checkpoint.name} are kept; rerun the same command "
+                             "to evaluate them"):
+        metrics = evaluate(ctx, model, snap)
     ctx.timings["total"] = time.perf_counter() - t_start
     result = {
         "stage": "train", "experiment": str(cfg.experiment_name), "sampler": str(cfg.sampler.name),
@@ -417,19 +425,88 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     return result
 
 
-def run_eval(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
-    """Re-evaluate a finished fine-tune run folder with the current config's data and settings."""
+# What `mixcd eval` may change of the configuration a run was trained with: how and where it
+# evaluates, never what was trained or on which data.
+EVAL_ONLY = ("eval", "device", "threads", "paths", "snapshot.batch_size", "trainer.amp", "run_dir", "stage", "resume",
+             "hydra")
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def _eval_only(path: str) -> bool:
+    return any(path == key or path.startswith(key + ".") for key in EVAL_ONLY)
+
+
+# A group choice on `mixcd eval`'s command line is checked by the node it fills (experiment: by name).
+GROUP_NODES = {"experiment": "experiment_name", "sampler": "sampler", "model": "model", "trainer": "trainer",
+               "pretrain": "pretrain", "task@prior": "prior", "task@finetune": "finetune"}
+
+
+def eval_config(cfg: DictConfig, source: Path, overrides: list[str]) -> DictConfig:
+    """The configuration ``source`` was trained with, plus what only changes evaluation.
+
+    An override that would evaluate something else (another experiment, other classes, another
+    model) is refused, naming the first key that differs from the run's own configuration.
+    """
+    trained_path = source / "config.yaml"
+    if not trained_path.is_file():
+        raise MixcdError(f"{source} has no config.yaml: not a run folder written by `mixcd train`")
+    trained = OmegaConf.load(trained_path)
+    if trained.get("stage") != "train":
+        raise MixcdError(f"{source} was written by `mixcd {trained.get('stage')}`, not `mixcd train`")
+    given, have = _flat(plain(cfg)), _flat(plain(trained))
+    named = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
+    plain_keys = {k for k in named if k not in GROUP_NODES}
+    checked: set[str] = set()
+    for key in named:
+        node = GROUP_NODES.get(key, key)
+        # a group's node, less what is overridden key by key (checked on its own)
+        checked |= {k for k in given if (k == node or k.startswith(node + ".")) and (key in plain_keys
+                                                                                     or k not in plain_keys)}
+    for key in sorted(checked):
+        if not _eval_only(key) and given.get(key) != have.get(key):
+            raise MixcdError(f"mixcd eval uses the configuration {source} was trained with, and {key}="
+                             f"{given.get(key)!r} differs from it ({have.get(key)!r}); drop that override "
+                             "(only eval.*, device, threads, paths.*, snapshot.batch_size, trainer.amp may change)")
+    merged = OmegaConf.create(OmegaConf.to_container(trained))
+    OmegaConf.set_struct(merged, False)
+    for key in sorted(checked):
+        if _eval_only(key) and not key.startswith("hydra") and key in given:
+            OmegaConf.update(merged, key, given[key], force_add=True)
+    merged.stage, merged.run_dir = "eval", str(source)
+    return merged
+
+
+def run_eval(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate a finished fine-tune run with the configuration it was trained with; write a folder of its own."""
     if not cfg.get("run_dir"):
         raise MixcdError("mixcd eval needs run_dir=PATH (a folder written by `mixcd train`)")
-    source = Path(str(cfg.run_dir))
+    source = Path(str(cfg.run_dir)).resolve()
     if not (source / "model.pt").is_file():
         raise MixcdError(f"{source} has no model.pt: not a finished `mixcd train` run")
-    ctx = setup(cfg, run_dir)
+    if overrides is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    target = run_dir_of(cfg, run_dir)
+    if target.resolve() == source:
+        raise MixcdError(f"mixcd eval writes a folder of its own and never into the run it evaluates ({source}); "
+                         "drop hydra.run.dir or choose another folder")
+    cfg = eval_config(cfg, source, overrides)
+    ctx = setup(cfg, target)
     prior_path, _ = prior_checkpoint(ctx, allow_train=False)
     snap, _ = snapshot_for(ctx, prior_path)
     model, _ = load_model(source / "model.pt", model_spec(plain(cfg.model)), ctx.experiment.channels)
     model.to(ctx.device)
-    metrics = evaluate(ctx, model, snap)
+    with phase("evaluation", "nothing of this evaluation was written; rerun to evaluate again"):
+        metrics = evaluate(ctx, model, snap)
     trained = read_json(source / "metrics.json", "run metrics") if (source / "metrics.json").is_file() else {}
     result = {"stage": "eval", "run_dir": str(source), **{k: trained.get(k) for k in (
         "experiment", "sampler", "mix_ratio", "seed", "hit_rate", "ledger")}, **metrics,

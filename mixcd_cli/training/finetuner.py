@@ -25,7 +25,7 @@ from torch import nn
 from .. import distributed
 from ..artifacts import JsonlWriter, atomic_torch_save, safe_torch_load
 from ..data import BatchTransform, Task
-from ..errors import Interrupted, MixcdError, TrainingDiverged
+from ..errors import Interrupted, MixcdError, TrainingDiverged, phase_kept
 from ..metrics import Ledger
 from ..models import MixcdNet
 from ..runtime import autocast_for, derive_seed, stop_on_sigint
@@ -122,6 +122,7 @@ class TrainState:
     interval: dict[str, float] = field(default_factory=_fresh_interval)
     telemetry_offset: int = 0
     elapsed: float = 0.0
+    last_loss: float = float("nan")  # the latest checked loss: a run resumed at its last step still reports it
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -201,7 +202,6 @@ class FineTuner:
         self.channels_last = settings.channels_last and self.cuda
         self.state = TrainState()
         self.resumed_from: int | None = None
-        self.last_loss = float("nan")
 
     # ------------------------------------------------------------------ setup
 
@@ -275,6 +275,8 @@ class FineTuner:
         shared = {name: obj.state_dict() for name, obj in self._per_rank(False)}
         atomic_torch_save({"format": CHECKPOINT_FORMAT, "world_size": self.world, "step": self.state.step,
                            "shared": shared, "ranks": ranks}, self.checkpoint_path)
+        phase_kept(f"the checkpoint of step {self.state.step} ({self.checkpoint_path}) is kept; rerun the same "
+                   "command to resume from it")
 
     def restore(self, path: Path) -> None:
         """Load a checkpoint written by `save`: shared parts as they are, per-rank parts for this rank."""
@@ -337,7 +339,7 @@ class FineTuner:
         loss = loss_sum / x.shape[0]
         self._losses.append((step, loss.detach()))
         if not self.cuda:  # on the host a check is free; on a GPU it waits for a boundary
-            self.last_loss = self.check_losses()
+            self.state.last_loss = self.check_losses()
         if r is not None:
             wrong = reh_logits.detach().argmax(1) != pool_y
             event = None
@@ -375,7 +377,7 @@ class FineTuner:
     def check_losses(self) -> float:
         """Raise at the first non-finite loss since the last check; return the latest loss."""
         if not self._losses:
-            return self.last_loss
+            return self.state.last_loss
         values = torch.stack([v for _, v in self._losses]).float().cpu()
         bad = (~torch.isfinite(values)).nonzero()
         if bad.numel():
@@ -395,14 +397,15 @@ class FineTuner:
         """After a step: NaN check and observation at boundaries, progress, telemetry, checkpoint, Ctrl-C."""
         s, done = self.settings, self.state.step
         log_now = done % s.log_every == 0 or done == s.steps
-        save_now = bool(s.checkpoint_every) and (done % s.checkpoint_every == 0 or done == s.steps)
+        # checkpoint_every=0: only the final checkpoint (a kill during evaluation then resumes at the end)
+        save_now = done == s.steps or bool(s.checkpoint_every) and done % s.checkpoint_every == 0
         stop_now = stop_requested and done < s.steps
         if log_now or save_now or stop_now or done == s.steps:
-            self.last_loss = self.check_losses()
+            self.state.last_loss = self.check_losses()
             if self.rehearsal is not None:
                 self.flush()
         if self.progress is not None and (not self.cuda or log_now):
-            self.progress(done, self.last_loss)
+            self.progress(done, self.state.last_loss)
         if log_now:
             if self.writer:
                 record = self._telemetry()
@@ -448,4 +451,4 @@ class FineTuner:
             if self.world > 1 else torch.tensor([self.state.hits, self.state.drawn], dtype=torch.float64)
         hits, drawn = int(totals[0]), int(totals[1])
         return LoopResult(self.settings.steps, self._elapsed_before + time.perf_counter() - self._t0,
-                          hits / drawn if drawn else None, drawn, hits, self.last_loss, self.resumed_from)
+                          hits / drawn if drawn else None, drawn, hits, self.state.last_loss, self.resumed_from)
