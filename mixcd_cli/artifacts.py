@@ -116,16 +116,20 @@ def read_json(path: Path, what: str = "file") -> Any:
         raise MixcdError(f"{what} {path} is corrupt ({exc}); delete it and rerun") from exc
 
 
-def safe_torch_load(path: Path, what: str = "checkpoint") -> Any:
-    """torch.load with one clear message for a missing, truncated or foreign file."""
+def safe_torch_load(path: Path, what: str = "checkpoint", yours: bool = False) -> Any:
+    """torch.load with one clear message for a missing, truncated or foreign file.
+
+    ``yours``: a file the user named (not one mixcd made and can remake), so never advise deleting it.
+    """
     path = Path(path)
     if not path.is_file():
         raise MixcdError(f"{what} not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise MixcdError(f"{what} {path} is corrupt or truncated ({type(exc).__name__}); "
-                         "delete it and rerun to recompute") from exc
+        advice = "check that it is a complete mixcd model checkpoint" if yours else \
+            "delete it and rerun to recompute"
+        raise MixcdError(f"{what} {path} is corrupt or truncated ({type(exc).__name__}); {advice}") from exc
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:

@@ -99,7 +99,7 @@ def train(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool =
 @app.command("eval", context_settings=STAGE_CONTEXT, epilog=EPILOG)
 def eval_(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN, cfg: str = CFG,
           resolve: bool = RESOLVE, package: str = PACKAGE, info: str = INFO, hydra_help: bool = HYDRA_HELP) -> None:
-    """Re-evaluate a finished run folder: run_dir=PATH (with the overrides it was trained with)."""
+    """Re-evaluate a finished run folder (run_dir=PATH) as it was trained; only evaluation settings may change."""
     _stage("eval", ctx, overrides, multirun, cfg, resolve, package, info, hydra_help)
 
 

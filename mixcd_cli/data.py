@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .errors import MixcdError
 from .registry import Registry
+from .schema import HEAD_MODES
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -142,7 +143,8 @@ def prepare_fashion_mnist(root: Path, debian_dir: Path = DEBIAN_FASHION_MNIST) -
 
 _TV_SPECS: dict[str, dict[str, Any]] = {
     "fashion_mnist": {"cls": "FashionMNIST", "folder": "FashionMNIST", "mean": (0.2860,), "std": (0.3530,),
-                      "how": "apt-get install dataset-fashion-mnist (Debian), or set download=true with internet"},
+                      "how": "apt-get install dataset-fashion-mnist (Debian), or set download=true with internet",
+                      "offline": "apt-get install dataset-fashion-mnist (Debian)"},
     "mnist": {"cls": "MNIST", "folder": "MNIST", "mean": (0.1307,), "std": (0.3081,)},
     "kmnist": {"cls": "KMNIST", "folder": "KMNIST", "mean": (0.1918,), "std": (0.3483,)},
     "cifar10": {"cls": "CIFAR10", "folder": "cifar-10-batches-py", "mean": (0.4914, 0.4822, 0.4465),
@@ -161,6 +163,9 @@ def _load_torchvision(name: str, root: Path, train: bool, download: bool) -> Arr
         prepare_fashion_mnist(root)
     cls = getattr(tvd, spec["cls"])
     how = spec.get("how", "set download=true where there is internet, or place the files there yourself")
+    if download:  # the advice must not be the very thing that just failed
+        offline = spec.get("offline", "")
+        how = "this machine could not fetch it; copy the files there by hand" + (f", or {offline}" if offline else "")
     try:
         if name == "svhn":
             ds = cls(str(root), split="train" if train else "test", download=download)
@@ -361,8 +366,6 @@ class Experiment:
     def ft_head(self) -> str:
         return "shared" if self.head == "shared" else "finetune"
 
-
-HEAD_MODES = ("shared", "multi")
 
 
 def build_experiment(prior: dict[str, Any], finetune: dict[str, Any], head: str, data_root: str,

@@ -47,13 +47,18 @@ def project_root() -> str:
 
 
 def register_resolvers() -> None:
+    """The ${mixcd_root:} resolver and the structured-config schemas, before any composition."""
     from omegaconf import OmegaConf
 
+    from .schema import register
+
+    register()
     if not OmegaConf.has_resolver("mixcd_root"):
         OmegaConf.register_new_resolver("mixcd_root", project_root)
 
 
 def group_options(group: str) -> list[str]:
+    """The YAML options of a config group (the schemas Hydra also knows there are not choices)."""
     folder = config_dir() / group
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
@@ -68,6 +73,14 @@ def _timm_name(value: str) -> bool:
     except ImportError:
         return False
     return bool(timm.is_model(value))
+
+
+def _timm_hint(name: str) -> str:
+    try:
+        import timm
+    except ImportError:
+        return ""
+    return closest(name, timm.list_models())
 
 
 def normalise_overrides(overrides: list[str]) -> list[str]:
@@ -97,17 +110,27 @@ def _values(override: Any) -> list[str]:
     return [str(value)]
 
 
+# (position in the first-value overrides, key, the sweep's other values), filled by check_overrides
+SWEEP_VALUES: list[tuple[int, str, list[str]]] = []
+
+
 def check_overrides(overrides: list[str], multirun: bool) -> list[str]:
     """Parse overrides; refuse unknown group options. Returns overrides for a validation compose."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
+    for i, item in enumerate(overrides):
+        if "=" not in item and not item.startswith("~"):
+            before = f" after '{overrides[i - 1]}'" if i else ""
+            raise MixcdError(f"'{item}'{before} is not an override (key=value); a value with spaces must be quoted "
+                             f"whole, e.g. 'paths.output_dir=/data/my runs'")
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException as exc:
         raise MixcdError(f"cannot parse override: {str(exc).splitlines()[0]}") from exc
     groups = config_groups()
     first: list[str] = []
+    SWEEP_VALUES.clear()
     for ov, text in zip(parsed, overrides, strict=True):
         key = ov.key_or_group
         group = key.split("@")[0].lstrip("+~")
@@ -125,14 +148,26 @@ def check_overrides(overrides: list[str], multirun: bool) -> list[str]:
             vals = _values(ov)
             if vals:
                 first.append(f"{ov.get_key_element()}={vals[0]}")
+                SWEEP_VALUES.append((len(first) - 1, ov.get_key_element(), vals[1:]))
             continue
         first.append(text)
     return first
 
 
 def _explain_compose_error(exc: Exception, cfg_keys: Any) -> MixcdError:
-    text = str(exc)
+    """Hydra's multi-line composition error as one line: an unknown key, or a value of the wrong type."""
     import re
+
+    from omegaconf.errors import ValidationError
+
+    from .schema import type_error
+
+    cause = exc
+    while cause is not None and not isinstance(cause, ValidationError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, ValidationError):
+        return type_error(cause)
+    text = str(exc)
 
     m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
     if m:
@@ -167,12 +202,18 @@ def compose(stage: str, overrides: list[str]) -> Any:
         try:
             return hydra_compose(config_name=stage, overrides=overrides)
         except Exception as exc:
-            base = hydra_compose(config_name=stage, overrides=[])
+            # the keys the user could have meant: under their own group choices (sampler=mixcd, ...)
+            choices = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0]]
+            try:
+                base = hydra_compose(config_name=stage, overrides=choices)
+            except Exception:
+                base = hydra_compose(config_name=stage, overrides=[])
             raise _explain_compose_error(exc, base) from exc
 
 
 def validate(stage: str, overrides: list[str], multirun: bool) -> Any:
-    """Everything that can be checked before running: overrides, composition, value ranges."""
+    """Everything that can be checked before running: overrides, composition, value ranges, output folders."""
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from .stages import validate_config
@@ -181,9 +222,74 @@ def validate(stage: str, overrides: list[str], multirun: bool) -> Any:
     cfg = compose(stage, first)
     try:
         validate_config(cfg)
+        # every value of a sweep, each with the others at their first value: a bad one fails now,
+        # not in the middle of the sweep
+        for position, key, others in list(SWEEP_VALUES):
+            for value in others:
+                trial = [*first[:position], f"{key}={value}", *first[position + 1:]]
+                try:
+                    validate_config(compose(stage, trial))
+                except MixcdError as exc:
+                    raise MixcdError(f"in the sweep, {key}={value}: {exc}") from exc
     except OmegaConfBaseException as exc:
         raise MixcdError(f"invalid configuration: {str(exc).splitlines()[0]}") from exc
+    for key in ("paths.output_dir", "paths.cache_dir"):
+        check_writable(Path(str(OmegaConf.select(cfg, key))), key)
     return cfg
+
+
+def preflight(stage: str, cfg: Any, run_dir: str | None) -> None:
+    """Checks on folders that need no work: the run to resume, the run to evaluate."""
+    if stage == "train" and cfg.resume is True:
+        if not run_dir:
+            raise MixcdError("resume=true continues the run in hydra.run.dir=<its folder>; name that folder")
+        if not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
+            raise MixcdError(f"resume=true but {run_dir} holds no checkpoint (checkpoints/last.pt); drop resume to "
+                             "start a new run")
+    if str(cfg.device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MixcdError(f"device={cfg.device} requested but no CUDA device is available; use device=cpu or auto")
+    if cfg.prior_model.checkpoint and not Path(str(cfg.prior_model.checkpoint)).is_file():
+        raise MixcdError(f"prior_model.checkpoint not found: {cfg.prior_model.checkpoint}")
+    if cfg.snapshot.path and not Path(str(cfg.snapshot.path)).is_dir():
+        raise MixcdError(f"snapshot not found: {cfg.snapshot.path} (snapshot.path names a snapshot folder)")
+    if cfg.model.get("backbone") == "timm" and not _timm_name(str(cfg.model.name)):
+        raise MixcdError(f"unknown timm model '{cfg.model.name}'{_timm_hint(str(cfg.model.name))}")
+    if stage == "eval":
+        source = Path(str(cfg.run_dir))
+        if not source.is_dir():
+            raise MixcdError(f"run_dir={source} does not exist")
+        if not (source / "model.pt").is_file() or not (source / "config.yaml").is_file():
+            raise MixcdError(f"{source} holds no finished `mixcd train` run (model.pt and config.yaml)")
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Refuse, before any work, a folder that cannot be created or written (a file in the way, a
+    read-only place, a name too long)."""
+    import errno
+    import tempfile
+
+    from .artifacts import _write_error
+
+    for part in path.parts:
+        if len(part.encode()) > 255:
+            raise MixcdError(f"{what}={path}: the name '{part[:40]}…' is longer than the file system allows")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise MixcdError(f"{what}={path} cannot be created: {probe} is a file, not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".mixcd-probe-"):
+            pass
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise MixcdError(f"{what}={path}: the path is longer than the file system allows") from exc
+        raise _write_error(path, exc) from exc
 
 
 def failed_jobs(sweep_dir: Path) -> list[str]:
@@ -213,21 +319,22 @@ def _task(stage: str) -> Any:
         hc = HydraConfig.get()
         multirun = hc.mode == RunMode.MULTIRUN
         folder = Path(hc.runtime.output_dir)
-        if multirun:  # a rerun into the same sweep folder starts clean
-            (folder / ERROR_FILE).unlink(missing_ok=True)
+        (folder / ERROR_FILE).unlink(missing_ok=True)  # a rerun into the same folder starts clean
         try:
             return STAGES[stage](cfg)
         except MixcdError as exc:
             error(str(exc))
+            # The reason stays in the run folder, if there is one, so `mixcd report` lists the run
+            # as failed rather than unfinished.
+            if multirun or folder.is_dir():
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    (folder / ERROR_FILE).write_text(str(exc) + "\n")
+                except OSError:
+                    pass
             if not multirun:
                 sys.exit(exc.exit_code)
-            # In a sweep one bad job must not stop the others: leave the reason in its folder
-            # (the report lists it as failed) and fail the sweep at the end.
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / ERROR_FILE).write_text(str(exc) + "\n")
-            except OSError:
-                pass
+            # In a sweep one bad job must not stop the others; the sweep fails at the end.
             return None
         finally:
             distributed.shutdown()
@@ -243,6 +350,11 @@ def run_stage(stage: str, overrides: list[str], multirun: bool = False, hydra_ar
 
     overrides = normalise_overrides(list(overrides))
     cfg = validate(stage, overrides, multirun)
+    named = dict(item.partition("=")[::2] for item in overrides if "=" in item)
+    for key in ("hydra.run.dir", "hydra.sweep.dir"):  # a folder named on the command line must be creatable
+        if named.get(key) and "," not in named[key]:
+            check_writable(Path(named[key]), key)
+    preflight(stage, cfg, named.get("hydra.run.dir"))
     devices = int(cfg.trainer.get("devices", 1) or 1)
     inspect_only = any(a in (hydra_args or []) for a in ("--cfg", "--info", "--hydra-help"))
     if devices > 1 and distributed.env_world_size() == 1 and not inspect_only:

@@ -153,11 +153,11 @@ def save_model(model: MixcdNet, path: Path, spec: dict[str, Any], extra: dict[st
         n: h.out_features for n, h in model.heads.items()}, **(extra or {})}, path)
 
 
-def load_model(path: Path, spec: dict[str, Any], in_chans: int) -> tuple[MixcdNet, dict[str, Any]]:
-    """Load a mixcd checkpoint; refuses one made for another architecture."""
+def load_model(path: Path, spec: dict[str, Any], in_chans: int, yours: bool = False) -> tuple[MixcdNet, dict[str, Any]]:
+    """Load a mixcd checkpoint; refuses one made for another architecture (``yours``: a file the user named)."""
     from .artifacts import safe_torch_load
 
-    ckpt = safe_torch_load(path, what="model checkpoint")
+    ckpt = safe_torch_load(path, what="model checkpoint", yours=yours)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "spec" not in ckpt:
         raise MixcdError(f"{path} is not a mixcd model checkpoint")
     if ckpt["spec"] != spec:

@@ -315,8 +315,10 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
                        "-" if e["pre_acc"] is None else f"{100 * e['pre_acc']:.2f}", e["random_equivalent"],
                        f"{e['fold']:.2f}x" if e["fold"] is not None else "-")
         console.print(t2)
-    for p, why in skipped:
-        note(f"skipped {p}: {why}")
+    if skipped:  # one line, however many folders: the list is in report.md and report.json
+        failed = sum(why.startswith("failed:") for _, why in skipped)
+        note(f"{len(skipped)} run folder(s) left out ({failed} failed with error.txt, {len(skipped) - failed} "
+             f"unfinished or unreadable); see {out / 'report.md'}")
 
     write_csv(groups, out / "report.csv")
     (out / "report.md").write_text(markdown(groups, eq, skipped))

@@ -13,8 +13,7 @@ from typing import Any
 import torch
 
 from .errors import MixcdError, unknown_choice
-
-AMP_MODES = ("auto", "bf16", "off")
+from .schema import AMP_MODES
 
 
 def derive_seed(seed: int, purpose: str) -> int:

@@ -20,7 +20,7 @@ from .data import Experiment, build_experiment
 from .errors import MixcdError, phase
 from .metrics import Ledger, categories, forgetting_metrics
 from .models import MixcdNet, create_model, load_model, model_spec, save_model
-from .runtime import AMP_MODES, derive_seed, peak_memory_mb, resolve_device
+from .runtime import derive_seed, peak_memory_mb, resolve_device
 from .samplers import create_sampler
 from .snapshot import Snapshot, get_or_create_snapshot
 from .training import FineTuner, Rehearsal, TrainSettings, largest_batch, predict_task
@@ -33,77 +33,11 @@ def plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-INTEGER_KEYS = ("seed", "trainer.steps", "trainer.batch_size", "trainer.warmup_steps", "trainer.log_every",
-                "trainer.checkpoint_every", "pretrain.epochs", "pretrain.batch_size", "pretrain.warmup_steps",
-                "pretrain.seed", "eval.batch_size", "sampler.num_bins",
-                "sampler.refresh_every", "sampler.subset", "sampler.candidates", "model.width")
-NUMBER_KEYS = ("trainer.mix_ratio", "trainer.rehearsal_weight", "trainer.lr", "trainer.momentum",
-               "trainer.weight_decay", "pretrain.lr", "pretrain.momentum", "pretrain.weight_decay", "sampler.tau",
-               "sampler.decay", "sampler.prior_a", "sampler.prior_b", "sampler.epsilon", "sampler.temperature")
-
-
-def _choice_keys() -> dict[str, tuple[Any, ...]]:
-    from .data import HEAD_MODES
-    from .samplers.mixcd import PARTITIONS
-    from .samplers.static import OVER
-    from .training import OPTIMIZERS, SCHEDULES
-
-    return {"head": HEAD_MODES, "trainer.optimizer": OPTIMIZERS, "pretrain.optimizer": OPTIMIZERS,
-            "trainer.schedule": SCHEDULES, "pretrain.schedule": SCHEDULES, "trainer.amp": AMP_MODES,
-            "sampler.partition": PARTITIONS, "sampler.over": OVER}
-
-
-def check_types(cfg: DictConfig) -> None:
-    """Numbers must be numbers and choices must be known, before any work starts."""
-    import math
-
-    from .errors import unknown_choice
-
-    absent = object()
-    for key in INTEGER_KEYS + NUMBER_KEYS:
-        value = OmegaConf.select(cfg, key, default=absent)
-        if value is absent:  # e.g. sampler.num_bins under another sampler
-            continue
-        integer = key in INTEGER_KEYS
-        ok = isinstance(value, int) if integer else isinstance(value, (int, float)) and math.isfinite(value)
-        if not ok or isinstance(value, bool):
-            kind = "an integer" if integer else "a finite number"
-            raise MixcdError(f"{key} must be {kind}, got {value!r}")
-    for key, choices in _choice_keys().items():
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is not None and value not in choices:
-            raise unknown_choice(f"value for {key}", str(value), [str(c) for c in choices])
-
-
 def validate_config(cfg: DictConfig) -> None:
-    """Type, range and consistency checks Hydra cannot express; one clear message each."""
-    check_types(cfg)
-    t, s = cfg.trainer, cfg.sampler
-    checks = [
-        (t.steps >= 1, f"trainer.steps must be ≥ 1, got {t.steps}"),
-        (t.batch_size >= 1, f"trainer.batch_size must be ≥ 1, got {t.batch_size}"),
-        (t.mix_ratio >= 0, f"trainer.mix_ratio must be ≥ 0, got {t.mix_ratio}"),
-        (t.rehearsal_weight >= 0, f"trainer.rehearsal_weight must be ≥ 0, got {t.rehearsal_weight}"),
-        (t.lr > 0, f"trainer.lr must be > 0, got {t.lr}"),
-        (t.log_every >= 1, f"trainer.log_every must be ≥ 1, got {t.log_every}"),
-        (t.checkpoint_every >= 0, f"trainer.checkpoint_every must be ≥ 0, got {t.checkpoint_every}"),
-        (cfg.pretrain.epochs >= 1, f"pretrain.epochs must be ≥ 1, got {cfg.pretrain.epochs}"),
-        (not (s.name == "none" and t.mix_ratio > 0),
-         f"sampler=none mixes nothing, but trainer.mix_ratio={t.mix_ratio}; drop the ratio or pick a sampler"),
-        (s.name == "none" or round(t.mix_ratio * t.batch_size) >= 1,
-         f"trainer.mix_ratio={t.mix_ratio} with batch_size={t.batch_size} mixes in no sample; raise the ratio"),
-        (s.get("num_bins", 1) >= 1, f"sampler.num_bins (K) must be ≥ 1, got {s.get('num_bins')}"),
-        (cfg.stage != "eval" or bool(cfg.get("run_dir")),
-         "mixcd eval needs run_dir=PATH (a folder written by `mixcd train`)"),
-        (cfg.resume in RESUME_MODES, f"resume must be auto, true or false, got {cfg.resume!r}"),
-        (cfg.snapshot.batch_size == "auto" or (isinstance(cfg.snapshot.batch_size, int)
-                                               and not isinstance(cfg.snapshot.batch_size, bool)
-                                               and cfg.snapshot.batch_size >= 1),
-         f"snapshot.batch_size must be auto or a positive integer, got {cfg.snapshot.batch_size!r}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise MixcdError(message)
+    """Everything checkable before work starts: the schema's types, ranges and cross-field rules."""
+    from .schema import validate
+
+    validate(cfg)
 
 
 def run_dir_of(cfg: DictConfig, run_dir: Path | None = None) -> Path:
@@ -125,6 +59,7 @@ class Context:
     experiment: Experiment
     ledger: Ledger
     timings: dict[str, float]
+    resume: bool = False  # train: continue the unfinished run in run_dir
 
 
 def _comparable(cfg_yaml: str) -> dict[str, Any]:
@@ -148,10 +83,14 @@ def setup(cfg: DictConfig, run_dir: Path | None = None) -> Context:
         place_data(exp, device, cfg.trainer.get("data_on_device", "auto"))
         return Context(cfg, run_dir, device, exp, Ledger(), {})
     previous = run_dir / "config.yaml"
+    if cfg.stage == "train" and (run_dir / "metrics.json").is_file():
+        raise MixcdError(f"{run_dir} already holds a finished run; choose another hydra.run.dir")
     if (run_dir / "checkpoints" / "last.pt").is_file() and previous.is_file() and cfg.stage == "train":
         if _comparable(previous.read_text()) != _comparable(text):
             raise MixcdError(f"{run_dir} holds an unfinished run made with a different configuration; "
                              "rerun with its original overrides, or choose another hydra.run.dir")
+    resume = resume_decision(cfg.resume, run_dir, run_dir / "checkpoints" / "last.pt") if cfg.stage == "train" \
+        else False
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -169,7 +108,7 @@ def setup(cfg: DictConfig, run_dir: Path | None = None) -> Context:
         exp = build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
                                cfg.image_size)
         place_data(exp, device, cfg.trainer.get("data_on_device", "auto"))
-    return Context(cfg, run_dir, device, exp, Ledger(), {"data": time.perf_counter() - t0})
+    return Context(cfg, run_dir, device, exp, Ledger(), {"data": time.perf_counter() - t0}, resume)
 
 
 def place_data(exp: Experiment, device: torch.device, mode: Any) -> None:
@@ -264,7 +203,8 @@ def _prior_locked(ctx: Context, cache: Path, key: str, path: Path, spec: dict[st
 
 def load_prior(ctx: Context, path: Path) -> MixcdNet:
     exp = ctx.experiment
-    model, _ = load_model(path, model_spec(plain(ctx.cfg.model)), exp.channels)
+    model, _ = load_model(path, model_spec(plain(ctx.cfg.model)), exp.channels,
+                          yours=bool(ctx.cfg.prior_model.checkpoint))
     expected = exp.head_sizes()[exp.prior_head()]
     head = model.heads[exp.prior_head()] if exp.prior_head() in model.heads else None
     if head is None or head.out_features != expected:
@@ -345,9 +285,6 @@ def evaluate(ctx: Context, model: MixcdNet, snap: Snapshot) -> dict[str, Any]:
     return out
 
 
-RESUME_MODES = ("auto", True, False)
-
-
 def resume_decision(mode: Any, run_dir: Path, checkpoint: Path) -> bool:
     """auto: continue when the folder holds an unfinished run; true: must continue; false: must be fresh."""
     if (run_dir / "metrics.json").is_file():
@@ -379,6 +316,9 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     # Each rank draws its own rows from the shared distribution: one generator per rank.
     sampler_seed = derive_seed(seed, "sampler" if distributed.world() == 1 else f"sampler-rank{distributed.rank()}")
     sampler = create_sampler(str(cfg.sampler.name), snap.pool_info(exp.pool), b, sampler_seed, **options)
+    if distributed.rank() == 0:
+        for message in sampler.notes:
+            console.note(message)
     t = cfg.trainer
     settings = settings_from(t, int(t.steps), seed, "finetune", int(cfg.eval.batch_size),
                              rehearsal_batch=b, rehearsal_weight=float(t.rehearsal_weight),
@@ -386,8 +326,7 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
                              amp=str(t.amp), channels_last=bool(t.channels_last),
                              compile=bool(t.get("compile", False)))
     checkpoint = run_dir / "checkpoints" / "last.pt"
-    resume = distributed.broadcast(resume_decision(cfg.resume, run_dir, checkpoint) if distributed.rank() == 0
-                                   else None)
+    resume = distributed.broadcast(ctx.resume if distributed.rank() == 0 else None)
     if resume and distributed.rank() == 0:
         console.note(f"resuming from {checkpoint}")
     t0 = time.perf_counter()
@@ -418,7 +357,7 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         "peak_memory_mb": peak_memory_mb(ctx.device), "device": str(ctx.device), "world_size": distributed.world(),
         "prior_checkpoint": str(prior_path), "snapshot": str(snap.path),
         "cached": {"prior": prior_cached, "snapshot": snap_cached}, "resumed_from": loop.resumed_from,
-        "sampler_final": sampler.telemetry(),
+        "sampler_final": sampler.telemetry(), "sampler_notes": sampler.notes,
     }
     write_json(result, run_dir / "metrics.json")
     console.print_run(result, run_dir)

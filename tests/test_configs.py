@@ -56,3 +56,32 @@ def test_class_split_is_expressible_as_overrides() -> None:
 
 def test_none_sampler_defaults_to_no_mixing() -> None:
     assert compose("train", ["sampler=none"]).trainer.mix_ratio == 0
+
+
+def test_sampler_defaults_have_one_source() -> None:
+    """The schema holds each sampler's defaults; the composed config, create_sampler and the YAML's
+    comments all say the same."""
+    import re
+
+    import torch
+
+    from mixcd_cli.hydra_app import config_dir
+    from mixcd_cli.samplers import PoolInfo, create_sampler
+    from mixcd_cli.schema import SAMPLER_SCHEMAS, sampler_defaults
+
+    pool = PoolInfo(torch.arange(100) % 5, torch.ones(100, dtype=torch.bool), torch.rand(100), torch.rand(100))
+    for name in SAMPLER_SCHEMAS:
+        defaults = sampler_defaults(name)
+        composed = OmegaConf.to_container(compose("train", [f"sampler={name}"]).sampler)
+        assert {k: v for k, v in composed.items() if k not in ("name", "mix_ratio")} == defaults, name
+        sampler = create_sampler(name, pool, 4, seed=0)
+        for key, value in defaults.items():
+            if key == "candidates":  # 0 means 4·b, resolved by the sampler
+                value = value or 4 * 4
+            if hasattr(sampler, key) and not isinstance(getattr(sampler, key), torch.Tensor):
+                assert getattr(sampler, key) == value, (name, key)
+        text = (config_dir() / "sampler" / f"{name}.yaml").read_text()
+        for key, shown in re.findall(r"(\w+)=([\w\-]+(?:\.\d+)?)", "\n".join(
+                line for line in text.splitlines() if line.startswith("#"))):
+            if key in defaults:
+                assert shown == ("null" if defaults[key] is None else str(defaults[key])), (name, key)

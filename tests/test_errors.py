@@ -90,24 +90,23 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(compose_cfg, tiny: list[s
 
 
 def test_disk_full_keeps_previous_checkpoint(compose_cfg, tiny: list[str], tmp_path: Path, monkeypatch) -> None:
-    import mixcd_cli.artifacts as artifacts
-
     run_dir = tmp_path / "r"
-    real_save = torch.save
+    real_write = Path.write_bytes
     state = {"saves": 0}
 
-    def failing_save(obj, path, *a, **k):
-        if isinstance(obj, dict) and "shared" in obj:  # a training checkpoint
+    def failing_write(self, data):
+        if ".last.pt." in self.name:  # the temporary file a checkpoint is written to
             state["saves"] += 1
             if state["saves"] == 3:
-                Path(path).write_bytes(b"partial")
+                real_write(self, bytes(data)[:100])  # half written, then the disk is full
                 raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(obj, path, *a, **k)
+        return real_write(self, data)
 
     run_train(compose_cfg("train", [*tiny, "trainer.steps=2"]), tmp_path / "warm")
-    monkeypatch.setattr(artifacts.torch, "save", failing_save)
+    monkeypatch.setattr(Path, "write_bytes", failing_write)
     with pytest.raises(MixcdError, match="disk full"):
         run_train(compose_cfg("train", [*tiny, "trainer.steps=30", "trainer.checkpoint_every=5"]), run_dir)
+    monkeypatch.undo()
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
     assert ckpt["step"] == 10  # the last good one, not the partial third
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))

@@ -86,6 +86,7 @@ class RehearsalSampler:
         self.pool = pool
         self.batch_size = int(batch_size)
         self.generator = torch.Generator().manual_seed(int(seed))
+        self.notes: list[str] = []  # values the sampler had to adjust, said to the user
 
     def draw(self, step: int, ctx: SelectionContext | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -132,15 +133,16 @@ def distinct_rows(rows: torch.Tensor, k: int, generator: torch.Generator) -> tor
 
 
 def create_sampler(name: str, pool: PoolInfo, batch_size: int, seed: int, **options: Any) -> RehearsalSampler:
-    """Build registered sampler ``name``; unknown options are refused with the valid ones named."""
-    import inspect
+    """Build registered sampler ``name``; options left out take the schema's defaults (mixcd_cli/schema.py).
+
+    Unknown options are refused with the valid ones named.
+    """
+    from ..errors import unknown_choice
+    from ..schema import sampler_defaults
 
     cls = SAMPLERS.get(name)
-    params = inspect.signature(cls.__init__).parameters
-    valid = [p for p in params if p not in ("self", "pool", "batch_size", "seed")]
+    defaults = sampler_defaults(name)
     for key in options:
-        if key not in valid:
-            from ..errors import unknown_choice
-
-            raise unknown_choice(f"option for sampler '{name}'", key, valid or ["(none)"])
-    return cls(pool, batch_size, seed, **options)
+        if key not in defaults:
+            raise unknown_choice(f"option for sampler '{name}'", key, list(defaults) or ["(none)"])
+    return cls(pool, batch_size, seed, **{**defaults, **options})

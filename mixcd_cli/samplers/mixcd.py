@@ -9,9 +9,8 @@ import torch
 
 from .. import distributed
 from ..errors import MixcdError, unknown_choice
+from ..schema import PARTITIONS
 from .base import SAMPLERS, BinnedIndex, PoolInfo, RehearsalSampler, SelectionContext
-
-PARTITIONS = ("loss", "class", "class_loss", "aux", "aux_loss")
 
 
 def quantile_bins(groups: torch.Tensor, loss: torch.Tensor, k: int) -> torch.Tensor:
@@ -74,9 +73,8 @@ class MixCDSampler(RehearsalSampler):
 
     name = "mixcd"
 
-    def __init__(self, pool: PoolInfo, batch_size: int, seed: int, partition: str = "loss", num_bins: int = 10,
-                 tau: float = 0.0, decay: float = 1.0, prior_a: float = 1.0, prior_b: float = 1.0,
-                 epsilon: float = 0.05, aux_column: str | None = None) -> None:
+    def __init__(self, pool: PoolInfo, batch_size: int, seed: int, *, partition: str, num_bins: int, tau: float,
+                 decay: float, prior_a: float, prior_b: float, epsilon: float, aux_column: str | None) -> None:
         super().__init__(pool, batch_size, seed)
         if not 0.0 <= epsilon <= 1.0:
             raise MixcdError(f"mixcd: epsilon must be in [0, 1], got {epsilon}")
@@ -92,6 +90,9 @@ class MixCDSampler(RehearsalSampler):
         self.prior_a, self.prior_b, self.epsilon = float(prior_a), float(prior_b), float(epsilon)
         bins = partition_eligible(pool, rows, partition, int(num_bins), aux_column)
         self.num_bins = int(bins.max()) + 1
+        if partition == "loss" and self.num_bins < num_bins:
+            self.notes.append(f"sampler.num_bins={num_bins} is more than the {rows.numel()} eligible samples allow: "
+                              f"using {self.num_bins} bins")
         self.index = BinnedIndex(rows, bins, self.num_bins)
         # The K-sized arithmetic runs in numpy: a torch op costs microseconds of dispatch, and this
         # runs every step on the host.

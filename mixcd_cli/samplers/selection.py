@@ -29,8 +29,8 @@ class OracleCDSampler(RehearsalSampler):
 
     name = "oracle_cd"
 
-    def __init__(self, pool: PoolInfo, batch_size: int, seed: int, refresh_every: int = 50,
-                 subset: int = 0, tau: float = 0.0) -> None:
+    def __init__(self, pool: PoolInfo, batch_size: int, seed: int, *, refresh_every: int,
+                 subset: int, tau: float) -> None:
         super().__init__(pool, batch_size, seed)
         if refresh_every < 1:
             raise MixcdError(f"oracle_cd: refresh_every must be ≥ 1, got {refresh_every}")
@@ -78,8 +78,8 @@ class MIRSampler(RehearsalSampler):
 
     name = "mir"
 
-    def __init__(self, pool: PoolInfo, batch_size: int, seed: int, candidates: int = 0,
-                 over: str = "pool") -> None:
+    def __init__(self, pool: PoolInfo, batch_size: int, seed: int, *, candidates: int,
+                 over: str) -> None:
         super().__init__(pool, batch_size, seed)
         self.candidates = int(candidates) if candidates else 4 * self.batch_size
         if self.candidates < self.batch_size:

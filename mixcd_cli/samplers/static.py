@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import MixcdError, unknown_choice
+from ..schema import OVER
 from .base import SAMPLERS, BinnedIndex, PoolInfo, RehearsalSampler, SelectionContext, uniform_rows
-
-OVER = ("pool", "eligible")
 
 
 def _support(pool: PoolInfo, over: str) -> torch.Tensor:
@@ -33,7 +32,7 @@ class NoneSampler(RehearsalSampler):
 class RandomSampler(RehearsalSampler):
     name = "random"
 
-    def __init__(self, pool: PoolInfo, batch_size: int, seed: int, over: str = "pool") -> None:
+    def __init__(self, pool: PoolInfo, batch_size: int, seed: int, over: str) -> None:
         super().__init__(pool, batch_size, seed)
         self.over = over
         self.rows = _support(pool, over)
@@ -48,7 +47,7 @@ class RandomSampler(RehearsalSampler):
 class ClassBalancedSampler(RehearsalSampler):
     name = "class_balanced"
 
-    def __init__(self, pool: PoolInfo, batch_size: int, seed: int, over: str = "pool") -> None:
+    def __init__(self, pool: PoolInfo, batch_size: int, seed: int, over: str) -> None:
         super().__init__(pool, batch_size, seed)
         rows = _support(pool, over)
         classes, bins = torch.unique(pool.targets[rows], return_inverse=True)
@@ -65,8 +64,8 @@ class _LossWeighted(RehearsalSampler):
 
     sign = 1.0
 
-    def __init__(self, pool: PoolInfo, batch_size: int, seed: int, temperature: float = 1.0,
-                 over: str = "pool") -> None:
+    def __init__(self, pool: PoolInfo, batch_size: int, seed: int, temperature: float,
+                 over: str) -> None:
         super().__init__(pool, batch_size, seed)
         if temperature <= 0:
             raise MixcdError(f"{self.name}: temperature must be > 0, got {temperature}")

@@ -8,9 +8,7 @@ from typing import Any
 import torch
 
 from ..errors import MixcdError, unknown_choice
-
-OPTIMIZERS = ("sgd", "adamw", "adam")
-SCHEDULES = ("constant", "cosine", "linear")
+from ..schema import OPTIMIZERS, SCHEDULES
 
 
 def create_optimizer(params: Any, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,

@@ -1,0 +1,370 @@
+"""The structured configuration: types, ranges and cross-field rules of every stage, in one place.
+
+The dataclasses are registered in Hydra's ConfigStore and named first in every primary config's
+defaults list (``mixcd_schema``, ``mixcd_eval_schema``), so a value of the wrong type fails while
+the configuration is composed, before any work. Values come from the YAML files in conf/ (fields
+here are MISSING: one source of defaults), except the samplers' options: their defaults live in
+the per-sampler dataclasses below, which both conf/sampler/*.yaml (through its defaults list)
+and `create_sampler` read. Ranges are field metadata checked by `check_ranges`; rules that tie
+fields together are in `cross_field_rules`. `validate` runs both and is called before any work.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import MISSING as NO_FACTORY
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional  # noqa: UP035  (OmegaConf reads these annotations at run time)
+
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from .errors import MixcdError, unknown_choice
+
+HEAD_MODES = ("shared", "multi")
+OPTIMIZERS = ("sgd", "adamw", "adam")
+SCHEDULES = ("constant", "cosine", "linear")
+AMP_MODES = ("auto", "bf16", "off")
+OVER = ("pool", "eligible")
+PARTITIONS = ("loss", "class", "class_loss", "aux", "aux_loss")
+RESUME_MODES = ("auto", True, False)
+STAGES = ("pretrain", "snapshot", "train", "eval")
+
+
+def _req(**rules: Any) -> Any:
+    """A field with no default here (its value comes from conf/) and range rules as metadata."""
+    return field(default=MISSING, metadata=rules)
+
+
+def _opt(default: Any, **rules: Any) -> Any:
+    return field(default=default, metadata=rules)
+
+
+# ----------------------------------------------------------------------------------- nodes
+
+
+@dataclass
+class PathsConf:
+    root: str = _req()
+    output_dir: str = _req()
+    data_dir: str = _req()
+    cache_dir: str = _req()
+
+
+@dataclass
+class TaskConf:
+    name: str = _req()
+    dataset: str = _req()
+    classes: Optional[list[int]] = _req(nonempty=True)  # noqa: UP045
+    label_map: Optional[dict[int, int]] = _req()  # noqa: UP045
+    download: bool = _req()
+    root: Optional[str] = _req()  # noqa: UP045
+    options: dict[str, Any] = _req()
+    limit_train: Optional[int] = _req(ge=1)  # noqa: UP045
+    limit_test: Optional[int] = _req(ge=1)  # noqa: UP045
+
+
+@dataclass
+class OptimConf:
+    batch_size: int = _req(ge=1)
+    optimizer: str = _req(choices=OPTIMIZERS)
+    lr: float = _req(gt=0)
+    momentum: float = _req(ge=0, lt=1)
+    weight_decay: float = _req(ge=0)
+    schedule: str = _req(choices=SCHEDULES)
+    warmup_steps: int = _req(ge=0)
+
+
+@dataclass
+class TrainerConf(OptimConf):
+    steps: int = _req(ge=1)
+    mix_ratio: float = _req(ge=0)
+    rehearsal_weight: float = _req(ge=0)
+    log_every: int = _req(ge=1)
+    checkpoint_every: int = _req(ge=0)
+    amp: str = _req(choices=AMP_MODES)
+    channels_last: bool = _req()
+    devices: int = _req(ge=1)
+    compile: bool = _req()
+    data_on_device: Any = _req(choices=("auto", True, False))
+
+
+@dataclass
+class PretrainConf(OptimConf):
+    epochs: int = _req(ge=1)
+    seed: int = _req()
+
+
+@dataclass
+class PriorModelConf:
+    checkpoint: Optional[str] = _req()  # noqa: UP045
+
+
+@dataclass
+class SnapshotConf:
+    path: Optional[str] = _req()  # noqa: UP045
+    batch_size: Any = _req(auto_or_ge=1)
+
+
+@dataclass
+class EvalConf:
+    batch_size: int = _req(ge=1)
+    on_pool: bool = _req()
+
+
+@dataclass
+class MixcdConf:
+    """Every stage's configuration (`mixcd config STAGE` prints it)."""
+
+    stage: str = _req(choices=STAGES)
+    seed: int = _req()
+    device: str = _req(device=True)
+    resume: Any = _req(choices=RESUME_MODES)
+    threads: Optional[int] = _req(ge=1)  # noqa: UP045
+    experiment_name: str = _req()
+    head: str = _req(choices=HEAD_MODES)
+    image_size: Optional[int] = _req(ge=1)  # noqa: UP045
+    paths: PathsConf = field(default_factory=PathsConf)
+    model: Any = _req()  # checked by the schema of its backbone (MODEL_SCHEMAS)
+    sampler: Any = _req()  # checked by the schema of the sampler (SAMPLER_SCHEMAS)
+    trainer: TrainerConf = field(default_factory=TrainerConf)
+    pretrain: PretrainConf = field(default_factory=PretrainConf)
+    prior_model: PriorModelConf = field(default_factory=PriorModelConf)
+    snapshot: SnapshotConf = field(default_factory=SnapshotConf)
+    eval: EvalConf = field(default_factory=EvalConf)
+    prior: TaskConf = field(default_factory=TaskConf)
+    finetune: TaskConf = field(default_factory=TaskConf)
+
+
+@dataclass
+class MixcdEvalConf(MixcdConf):
+    run_dir: Optional[str] = _opt(None)  # noqa: UP045
+
+
+# ----------------------------------------------------------------------------------- models
+
+
+@dataclass
+class CnnModelConf:
+    backbone: str = _req()
+    width: int = _req(ge=1)
+
+
+@dataclass
+class TimmModelConf:
+    backbone: str = _req()
+    name: str = _req()
+    pretrained: bool = _req()
+    weights: Optional[str] = _req()  # noqa: UP045
+    drop_rate: float = _req(ge=0, lt=1)
+
+
+MODEL_SCHEMAS = {"cnn": CnnModelConf, "timm": TimmModelConf}
+
+
+# ----------------------------------------------------------------------------------- samplers
+# The one source of each sampler's defaults: conf/sampler/<name>.yaml extends these, and
+# create_sampler fills what a caller leaves out from them.
+
+
+@dataclass
+class SamplerConf:
+    name: str = _req()
+    mix_ratio: float = _opt(0.25, ge=0)
+
+
+@dataclass
+class NoneSamplerConf(SamplerConf):
+    mix_ratio: float = _opt(0.0, ge=0)
+
+
+@dataclass
+class OverSamplerConf(SamplerConf):
+    over: str = _opt("pool", choices=OVER)
+
+
+@dataclass
+class TemperedSamplerConf(OverSamplerConf):
+    temperature: float = _opt(1.0, gt=0)
+
+
+@dataclass
+class MixcdSamplerConf(SamplerConf):
+    partition: str = _opt("loss", choices=PARTITIONS)
+    num_bins: int = _opt(10, ge=1)
+    aux_column: Optional[str] = _opt(None)  # noqa: UP045
+    tau: float = _opt(0.0, ge=0, le=1)
+    decay: float = _opt(0.99, gt=0, le=1)
+    prior_a: float = _opt(1.0, gt=0)
+    prior_b: float = _opt(1.0, gt=0)
+    epsilon: float = _opt(0.05, ge=0, le=1)
+
+
+@dataclass
+class OracleSamplerConf(SamplerConf):
+    refresh_every: int = _opt(50, ge=1)
+    subset: int = _opt(0, ge=0)
+    tau: float = _opt(0.0, ge=0, le=1)
+
+
+@dataclass
+class MirSamplerConf(OverSamplerConf):
+    candidates: int = _opt(0, ge=0)
+
+
+SAMPLER_SCHEMAS: dict[str, type] = {
+    "none": NoneSamplerConf, "random": OverSamplerConf, "class_balanced": OverSamplerConf,
+    "loss_high": TemperedSamplerConf, "loss_low": TemperedSamplerConf, "mixcd": MixcdSamplerConf,
+    "oracle_cd": OracleSamplerConf, "mir": MirSamplerConf,
+}
+
+
+def sampler_defaults(name: str) -> dict[str, Any]:
+    """A sampler's options with their defaults (name and mix_ratio excluded)."""
+    schema = SAMPLER_SCHEMAS[name]
+    return {f.name: f.default for f in fields(schema) if f.name not in ("name", "mix_ratio")}
+
+
+# ----------------------------------------------------------------------------------- registration
+
+
+def register() -> None:
+    """Put the schemas in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="mixcd_schema", node=MixcdConf)
+    cs.store(name="mixcd_eval_schema", node=MixcdEvalConf)
+    for name, schema in SAMPLER_SCHEMAS.items():
+        cs.store(group="sampler", name=f"{name}_schema", node=schema)
+
+
+# ----------------------------------------------------------------------------------- checks
+
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, ListConfig | DictConfig):
+        value = OmegaConf.to_container(value)
+    return repr(value)
+
+
+def _check_value(key: str, value: Any, rules: dict[str, Any]) -> None:
+    if "choices" in rules and value not in rules["choices"]:
+        shown = [str(c).lower() if isinstance(c, bool) else str(c) for c in rules["choices"]]
+        raise unknown_choice(f"value for {key}", str(value), shown)
+    if rules.get("device") and not DEVICE.match(str(value)):
+        raise MixcdError(f"{key} must be auto, cpu, cuda or cuda:N, got {value!r}")
+    if "auto_or_ge" in rules:
+        if value == "auto":
+            return
+        if not isinstance(value, int) or isinstance(value, bool) or value < rules["auto_or_ge"]:
+            raise MixcdError(f"{key} must be auto or an integer ≥ {rules['auto_or_ge']}, got {value!r}")
+        return
+    if value is None:
+        return
+    if rules.get("nonempty") and len(value) == 0:
+        raise MixcdError(f"{key} must not be empty; leave it null for all classes")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MixcdError(f"{key} must be a finite number, got {value}")
+    for name, ok, word in (("ge", lambda v, b: v >= b, "≥"), ("gt", lambda v, b: v > b, ">"),
+                           ("le", lambda v, b: v <= b, "≤"), ("lt", lambda v, b: v < b, "<")):
+        if name in rules and isinstance(value, int | float) and not ok(value, rules[name]):
+            raise MixcdError(f"{key} must be {word} {rules[name]}, got {value}")
+
+
+def check_ranges(schema: type, node: Any, prefix: str = "") -> None:
+    """Every field of ``node`` against the range rules of its dataclass (recursively)."""
+    for f in fields(schema):
+        key = f"{prefix}{f.name}"
+        if f.name not in node:
+            continue
+        value = node[f.name]
+        if is_dataclass(f.type) or (isinstance(f.type, type) and is_dataclass(f.type)):
+            check_ranges(f.type, value, key + ".")
+            continue
+        sub = f.default_factory() if f.default_factory is not NO_FACTORY else None  # type: ignore[misc]
+        if sub is not None and is_dataclass(sub):
+            check_ranges(type(sub), value, key + ".")
+            continue
+        _check_value(key, value, dict(f.metadata))
+
+
+def typed(schema: type, node: Any, prefix: str) -> DictConfig:
+    """``node`` merged into ``schema`` (types checked, unknown keys refused), as one clear error."""
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), node)
+    except ConfigKeyError as exc:
+        raise MixcdError(f"unknown config key '{prefix}{exc.key}' for this {prefix.rstrip('.')} "
+                         f"(valid: {', '.join(f.name for f in fields(schema))})") from exc
+    except ValidationError as exc:
+        raise type_error(exc, prefix) from exc
+
+
+def type_error(exc: Exception, prefix: str = "") -> MixcdError:
+    """An OmegaConf validation error as 'key must be ..., got ...'."""
+    key = f"{prefix}{getattr(exc, 'full_key', '') or getattr(exc, 'key', '')}"
+    text = str(exc).splitlines()[0]
+    value = getattr(exc, "value", None)
+    shown = "null" if value is None else _describe(value)
+    kinds = (("to Integer", "an integer"), ("to Float", "a number"), ("to Boolean", "true or false"),
+             ("not a valid bool", "true or false"),
+             ("is not a ListConfig", "a list, e.g. [0,1,2] (quote it in a shell: 'KEY=[0,1,2]')"),
+             ("to Dict", "a mapping, e.g. {0: 1}"), ("is not Optional", "set (it cannot be null)"))
+    for needle, kind in kinds:
+        if needle in text:
+            return MixcdError(f"{key} must be {kind.replace('KEY', key)}, got {shown}")
+    return MixcdError(f"invalid value for {key}: {text}")
+
+
+def cross_field_rules(cfg: DictConfig) -> None:
+    """Rules that tie fields together."""
+    t, s = cfg.trainer, cfg.sampler
+    if s.name == "none" and t.mix_ratio > 0:
+        raise MixcdError(f"sampler=none mixes nothing, but trainer.mix_ratio={t.mix_ratio}; drop the ratio or "
+                         "pick a sampler")
+    if s.name != "none" and round(t.mix_ratio * t.batch_size) < 1:
+        raise MixcdError(f"trainer.mix_ratio={t.mix_ratio} with batch_size={t.batch_size} mixes in no sample; "
+                         "raise the ratio")
+    if s.name == "mixcd" and s.partition.startswith("aux") and not s.aux_column:
+        raise MixcdError(f"sampler.partition={s.partition} needs sampler.aux_column (a per-sample column of the "
+                         "pool's dataset)")
+    if s.name == "mir" and s.candidates and s.candidates < round(t.mix_ratio * t.batch_size):
+        raise MixcdError(f"sampler.candidates={s.candidates} must be ≥ the rehearsal batch "
+                         f"({round(t.mix_ratio * t.batch_size)})")
+    if t.warmup_steps > t.steps:
+        raise MixcdError(f"trainer.warmup_steps={t.warmup_steps} exceeds trainer.steps={t.steps}")
+    if cfg.stage == "eval" and not cfg.get("run_dir"):
+        raise MixcdError("mixcd eval needs run_dir=PATH (a folder written by `mixcd train`)")
+    if cfg.trainer.devices > 1 and str(cfg.device).startswith("cuda:"):
+        raise MixcdError(f"trainer.devices={cfg.trainer.devices} uses GPUs 0..N-1; give device=auto or cuda, "
+                         f"not {cfg.device}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Types, ranges and cross-field rules of a composed configuration; one clear message each."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    except OmegaConfBaseException as exc:
+        raise MixcdError(f"invalid configuration: {str(exc).splitlines()[0]}") from exc
+    schema = MixcdEvalConf if resolved.get("stage") == "eval" else MixcdConf
+    resolved = typed(schema, resolved, "")
+    model = resolved.model
+    backbone = model.get("backbone")
+    if backbone not in MODEL_SCHEMAS:
+        raise unknown_choice("model backbone", str(backbone), MODEL_SCHEMAS)
+    model = typed(MODEL_SCHEMAS[backbone], model, "model.")
+    sampler = resolved.sampler
+    if sampler.get("name") not in SAMPLER_SCHEMAS:
+        raise unknown_choice("sampler", str(sampler.get("name")), SAMPLER_SCHEMAS)
+    sampler = typed(SAMPLER_SCHEMAS[sampler.name], sampler, "sampler.")
+    check_ranges(schema, resolved)
+    check_ranges(MODEL_SCHEMAS[backbone], model, "model.")
+    check_ranges(SAMPLER_SCHEMAS[sampler.name], sampler, "sampler.")
+    resolved.sampler = sampler
+    cross_field_rules(resolved)
