@@ -78,7 +78,11 @@ class FolderSource:
     def __init__(self, root: Path, image_size: int, workers: int = 8) -> None:
         from torchvision.datasets import ImageFolder
 
-        self.folder = ImageFolder(str(root))
+        try:
+            self.folder = ImageFolder(str(root))
+        except FileNotFoundError as exc:  # no class folders, or class folders without a single image
+            raise MixcdError(f"ImageFolder split {root} holds no images: it needs class folders with .jpg/.png "
+                             f"files ({str(exc).splitlines()[0].rstrip('.')})") from exc
         self.image_size = image_size
         self.workers = max(1, int(workers))
         self._pool: Any = None

@@ -141,8 +141,9 @@ def test_eval_mistakes(tiny: list[str], tmp_path: Path) -> None:
         assert expect in _one_line(proc)
 
 
-RUNTIME = [
+RUNTIME = [  # (the imagefolder case: class folders without a single image)
     (["prior.dataset=mnist"], "dataset 'mnist' not found", 2),
+    (["task@prior=imagefolder", "prior.root=EMPTY_TREE"], "holds no images", 2),
     (["prior.classes=[9]"], "do not occur", 2),
     (["trainer.lr=1e30", "trainer.steps=20"], "loss became", 3),
 ]
@@ -152,6 +153,9 @@ RUNTIME = [
 def test_refused_during_the_run_marks_the_folder(args: list[str], expect: str, code: int, tiny: list[str],
                                                  tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
+    for split in ("train/a", "train/b", "val"):  # class folders without images; an empty test split
+        (tmp_path / "tree" / split).mkdir(parents=True)
+    args = [a.replace("EMPTY_TREE", str(tmp_path / "tree")) for a in args]
     proc = _mixcd(["train", *tiny, "threads=1", f"hydra.run.dir={run_dir}", *args], tmp_path)
     assert proc.returncode == code, proc.stderr
     assert expect in _one_line(proc)

@@ -166,3 +166,23 @@ def test_placing_data_on_a_device_leaves_the_memoised_sources_alone(compose_cfg,
     assert all(id(t.source) not in originals for t in tasks)  # the tasks point at the copies
     for key, (src, tensor) in cached.items():
         assert data_mod._SOURCE_CACHE[key] is src and src.data is tensor  # untouched
+
+
+def test_offline_download_does_not_advise_downloading(tmp_path: Path, monkeypatch) -> None:
+    import torchvision.datasets as tvd
+
+    from mixcd_cli.data import _load_torchvision
+    from mixcd_cli.errors import MixcdError
+
+    def offline(*args, **kwargs):
+        if kwargs.get("download"):
+            raise OSError("[Errno -3] Temporary failure in name resolution")
+        raise RuntimeError("Dataset not found or corrupted.")
+
+    monkeypatch.setattr(tvd, "MNIST", offline)
+    with pytest.raises(MixcdError) as with_download:
+        _load_torchvision("mnist", tmp_path, True, download=True)
+    assert "could not be downloaded" in str(with_download.value) and "download=true" not in str(with_download.value)
+    with pytest.raises(MixcdError) as without:
+        _load_torchvision("mnist", tmp_path, True, download=False)
+    assert "not found" in str(without.value) and "download=true" in str(without.value)
