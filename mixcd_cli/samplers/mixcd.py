@@ -123,9 +123,10 @@ class MixCDSampler(RehearsalSampler):
         pair = (self.bin_of[rows.numpy()].astype(np.int64) + 1) * 2 + wrong_now.numpy()
         counts = np.bincount(pair, minlength=2 * (self.num_bins + 1)).reshape(-1, 2)[1:]
         new = np.stack([counts.sum(1), counts[:, 1]]).astype(np.float64)
-        # Every rank must sample from the same p: sum the observations of all ranks (on the host,
-        # over the group's gloo half when training runs on CUDA).
-        new = distributed.all_reduce_sum(torch.from_numpy(new)).numpy()
+        if distributed.world() > 1:
+            # Every rank must sample from the same p: sum the observations of all ranks (on the
+            # host, over the group's gloo half when training runs on CUDA).
+            new = distributed.all_reduce_sum(torch.from_numpy(new)).numpy()
         self.seen *= self.decay
         self.seen += new[0]
         self.cd *= self.decay
