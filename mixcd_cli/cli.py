@@ -126,7 +126,7 @@ def config_(stage: str = typer.Argument("train", help="pretrain | snapshot | tra
     if stage not in STAGE_NAMES:
         raise unknown_choice("stage", stage, STAGE_NAMES)
     overrides = normalise_overrides(list(overrides or []))
-    check_overrides(overrides, multirun=False)
+    check_overrides(overrides, multirun=False)  # unknown group options are refused here
     cfg = compose(stage, overrides)
     typer.echo(OmegaConf.to_yaml(cfg, resolve=True), nl=False)
 

@@ -110,48 +110,62 @@ def _values(override: Any) -> list[str]:
     return [str(value)]
 
 
-# (position in the first-value overrides, key, the sweep's other values), filled by check_overrides
-SWEEP_VALUES: list[tuple[int, str, list[str]]] = []
-
-
-def check_overrides(overrides: list[str], multirun: bool) -> list[str]:
-    """Parse overrides; refuse unknown group options. Returns overrides for a validation compose."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
+def _refuse_split_values(overrides: list[str]) -> None:
+    """A word without '=' is almost always a value the shell split at a space."""
     for i, item in enumerate(overrides):
         if "=" not in item and not item.startswith("~"):
             before = f" after '{overrides[i - 1]}'" if i else ""
             raise MixcdError(f"'{item}'{before} is not an override (key=value); a value with spaces must be quoted "
                              f"whole, e.g. 'paths.output_dir=/data/my runs'")
+
+
+def _refuse_unknown_options(group: str, key: str, values: list[str]) -> None:
+    options = group_options(group)
+    for value in values:
+        if value in options:
+            continue
+        if group == "model":
+            raise MixcdError(f"unknown model '{value}': neither a config in conf/model ({', '.join(options)}) nor a "
+                             f"timm model name{closest(value, options)}")
+        raise unknown_choice(group if group != "task" else f"task for {key}", value, options)
+
+
+# (position in the first-value overrides, key, the sweep's other values)
+SweepValues = list[tuple[int, str, list[str]]]
+
+
+def check_overrides(overrides: list[str], multirun: bool) -> tuple[list[str], SweepValues]:
+    """Parse overrides; refuse unknown group options.
+
+    Returns the overrides with every sweep at its first value (for a validation compose) and, per
+    sweep, its other values (each checked on its own by `validate`).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    _refuse_split_values(overrides)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException as exc:
         raise MixcdError(f"cannot parse override: {str(exc).splitlines()[0]}") from exc
     groups = config_groups()
     first: list[str] = []
-    SWEEP_VALUES.clear()
+    sweeps: SweepValues = []
     for ov, text in zip(parsed, overrides, strict=True):
         key = ov.key_or_group
         group = key.split("@")[0].lstrip("+~")
         if group in groups and not ov.is_delete():
-            for value in _values(ov):
-                if value not in group_options(group):
-                    if group == "model":
-                        raise MixcdError(f"unknown model '{value}': neither a config in conf/model "
-                                         f"({', '.join(group_options('model'))}) nor a timm model name"
-                                         f"{closest(value, group_options('model'))}")
-                    raise unknown_choice(group if group != "task" else f"task for {key}", value, group_options(group))
+            _refuse_unknown_options(group, key, _values(ov))
         if ov.is_sweep_override():
             if not multirun:
                 raise MixcdError(f"'{text}' is a sweep; add -m to run it as a multirun")
             vals = _values(ov)
             if vals:
                 first.append(f"{ov.get_key_element()}={vals[0]}")
-                SWEEP_VALUES.append((len(first) - 1, ov.get_key_element(), vals[1:]))
+                sweeps.append((len(first) - 1, ov.get_key_element(), vals[1:]))
             continue
         first.append(text)
-    return first
+    return first, sweeps
 
 
 def _explain_compose_error(exc: Exception, cfg_keys: Any) -> MixcdError:
@@ -218,13 +232,13 @@ def validate(stage: str, overrides: list[str], multirun: bool) -> Any:
 
     from .stages import validate_config
 
-    first = check_overrides(overrides, multirun)
+    first, sweeps = check_overrides(overrides, multirun)
     cfg = compose(stage, first)
     try:
         validate_config(cfg)
         # every value of a sweep, each with the others at their first value: a bad one fails now,
         # not in the middle of the sweep
-        for position, key, others in list(SWEEP_VALUES):
+        for position, key, others in sweeps:
             for value in others:
                 trial = [*first[:position], f"{key}={value}", *first[position + 1:]]
                 try:
@@ -239,13 +253,13 @@ def validate(stage: str, overrides: list[str], multirun: bool) -> Any:
 
 
 def preflight(stage: str, cfg: Any, run_dir: str | None) -> None:
-    """Checks on folders that need no work: the run to resume, the run to evaluate."""
+    """Checks on files and devices that need no work: the run to resume or evaluate, named inputs, CUDA."""
     if stage == "train" and cfg.resume is True:
-        if not run_dir:
-            raise MixcdError("resume=true continues the run in hydra.run.dir=<its folder>; name that folder")
-        if not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
-            raise MixcdError(f"resume=true but {run_dir} holds no checkpoint (checkpoints/last.pt); drop resume to "
-                             "start a new run")
+        _check_resumable(run_dir)
+    if stage == "eval":
+        from .stages import check_finished_run
+
+        check_finished_run(Path(str(cfg.run_dir)))
     if str(cfg.device).startswith("cuda"):
         import torch
 
@@ -257,12 +271,14 @@ def preflight(stage: str, cfg: Any, run_dir: str | None) -> None:
         raise MixcdError(f"snapshot not found: {cfg.snapshot.path} (snapshot.path names a snapshot folder)")
     if cfg.model.get("backbone") == "timm" and not _timm_name(str(cfg.model.name)):
         raise MixcdError(f"unknown timm model '{cfg.model.name}'{_timm_hint(str(cfg.model.name))}")
-    if stage == "eval":
-        source = Path(str(cfg.run_dir))
-        if not source.is_dir():
-            raise MixcdError(f"run_dir={source} does not exist")
-        if not (source / "model.pt").is_file() or not (source / "config.yaml").is_file():
-            raise MixcdError(f"{source} holds no finished `mixcd train` run (model.pt and config.yaml)")
+
+
+def _check_resumable(run_dir: str | None) -> None:
+    if not run_dir:
+        raise MixcdError("resume=true continues the run in hydra.run.dir=<its folder>; name that folder")
+    if not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
+        raise MixcdError(f"resume=true but {run_dir} holds no checkpoint (checkpoints/last.pt); drop resume to "
+                         "start a new run")
 
 
 def check_writable(path: Path, what: str) -> None:

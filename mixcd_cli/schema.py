@@ -281,14 +281,11 @@ def check_ranges(schema: type, node: Any, prefix: str = "") -> None:
         if f.name not in node:
             continue
         value = node[f.name]
-        if is_dataclass(f.type) or (isinstance(f.type, type) and is_dataclass(f.type)):
-            check_ranges(f.type, value, key + ".")
-            continue
-        sub = f.default_factory() if f.default_factory is not NO_FACTORY else None  # type: ignore[misc]
-        if sub is not None and is_dataclass(sub):
-            check_ranges(type(sub), value, key + ".")
-            continue
-        _check_value(key, value, dict(f.metadata))
+        # nested nodes are the fields made by a dataclass factory (annotations are strings here)
+        if f.default_factory is not NO_FACTORY and is_dataclass(f.default_factory):
+            check_ranges(f.default_factory, value, key + ".")
+        else:
+            _check_value(key, value, dict(f.metadata))
 
 
 def typed(schema: type, node: Any, prefix: str) -> DictConfig:

@@ -388,16 +388,22 @@ GROUP_NODES = {"experiment": "experiment_name", "sampler": "sampler", "model": "
                "pretrain": "pretrain", "task@prior": "prior", "task@finetune": "finetune"}
 
 
+def check_finished_run(source: Path) -> None:
+    """``source`` must be a folder written by a finished `mixcd train` (model.pt and config.yaml)."""
+    if not source.is_dir():
+        raise MixcdError(f"run_dir={source} does not exist")
+    if not (source / "model.pt").is_file() or not (source / "config.yaml").is_file():
+        raise MixcdError(f"{source} holds no finished `mixcd train` run (model.pt and config.yaml)")
+
+
 def eval_config(cfg: DictConfig, source: Path, overrides: list[str]) -> DictConfig:
     """The configuration ``source`` was trained with, plus what only changes evaluation.
 
     An override that would evaluate something else (another experiment, other classes, another
     model) is refused, naming the first key that differs from the run's own configuration.
     """
-    trained_path = source / "config.yaml"
-    if not trained_path.is_file():
-        raise MixcdError(f"{source} has no config.yaml: not a run folder written by `mixcd train`")
-    trained = OmegaConf.load(trained_path)
+    check_finished_run(source)
+    trained = OmegaConf.load(source / "config.yaml")
     if trained.get("stage") != "train":
         raise MixcdError(f"{source} was written by `mixcd {trained.get('stage')}`, not `mixcd train`")
     given, have = _flat(plain(cfg)), _flat(plain(trained))
@@ -414,13 +420,12 @@ def eval_config(cfg: DictConfig, source: Path, overrides: list[str]) -> DictConf
             raise MixcdError(f"mixcd eval uses the configuration {source} was trained with, and {key}="
                              f"{given.get(key)!r} differs from it ({have.get(key)!r}); drop that override "
                              "(only eval.*, device, threads, paths.*, snapshot.batch_size, trainer.amp may change)")
-    merged = OmegaConf.create(OmegaConf.to_container(trained))
-    OmegaConf.set_struct(merged, False)
+    OmegaConf.set_struct(trained, False)
     for key in sorted(checked):
         if _eval_only(key) and not key.startswith("hydra") and key in given:
-            OmegaConf.update(merged, key, given[key], force_add=True)
-    merged.stage, merged.run_dir = "eval", str(source)
-    return merged
+            OmegaConf.update(trained, key, given[key], force_add=True)
+    trained.stage, trained.run_dir = "eval", str(source)
+    return trained
 
 
 def run_eval(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -428,8 +433,7 @@ def run_eval(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] 
     if not cfg.get("run_dir"):
         raise MixcdError("mixcd eval needs run_dir=PATH (a folder written by `mixcd train`)")
     source = Path(str(cfg.run_dir)).resolve()
-    if not (source / "model.pt").is_file():
-        raise MixcdError(f"{source} has no model.pt: not a finished `mixcd train` run")
+    check_finished_run(source)
     if overrides is None:
         from hydra.core.hydra_config import HydraConfig
 
