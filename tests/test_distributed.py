@@ -58,7 +58,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
     def init(backend, *args, **kwargs):  # record what a CUDA run asks for; run on gloo
         requested["backend"] = backend
-        return real_init("gloo", *args, **kwargs)
+        # a file store, not a TCP port another test could take between choosing and binding it
+        return real_init("gloo", init_method=f"file://{out}/store", rank=rank, world_size=world)
 
     dist.init_process_group = init
     torch.cuda.is_available = lambda: True
@@ -86,7 +87,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         Path(out, f"rank{rank}.txt").write_text(f"{requested['backend']} {result.drawn} "
                                                 f"{ledger.forward['rehearsal']}")
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.barrier()  # neither rank tears the group down while the other still uses it
+            dist.destroy_process_group()
 
 
 def test_a_cuda_style_group_serves_every_collective_of_a_run(tmp_path: Path) -> None:
