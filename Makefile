@@ -43,42 +43,72 @@ lint: install ## ruff
 # ---------------------------------------------------------------- reproduction targets
 # Equal-compute comparisons: every sampler at every mixing ratio and seed, then `mixcd report`.
 # oracle_cd refreshes its CD set over a random 5,000-sample subset of E (DESIGN §5 allows this);
-# its passes are charged to the ledger either way.
+# its passes are charged to the ledger either way. Jobs run JOBS at a time with one torch thread
+# each (numbers do not depend on JOBS; they do on the thread count, so it is fixed), and every step's
+# drawn rows are audited in eval mode (trainer.audit_every=1) for the true hit rate.
 REPRO := $(CURDIR)/outputs/reproduce
 SAMPLERS ?= random,class_balanced,loss_high,mixcd,mir
 ORACLE ?= oracle_cd
 RATIOS ?= 0.0625,0.125,0.25,0.5
 SEEDS ?= 1,2,3
 EXTRA ?=
+JOBS ?= 2
+RUN_ARGS = hydra/launcher=local_parallel hydra.launcher.n_jobs=$(JOBS) threads=1 trainer.audit_every=1 $(EXTRA)
+ALSO ?=
+REPORT_ARGS ?=
 # Each reproduction writes a fresh, time-stamped folder: rerunning never overwrites earlier runs.
 STAMP ?= $(shell date -u +%Y%m%dT%H%M%SZ)
+STAMP := $(STAMP)
 
-.PHONY: reproduce-fmnist reproduce-fmnist-quick reproduce-fmnist-multi reproduce-fmnist-multi-quick _reproduce bench
+.PHONY: reproduce-fmnist reproduce-fmnist-quick reproduce-fmnist-multi reproduce-fmnist-multi-quick \
+	reproduce-fmnist-norm reproduce-fmnist-foundation reproduce-fmnist-foundation-quick _reproduce bench
 
 _reproduce:
-	$(MIXCD) train -m experiment=$(EXP) sampler=none seed=$(SEEDS) $(EXTRA) \
+	@date -u +"started %FT%TZ"
+	$(MIXCD) train -m experiment=$(EXP) sampler=none seed=$(SEEDS) $(RUN_ARGS) \
 		hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/none
-	$(MIXCD) train -m experiment=$(EXP) sampler=$(SAMPLERS) trainer.mix_ratio=$(RATIOS) seed=$(SEEDS) $(EXTRA) \
+	$(MIXCD) train -m experiment=$(EXP) sampler=$(SAMPLERS) trainer.mix_ratio=$(RATIOS) seed=$(SEEDS) $(RUN_ARGS) \
 		hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/rehearsal
 	$(if $(ORACLE),$(MIXCD) train -m experiment=$(EXP) sampler=$(ORACLE) sampler.subset=5000 \
-		trainer.mix_ratio=$(RATIOS) seed=$(SEEDS) $(EXTRA) hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/oracle)
-	$(MIXCD) report $(REPRO)/$(NAME)/$(STAMP) --out $(OUT)
-
-reproduce-fmnist: install data ## full comparison on the default experiment → results/fmnist (36 min on 2 cores)
-	@date -u +"started %FT%TZ"
-	$(MAKE) --no-print-directory _reproduce NAME=fmnist EXP=fmnist OUT=$(CURDIR)/results/fmnist
+		trainer.mix_ratio=$(RATIOS) seed=$(SEEDS) $(RUN_ARGS) hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/oracle)
+	$(MIXCD) report $(REPRO)/$(NAME)/$(STAMP) $(ALSO) --out $(OUT) $(REPORT_ARGS)
 	@date -u +"finished %FT%TZ"
+
+reproduce-fmnist: install data ## full comparison on the default experiment → results/fmnist (~45 min on 2 cores)
+	$(MAKE) --no-print-directory _reproduce NAME=fmnist EXP=fmnist OUT=$(CURDIR)/results/fmnist
 
 reproduce-fmnist-quick: install data ## small version (none, random, mixcd; 2 ratios; 1 seed; 200 steps): minutes
 	$(MAKE) --no-print-directory _reproduce NAME=fmnist-quick EXP=fmnist SAMPLERS=random,mixcd ORACLE= \
 		RATIOS=0.125,0.5 SEEDS=1 EXTRA=trainer.steps=200 OUT=$(REPRO)/fmnist-quick/latest-report
 
-reproduce-fmnist-multi: install data ## the same on the multi-head even→odd experiment → results/fmnist_multi (51 min)
-	$(MAKE) --no-print-directory _reproduce NAME=fmnist_multi EXP=fmnist_multi OUT=$(CURDIR)/results/fmnist_multi
+# The BatchNorm ablation reuses the newest `make reproduce-fmnist` as its default-norm half.
+FMNIST_RUNS ?= $(lastword $(sort $(wildcard $(REPRO)/fmnist/2*)))
+
+reproduce-fmnist-norm: install data ## BatchNorm ablation beside the default's runs → results/fmnist_norm (~15 min; after reproduce-fmnist)
+	@test -n "$(FMNIST_RUNS)" || { echo "run make reproduce-fmnist first: its none, random and mixcd runs are the" \
+		"default-norm half of this ablation"; exit 1; }
+	$(MAKE) --no-print-directory _reproduce NAME=fmnist_norm EXP=fmnist SAMPLERS=random,mixcd ORACLE= \
+		EXTRA=model.norm=batch ALSO="$(FMNIST_RUNS)" REPORT_ARGS="-s none -s random -s mixcd" \
+		OUT=$(CURDIR)/results/fmnist_norm
+
+reproduce-fmnist-multi: install data ## random, mixcd, mir, oracle_cd on the multi-head even→odd experiment → results/fmnist_multi (~40 min)
+	$(MAKE) --no-print-directory _reproduce NAME=fmnist_multi EXP=fmnist_multi SAMPLERS=random,mixcd,mir \
+		OUT=$(CURDIR)/results/fmnist_multi
 
 reproduce-fmnist-multi-quick: install data ## small version of reproduce-fmnist-multi
 	$(MAKE) --no-print-directory _reproduce NAME=fmnist_multi-quick EXP=fmnist_multi SAMPLERS=random,mixcd ORACLE= \
 		RATIOS=0.125,0.5 SEEDS=1 EXTRA=trainer.steps=200 OUT=$(REPRO)/fmnist_multi-quick/latest-report
+
+FOUNDATION_RATIOS ?= 0.015625,0.03125,0.0625,0.125,0.25
+
+reproduce-fmnist-foundation: install data ## sparse-damage regime (θ0 on all 10 classes → rotated images), 5 seeds → results/fmnist_foundation
+	$(MAKE) --no-print-directory _reproduce NAME=fmnist_foundation EXP=fmnist_foundation SAMPLERS=random,mixcd \
+		ORACLE= RATIOS=$(FOUNDATION_RATIOS) SEEDS=1,2,3,4,5 OUT=$(CURDIR)/results/fmnist_foundation
+
+reproduce-fmnist-foundation-quick: install data ## small version: random, mixcd at 1/64 and 1/16, 1 seed, 200 steps
+	$(MAKE) --no-print-directory _reproduce NAME=fmnist_foundation-quick EXP=fmnist_foundation SAMPLERS=random,mixcd \
+		ORACLE= RATIOS=0.015625,0.0625 SEEDS=1 EXTRA=trainer.steps=200 \
+		OUT=$(REPRO)/fmnist_foundation-quick/latest-report
 
 bench: install ## sampler micro-benchmark and whole-step overhead (prints numbers and ratios)
 	$(PY) benchmarks/sampler_bench.py

@@ -107,11 +107,14 @@ def eval_(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool =
 def report(paths: list[Path] = typer.Argument(..., help="Run folders or folders holding them (any depth)."),
            out: Path = typer.Option(None, "--out", "-o", help="Where to write CSV/Markdown/PNG (default: first PATH)."),
            stage: str = typer.Option("train", help="Which runs to read: train or eval."),
-           plots: bool = typer.Option(True, help="Write PNG plots.")) -> None:
-    """Compare runs: mean ± std over seeds by sampler and mixing ratio; CSV, Markdown and plots."""
+           plots: bool = typer.Option(True, help="Write PNG plots."),
+           sampler: list[str] = typer.Option(None, "--sampler", "-s",
+                                             help="Only these samplers (repeat the option); default: all.")) -> None:
+    """Compare runs: mean ± std over seeds by whole configuration; random-equivalent budgets with bootstrap
+    intervals; CSV, Markdown and plots."""
     from .report import run_report
 
-    run_report(paths, out, stage=stage, plots=plots)
+    run_report(paths, out, stage=stage, plots=plots, samplers=sampler or None)
 
 
 @app.command("config")

@@ -126,10 +126,15 @@ def print_run(result: dict[str, Any], run_dir: Path) -> None:
              for k in ("retained", "collateral_damage", "unlearned", "gained")]
     rows.append(("prior test: CD rate (%)", _pct(cats.get("cd_rate"))))
     if result.get("hit_rate") is not None:
-        rows.append(("rehearsal hit rate (%)", _pct(result["hit_rate"])))
+        rows.append(("rehearsal hit rate, audited (%)", _pct(result["hit_rate"])))
+    if result.get("signal_rate") is not None:
+        rows.append(("rehearsal CD signal rate, what the sampler saw (%)", _pct(result["signal_rate"])))
+    if result.get("signal_precision") is not None or result.get("signal_recall") is not None:
+        rows.append(("CD signal precision / recall vs audit (%)",
+                     f"{_pct(result.get('signal_precision'))} / {_pct(result.get('signal_recall'))}"))
     ledger = result.get("ledger") or {}
     fwd, bwd = ledger.get("forward", {}), ledger.get("backward", {})
-    for purpose in ("finetune", "rehearsal", "selection", "snapshot", "pretrain", "eval"):
+    for purpose in ("finetune", "rehearsal", "selection", "snapshot", "pretrain", "eval", "audit"):
         if fwd.get(purpose) or bwd.get(purpose):
             rows.append((f"ledger {purpose} (fwd / bwd samples)", f"{fwd.get(purpose, 0):,} / {bwd.get(purpose, 0):,}"))
     if "training_passes" in ledger:

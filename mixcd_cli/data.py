@@ -12,7 +12,7 @@ import gzip
 import hashlib
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -267,15 +267,40 @@ class Task:
 
 _SOURCE_CACHE: dict[tuple, ImageSource] = {}
 
+# Input-domain shifts a task can ask for (``options.domain``): the same images seen another way, so a
+# downstream task can share the prior task's data yet pull the backbone elsewhere.
+DOMAIN_SHIFTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "invert": lambda x: 255 - x,
+    "rot90": lambda x: torch.rot90(x, 1, dims=(-2, -1)),
+    "rot180": lambda x: torch.rot90(x, 2, dims=(-2, -1)),
+    "hflip": lambda x: torch.flip(x, dims=(-1,)),
+    "vflip": lambda x: torch.flip(x, dims=(-2,)),
+    "transpose": lambda x: x.transpose(-2, -1),
+}
+
 
 def load_source(dataset: str, root: str, train: bool, download: bool = False,
                 options: dict[str, Any] | None = None) -> ImageSource:
-    """Load one split of a registered dataset (memoised per process: tasks share splits)."""
+    """Load one split of a registered dataset (memoised per process: tasks share splits); ``options.domain``
+    names a `DOMAIN_SHIFTS` entry applied to every image."""
     options = dict(options or {})
+    domain = options.pop("domain", None)
     key = (dataset, str(root), train, json.dumps(options, sort_keys=True, default=str))
     if key not in _SOURCE_CACHE:
         _SOURCE_CACHE[key] = DATASETS.get(dataset)(root=root, train=train, download=download, **options)
-    return _SOURCE_CACHE[key]
+    if domain is None:
+        return _SOURCE_CACHE[key]
+    if domain not in DOMAIN_SHIFTS:
+        from .errors import unknown_choice
+
+        raise unknown_choice("task option domain", str(domain), DOMAIN_SHIFTS)
+    shifted = (*key, domain)
+    if shifted not in _SOURCE_CACHE:
+        base = _SOURCE_CACHE[key]
+        if not isinstance(base, ArraySource):
+            raise MixcdError(f"options.domain={domain} needs an in-memory dataset; '{dataset}' is read from files")
+        _SOURCE_CACHE[shifted] = replace(base, data=DOMAIN_SHIFTS[domain](base.data).contiguous())
+    return _SOURCE_CACHE[shifted]
 
 
 def make_task(name: str, dataset: str, root: str, split: str, classes: Sequence[int] | None,
@@ -305,10 +330,12 @@ def make_task(name: str, dataset: str, root: str, split: str, classes: Sequence[
     if limit is not None and 0 < limit < index.numel():
         index = index[:limit]  # the first samples, so the subset is a pure function of the config
     orig = targets[index]
-    if label_mode == "local":
+    if label_map:  # a relabelling (e.g. coarse groups of classes) holds in either head mode
+        lut = {c: int(label_map.get(c, c)) for c in chosen}
+    elif label_mode == "local":
         lut = {c: i for i, c in enumerate(chosen)}
     else:
-        lut = {c: int((label_map or {}).get(c, c)) for c in chosen}
+        lut = {c: c for c in chosen}
     table = torch.full((max(chosen) + 1,), -1, dtype=torch.int64)
     table[torch.tensor(list(lut))] = torch.tensor(list(lut.values()))
     mapped = table[orig]

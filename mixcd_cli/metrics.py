@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-PURPOSES = ("pretrain", "finetune", "rehearsal", "selection", "snapshot", "eval")
+# audit: eval-mode checks of drawn rows that measure the hit rate; like eval, never part of the training budget.
+PURPOSES = ("pretrain", "finetune", "rehearsal", "selection", "snapshot", "eval", "audit")
 
 
 class Ledger:
@@ -37,16 +38,26 @@ class Ledger:
                 "rehearsal_budget": self.forward["rehearsal"]}
 
 
-def categories(correct0: torch.Tensor, correct_now: torch.Tensor) -> dict[str, Any]:
-    """(prior correct?, now correct?) → retained, collateral damage, unlearned, gained; CD rate."""
+def categories(correct0: torch.Tensor, correct_now: torch.Tensor, labels: torch.Tensor | None = None
+               ) -> dict[str, Any]:
+    """(prior correct?, now correct?) → retained, collateral damage, unlearned, gained; CD rate (the share of
+    prior-correct samples now wrong), and with ``labels`` the CD rate of each class."""
     c0, c1 = correct0.bool(), correct_now.bool()
     retained = int((c0 & c1).sum())
     cd = int((c0 & ~c1).sum())
     unlearned = int((~c0 & ~c1).sum())
     gained = int((~c0 & c1).sum())
     prior_correct = retained + cd
-    return {"retained": retained, "collateral_damage": cd, "unlearned": unlearned, "gained": gained,
-            "cd_rate": cd / prior_correct if prior_correct else None}
+    out: dict[str, Any] = {"retained": retained, "collateral_damage": cd, "unlearned": unlearned, "gained": gained,
+                           "cd_rate": cd / prior_correct if prior_correct else None}
+    if labels is not None:
+        by_class = {}
+        for label in labels.unique().tolist():
+            eligible = c0 & (labels == label)
+            n = int(eligible.sum())
+            by_class[str(label)] = int((eligible & ~c1).sum()) / n if n else None
+        out["cd_rate_by_class"] = by_class
+    return out
 
 
 def accuracy(correct: torch.Tensor) -> float | None:
@@ -54,9 +65,9 @@ def accuracy(correct: torch.Tensor) -> float | None:
 
 
 def forgetting_metrics(test_correct0: torch.Tensor, test_correct_now: torch.Tensor,
-                       ft_correct: torch.Tensor) -> dict[str, Any]:
+                       ft_correct: torch.Tensor, test_labels: torch.Tensor | None = None) -> dict[str, Any]:
     """pre_acc0, pre_acc, forgetting = pre_acc0 − pre_acc, ft_acc, and categories on the prior test set."""
     pre_acc0, pre_acc = accuracy(test_correct0), accuracy(test_correct_now)
     return {"pre_acc0": pre_acc0, "pre_acc": pre_acc,
             "forgetting": (pre_acc0 - pre_acc) if pre_acc0 is not None and pre_acc is not None else None,
-            "ft_acc": accuracy(ft_correct), "categories": categories(test_correct0, test_correct_now)}
+            "ft_acc": accuracy(ft_correct), "categories": categories(test_correct0, test_correct_now, test_labels)}

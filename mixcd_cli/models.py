@@ -14,10 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import MixcdError, closest
+from .errors import MixcdError, closest, unknown_choice
 from .registry import Registry
+from .schema import NORMS
 
 BACKBONES: Registry = Registry("model")
+# Model options that change how fine-tuning trains, not the architecture: they stay out of the spec a
+# checkpoint must match and out of θ0's cache key.
+FINETUNE_ONLY = ("bn",)
 
 
 class MixcdNet(nn.Module):
@@ -28,6 +32,29 @@ class MixcdNet(nn.Module):
         self.backbone = backbone
         self.num_features = num_features
         self.heads = nn.ModuleDict({name: nn.Linear(num_features, n) for name, n in heads.items()})
+        self.frozen_bn = False
+
+    def freeze_batchnorm(self) -> int:
+        """Hold every BatchNorm layer at its running statistics and affine weights; → layers frozen.
+
+        ``train()`` keeps them in eval mode from then on, so a mixed batch's statistics never reach them
+        and a sample's train-mode prediction no longer depends on the rest of its batch.
+        """
+        layers = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for m in layers:
+            for p in m.parameters():
+                p.requires_grad_(False)
+        self.frozen_bn = bool(layers)
+        self.train(self.training)
+        return len(layers)
+
+    def train(self, mode: bool = True) -> MixcdNet:
+        super().train(mode)
+        if self.frozen_bn:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -48,14 +75,30 @@ class MixcdNet(nn.Module):
             self.heads[name] = nn.Linear(self.num_features, num_classes).to(ref.weight.device)
 
 
+def norm_layer(norm: str, channels: int) -> nn.Module:
+    """The normalisation after a conv: ``batch`` depends on the rest of the batch in train mode; ``group``
+    (8 channels a group at most 8 groups), ``layer`` (one group: all channels and positions of a sample)
+    and ``none`` do not, so a sample's train-mode prediction is its own (DESIGN §4 item 6)."""
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "group":
+        return nn.GroupNorm(min(8, max(1, channels // 4)), channels)
+    if norm == "layer":
+        return nn.GroupNorm(1, channels)
+    if norm == "none":
+        return nn.Identity()
+    raise unknown_choice("model.norm", norm, NORMS)
+
+
 class SmallCNN(nn.Module):
     """Three conv blocks (~93k parameters at 32/64/128 channels): the CPU default."""
 
-    def __init__(self, in_chans: int = 1, width: int = 32) -> None:
+    def __init__(self, in_chans: int = 1, width: int = 32, norm: str = "batch") -> None:
         super().__init__()
 
         def block(cin: int, cout: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=norm == "none"), norm_layer(norm, cout),
+                    nn.ReLU(inplace=True)]
 
         self.net = nn.Sequential(
             *block(in_chans, width), nn.MaxPool2d(2),
@@ -69,8 +112,8 @@ class SmallCNN(nn.Module):
 
 
 @BACKBONES.register("cnn", help="small built-in CNN (CPU default)")
-def _cnn(in_chans: int, width: int = 32, **_: Any) -> tuple[nn.Module, int]:
-    net = SmallCNN(in_chans, width)
+def _cnn(in_chans: int, width: int = 32, norm: str = "batch", **_: Any) -> tuple[nn.Module, int]:
+    net = SmallCNN(in_chans, width, norm)
     return net, net.num_features
 
 
@@ -143,7 +186,7 @@ def create_model(backbone: str, in_chans: int, heads: dict[str, int], **kwargs: 
 
 def model_spec(model_cfg: dict[str, Any]) -> dict[str, Any]:
     """The architecture part of a model config (what must match between checkpoint and model)."""
-    return {k: v for k, v in model_cfg.items() if k not in ("weights", "pretrained")}
+    return {k: v for k, v in model_cfg.items() if k not in ("weights", "pretrained", *FINETUNE_ONLY)}
 
 
 def save_model(model: MixcdNet, path: Path, spec: dict[str, Any], extra: dict[str, Any] | None = None) -> None:

@@ -1,8 +1,13 @@
 """`mixcd report`: read run folders, aggregate seeds, compare samplers at equal compute.
 
-Groups runs by (experiment, sampler, mixing ratio), shows mean ± std (n) beside the ledger, and
-computes mix-cd's *random-equivalent budget*: the rehearsal budget that random rehearsal would
-need, interpolated on its own curve, to reach the same prior-test accuracy.
+Runs are grouped by their whole configuration (every setting that can change a result; seeds,
+paths, devices and logging aside), so runs that differ in any override — `trainer.steps`, the
+model's norm — never merge; a seed run twice in one group counts once. Each group shows mean ±
+std (n) beside the ledger. For every sampler other than random, the *random-equivalent budget* is
+the rehearsal budget random rehearsal with the same settings would need, interpolated on its own
+curve, to reach the same prior-test accuracy; it is given from the means, for each seed pair, and
+with a paired bootstrap interval over seeds. At each ratio the samplers on the Pareto frontier of
+(pre_acc, ft_acc) are marked.
 """
 
 from __future__ import annotations
@@ -10,8 +15,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import random as _random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +25,13 @@ from typing import Any
 from .errors import MixcdError
 
 REQUIRED = ("sampler", "mix_ratio", "seed", "pre_acc", "ft_acc", "forgetting", "ledger")
-METRICS = ("pre_acc", "forgetting", "ft_acc", "hit_rate", "cd_rate", "ledger_finetune", "ledger_rehearsal",
-           "ledger_selection", "training_passes", "wall_time")
+METRICS = ("pre_acc", "forgetting", "ft_acc", "hit_rate", "signal_rate", "signal_precision", "signal_recall",
+           "cd_rate", "ledger_finetune", "ledger_rehearsal", "ledger_selection", "training_passes", "wall_time")
+# Config keys (and key prefixes) that cannot change what a run measures: they never split a group.
+NOT_GROUPING = ("seed", "stage", "device", "resume", "threads", "paths", "hydra", "run_dir", "eval", "snapshot",
+                "trainer.log_every", "trainer.audit_every", "trainer.checkpoint_every", "trainer.data_on_device")
+BOOTSTRAP_SAMPLES = 2000
+Settings = tuple[tuple[str, str], ...]
 
 
 @dataclass
@@ -31,6 +42,9 @@ class Run:
     mix_ratio: float
     seed: int
     values: dict[str, float | None]
+    settings: Settings = ()  # what must match for runs to be compared (sampler options aside)
+    options: Settings = ()  # the sampler's own options
+    mtime: float = 0.0
 
 
 @dataclass
@@ -38,7 +52,20 @@ class Group:
     experiment: str
     sampler: str
     mix_ratio: float
+    settings: Settings = ()
+    options: Settings = ()
     runs: list[Run] = field(default_factory=list)
+    duplicates: int = 0  # runs left out because their seed was already in the group
+    label: str = ""  # the settings that set this group apart from the experiment's others
+    frontier: bool | None = None  # on the Pareto frontier of (pre_acc, ft_acc) at its ratio
+
+    def seeds(self) -> dict[int, Run]:
+        return {r.seed: r for r in self.runs}
+
+    def mean_over(self, key: str, seeds: Sequence[int]) -> float | None:
+        by_seed = self.seeds()
+        vals = [by_seed[s].values.get(key) for s in seeds]
+        return None if not vals or any(v is None for v in vals) else sum(vals) / len(vals)  # type: ignore[misc]
 
     def stat(self, key: str) -> tuple[float | None, float | None, int]:
         """(mean, sample std, n) over the runs that have the value."""
@@ -57,7 +84,9 @@ def _flatten(m: dict[str, Any]) -> dict[str, float | None]:
     wall = m.get("wall_time") or {}
     return {
         "pre_acc": m.get("pre_acc"), "forgetting": m.get("forgetting"), "ft_acc": m.get("ft_acc"),
-        "hit_rate": m.get("hit_rate"), "cd_rate": cats.get("cd_rate"),
+        "hit_rate": m.get("hit_rate"), "signal_rate": m.get("signal_rate"),
+        "signal_precision": m.get("signal_precision"), "signal_recall": m.get("signal_recall"),
+        "cd_rate": cats.get("cd_rate"),
         "ledger_finetune": fwd.get("finetune", 0) + bwd.get("finetune", 0),
         "ledger_rehearsal": fwd.get("rehearsal", 0) + bwd.get("rehearsal", 0),
         "ledger_selection": fwd.get("selection", 0) + bwd.get("selection", 0),
@@ -103,9 +132,37 @@ def collect(paths: Iterable[Path], stage: str = "train") -> tuple[list[Run], lis
             if missing:
                 skipped.append((folder, f"metrics.json lacks {', '.join(missing)}"))
                 continue
+            settings, options = run_settings(cfg_path)
             runs.append(Run(folder, str(m.get("experiment", "?")), str(m["sampler"]), float(m["mix_ratio"]),
-                            int(m["seed"]), _flatten(m)))
+                            int(m["seed"]), _flatten(m), settings, options, metrics_path.stat().st_mtime))
     return runs, skipped
+
+
+def _flat_items(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(node, dict):
+        return [item for k, v in node.items() for item in _flat_items(v, f"{prefix}{k}.")]
+    return [(prefix[:-1], node)]
+
+
+def run_settings(cfg_path: Path) -> tuple[Settings, Settings]:
+    """(settings, sampler options) of a run's saved configuration, as sorted (key, JSON value) pairs."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text(errors="replace")) or {}
+    except yaml.YAMLError:
+        cfg = {}
+    settings, options = [], []
+    for key, value in _flat_items(cfg if isinstance(cfg, dict) else {}):
+        if any(key == k or key.startswith(k + ".") for k in NOT_GROUPING):
+            continue
+        item = (key, json.dumps(value, sort_keys=True))
+        if key.startswith("sampler."):
+            if key not in ("sampler.name", "sampler.mix_ratio"):  # the run's own sampler and ratio are columns
+                options.append(item)
+        elif key != "trainer.mix_ratio":
+            settings.append(item)
+    return tuple(sorted(settings)), tuple(sorted(options))
 
 
 def _stage_of(cfg_path: Path) -> str | None:
@@ -116,24 +173,81 @@ def _stage_of(cfg_path: Path) -> str | None:
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
-    groups: dict[tuple[str, str, float], Group] = {}
-    for r in runs:
-        key = (r.experiment, r.sampler, r.mix_ratio)
-        groups.setdefault(key, Group(*key)).runs.append(r)
+    """Groups of runs with the same whole configuration; within one, a seed counts once (its latest run)."""
+    groups: dict[tuple[Any, ...], Group] = {}
+    for r in sorted(runs, key=lambda r: r.mtime, reverse=True):
+        key = (r.experiment, r.sampler, r.mix_ratio, r.settings, r.options)
+        group = groups.setdefault(key, Group(*key))
+        if r.seed in group.seeds():
+            group.duplicates += 1
+        else:
+            group.runs.append(r)
+    for g in groups.values():
+        g.runs.sort(key=lambda r: r.seed)
+    _label(list(groups.values()))
     order = {s: i for i, s in enumerate(("none", "random", "class_balanced", "loss_high", "loss_low", "mixcd",
                                          "oracle_cd", "mir"))}
-    return sorted(groups.values(), key=lambda g: (g.experiment, order.get(g.sampler, 99), g.sampler, g.mix_ratio))
+    ordered = sorted(groups.values(), key=lambda g: (g.experiment, g.label, order.get(g.sampler, 99), g.sampler,
+                                                     g.mix_ratio, g.options))
+    mark_frontier(ordered)
+    return ordered
 
 
-def random_curve(groups: Sequence[Group], experiment: str) -> list[tuple[float, float]]:
-    """(rehearsal budget, mean pre_acc) of random rehearsal, with plain fine-tuning as budget 0."""
-    points = []
+def _label(groups: Sequence[Group]) -> None:
+    """Name each group by the settings in which its experiment's groups differ (e.g. ``trainer.steps=200``)."""
+    by_exp: dict[str, list[Group]] = defaultdict(list)
     for g in groups:
-        if g.experiment == experiment and g.sampler in ("random", "none"):
-            budget, _, _ = g.stat("rehearsal_budget")
-            acc, _, _ = g.stat("pre_acc")
-            if budget is not None and acc is not None:
-                points.append((budget if g.sampler == "random" else 0.0, acc))
+        by_exp[g.experiment].append(g)
+    for gs in by_exp.values():
+        values: dict[str, set[str]] = defaultdict(set)
+        for g in gs:
+            for k, v in g.settings:
+                values[k].add(v)
+        keys = {k for g in gs for k, _ in g.settings}
+        varying = sorted(k for k in keys if len(values[k]) > 1 or any(k not in dict(g.settings) for g in gs))
+        for g in gs:
+            own = dict(g.settings)
+            g.label = " ".join(f"{k}={json.loads(own[k]) if k in own else '-'}" for k in varying)
+
+
+def mark_frontier(groups: Sequence[Group]) -> None:
+    """At each ratio (same experiment and settings), mark the groups no other group beats on both pre_acc
+    and ft_acc (means): the samplers on the Pareto frontier there."""
+    cells: dict[tuple[Any, ...], list[Group]] = defaultdict(list)
+    for g in groups:
+        cells[(g.experiment, g.settings, g.mix_ratio)].append(g)
+    for cell in cells.values():
+        points = {id(g): (g.stat("pre_acc")[0], g.stat("ft_acc")[0]) for g in cell}
+        for g in cell:
+            p, f = points[id(g)]
+            if p is None or f is None:
+                continue
+            g.frontier = not any(q is not None and h is not None and q >= p and h >= f and (q > p or h > f)
+                                 for q, h in (points[id(o)] for o in cell if o is not g))
+
+
+def curve_groups(groups: Sequence[Group], target: Group) -> list[Group]:
+    """Random rehearsal (and plain fine-tuning, budget 0) with ``target``'s experiment and settings,
+    one group per budget."""
+    chosen: dict[float, Group] = {}
+    for g in groups:
+        if g.experiment == target.experiment and g.settings == target.settings and g.sampler in ("random", "none"):
+            budget = g.stat("rehearsal_budget")[0] if g.sampler == "random" else 0.0
+            if budget is not None and g.stat("pre_acc")[0] is not None:
+                chosen.setdefault(budget, g)
+    return [chosen[b] for b in sorted(chosen)]
+
+
+def random_curve(groups: Sequence[Group], target: Group, seeds: Sequence[int] | None = None
+                 ) -> list[tuple[float, float]]:
+    """(rehearsal budget, mean pre_acc) of random rehearsal with ``target``'s settings (over ``seeds`` when
+    given, else over each group's runs), plain fine-tuning as budget 0."""
+    points = []
+    for g in curve_groups(groups, target):
+        budget = g.stat("rehearsal_budget")[0] if g.sampler == "random" else 0.0
+        acc = g.stat("pre_acc")[0] if seeds is None else g.mean_over("pre_acc", seeds)
+        if budget is not None and acc is not None:
+            points.append((budget, acc))
     return sorted(points)
 
 
@@ -157,18 +271,57 @@ def equivalent_budget(curve: Sequence[tuple[float, float]], target: float) -> tu
     return None, f"> {curve[-1][0]:,.0f} (max)"
 
 
-def equivalents(groups: Sequence[Group], sampler: str = "mixcd") -> list[dict[str, Any]]:
+def fold_of(curve: Sequence[tuple[float, float]], target: float, own: float) -> float:
+    """Random-equivalent budget over ``own`` budget; +inf where random never gets there, 0 where even plain
+    fine-tuning (or random's smallest budget) does better."""
+    budget, label = equivalent_budget(curve, target)
+    if budget is not None:
+        return budget / own
+    return math.inf if label.startswith(">") else 0.0
+
+
+def bootstrap_interval(values: Callable[[Sequence[int]], float], seeds: Sequence[int], samples: int = BOOTSTRAP_SAMPLES,
+                       level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of ``values(resampled seeds)`` over ``samples`` resamplings of ``seeds`` with
+    replacement (seeded: the same runs give the same interval)."""
+    rng = _random.Random(seed)
+    stats = sorted(values([rng.choice(seeds) for _ in seeds]) for _ in range(samples))
+    lo = stats[int(math.floor((1 - level) / 2 * (samples - 1)))]
+    hi = stats[int(math.ceil((1 + level) / 2 * (samples - 1)))]
+    return lo, hi
+
+
+def _fold_text(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return "> max" if math.isinf(x) else f"{x:.2f}x"
+
+
+def equivalents(groups: Sequence[Group]) -> list[dict[str, Any]]:
+    """Random-equivalent budget of every group of a sampler other than random: from the means, per seed pair,
+    and a paired bootstrap interval over the seeds the group shares with every point of random's curve."""
     rows = []
     for g in groups:
-        if g.sampler != sampler:
+        if g.sampler in ("random", "none") or not curve_groups(groups, g):
             continue
-        curve = random_curve(groups, g.experiment)
+        curve = random_curve(groups, g)
         acc, _, _ = g.stat("pre_acc")
         own, _, _ = g.stat("rehearsal_budget")
-        budget, label = equivalent_budget(curve, acc) if acc is not None else (None, "n/a")
-        rows.append({"experiment": g.experiment, "sampler": sampler, "mix_ratio": g.mix_ratio, "pre_acc": acc,
-                     "rehearsal_budget": own, "random_equivalent_budget": budget, "random_equivalent": label,
-                     "fold": (budget / own) if budget is not None and own else None})
+        if acc is None or not own:
+            continue
+        budget, label = equivalent_budget(curve, acc)
+        common = sorted(set(g.seeds()).intersection(*(set(c.seeds()) for c in curve_groups(groups, g))))
+
+        def fold_over(seeds: Sequence[int], g: Group = g, own: float = own) -> float:
+            return fold_of(random_curve(groups, g, seeds), g.mean_over("pre_acc", seeds), own)  # type: ignore[arg-type]
+
+        per_seed = {s: fold_over([s]) for s in common}
+        interval = bootstrap_interval(fold_over, common) if len(common) >= 2 else None
+        fold = (budget / own) if budget is not None else (math.inf if label.startswith(">") else None)
+        rows.append({"experiment": g.experiment, "config": g.label, "sampler": g.sampler, "mix_ratio": g.mix_ratio,
+                     "pre_acc": acc, "rehearsal_budget": own, "random_equivalent_budget": budget,
+                     "random_equivalent": label, "fold": fold, "fold_per_seed": per_seed, "paired_seeds": len(common),
+                     "fold_ci95": list(interval) if interval else None, "frontier": g.frontier})
     return rows
 
 
@@ -186,55 +339,78 @@ def _kind(key: str) -> str:
     return "pct" if key in PCT else "count" if key.startswith("ledger") or key == "training_passes" else "plain"
 
 
-PCT = {"pre_acc", "forgetting", "ft_acc", "hit_rate", "cd_rate"}
-HEADERS = {"pre_acc": "pre_acc %", "forgetting": "forgetting pts", "ft_acc": "ft_acc %", "hit_rate": "hit rate %",
-           "cd_rate": "CD rate %", "ledger_finetune": "fine-tune passes", "ledger_rehearsal": "rehearsal passes",
-           "ledger_selection": "selection passes", "training_passes": "total passes", "wall_time": "fine-tune s"}
+PCT = {"pre_acc", "forgetting", "ft_acc", "hit_rate", "signal_rate", "signal_precision", "signal_recall", "cd_rate"}
+HEADERS = {"pre_acc": "pre_acc %", "forgetting": "forgetting pts", "ft_acc": "ft_acc %",
+           "hit_rate": "hit rate % (audited)", "signal_rate": "signal rate %", "signal_precision": "signal precision %",
+           "signal_recall": "signal recall %", "cd_rate": "CD rate %", "ledger_finetune": "fine-tune passes",
+           "ledger_rehearsal": "rehearsal passes", "ledger_selection": "selection passes",
+           "training_passes": "total passes", "wall_time": "fine-tune s"}
+LEAD = ["experiment", "config", "sampler", "r", "n", "frontier"]
+EQ_HEAD = ["experiment", "config", "sampler", "r", "budget", "pre_acc %", "random needs", "fold", "95% CI (bootstrap)",
+           "per seed", "frontier"]
+
+
+def _lead(g: Group) -> list[str]:
+    n = str(g.stat("pre_acc")[2]) + (f" (+{g.duplicates} dup)" if g.duplicates else "")
+    return [g.experiment, g.label or "-", g.sampler, f"{g.mix_ratio:g}", n,
+            "-" if g.frontier is None or g.sampler == "none" else ("yes" if g.frontier else "no")]
 
 
 def table_rows(groups: Sequence[Group]) -> list[list[str]]:
+    return [_lead(g) + [_fmt(*g.stat(k)[:2], _kind(k)) for k in METRICS] for g in groups]
+
+
+def eq_rows(eq: Sequence[dict[str, Any]]) -> list[list[str]]:
     rows = []
-    for g in groups:
-        rows.append([g.experiment, g.sampler, f"{g.mix_ratio:g}", str(g.stat("pre_acc")[2])]
-                    + [_fmt(*g.stat(k)[:2], _kind(k)) for k in METRICS])
+    for e in eq:
+        ci = e["fold_ci95"]
+        rows.append([e["experiment"], e["config"] or "-", e["sampler"], f"{e['mix_ratio']:g}",
+                     f"{e['rehearsal_budget'] or 0:,.0f}", "-" if e["pre_acc"] is None else f"{100 * e['pre_acc']:.2f}",
+                     e["random_equivalent"], _fold_text(e["fold"]),
+                     f"[{_fold_text(ci[0])}, {_fold_text(ci[1])}]" if ci else "-",
+                     " ".join(_fold_text(f) for f in e["fold_per_seed"].values()) or "-",
+                     "-" if e["frontier"] is None else ("yes" if e["frontier"] else "no")])
     return rows
 
 
 def write_csv(groups: Sequence[Group], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        head = ["experiment", "sampler", "mix_ratio", "n"]
+        head = ["experiment", "config", "sampler", "mix_ratio", "n", "duplicates", "frontier"]
         for k in METRICS:
             head += [f"{k}_mean", f"{k}_std"]
         w.writerow(head)
         for g in groups:
-            row: list[Any] = [g.experiment, g.sampler, g.mix_ratio, g.stat("pre_acc")[2]]
+            row: list[Any] = [g.experiment, g.label, g.sampler, g.mix_ratio, g.stat("pre_acc")[2], g.duplicates,
+                              "" if g.frontier is None else g.frontier]
             for k in METRICS:
                 mean, std, _ = g.stat(k)
                 row += ["" if mean is None else mean, "" if std is None else std]
             w.writerow(row)
 
 
+def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def markdown(groups: Sequence[Group], eq: Sequence[dict[str, Any]], skipped: Sequence[tuple[Path, str]]) -> str:
-    head = ["experiment", "sampler", "r", "n"] + [HEADERS[k] for k in METRICS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(groups)]
+    lines = _md_table(LEAD + [HEADERS[k] for k in METRICS], table_rows(groups))
+    lines += ["", "mean ± std over seeds; a seed run twice in one group counts once (dup). hit rate: audited share "
+              "of drawn rows that were collateral damage; signal: what the training forward pass told the sampler. "
+              "frontier: no other sampler at the same ratio has both higher pre_acc and higher ft_acc."]
     if eq:
-        lines += ["", "Random-equivalent rehearsal budget of mix-cd (budget random needs for the same pre_acc):", "",
-                  "| experiment | r | mix-cd budget | mix-cd pre_acc % | random-equivalent budget | fold |",
-                  "|---|---|---|---|---|---|"]
-        for e in eq:
-            fold = f"{e['fold']:.2f}x" if e["fold"] is not None else "-"
-            acc = f"{100 * e['pre_acc']:.2f}" if e["pre_acc"] is not None else "-"
-            lines.append(f"| {e['experiment']} | {e['mix_ratio']:g} | {e['rehearsal_budget'] or 0:,.0f} | {acc} | "
-                         f"{e['random_equivalent']} | {fold} |")
+        lines += ["", "Random-equivalent rehearsal budget (the budget random rehearsal with the same settings needs "
+                  "for the same pre_acc), from the means, per seed pair, and a paired bootstrap 95% interval "
+                  f"over seeds ({BOOTSTRAP_SAMPLES} resamples):", ""]
+        lines += _md_table(EQ_HEAD, eq_rows(eq))
     if skipped:
         lines += ["", "Skipped runs:", ""] + [f"- `{p}`: {why}" for p, why in skipped]
     return "\n".join(lines) + "\n"
 
 
 def plot(groups: Sequence[Group], out: Path) -> list[Path]:
-    """pre_acc vs total fine-tuning passes, and the Pareto view pre_acc vs ft_acc; one PNG per experiment."""
+    """pre_acc vs total fine-tuning passes, and the Pareto view pre_acc vs ft_acc (frontier points ringed);
+    one PNG of each per experiment."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -245,32 +421,38 @@ def plot(groups: Sequence[Group], out: Path) -> list[Path]:
     for g in groups:
         by_exp[g.experiment].append(g)
     for exp, gs in by_exp.items():
-        by_sampler: dict[str, list[Group]] = defaultdict(list)
+        lines: dict[str, list[Group]] = defaultdict(list)
         for g in gs:
-            by_sampler[g.sampler].append(g)
+            lines[g.sampler + (f" [{g.label}]" if g.label else "")].append(g)
         for kind, xkey, xlabel in (("budget", "training_passes", "fine-tuning passes (ledger: fwd + bwd samples)"),
                                    ("pareto", "ft_acc", "fine-tune-test accuracy (%)")):
-            fig, ax = plt.subplots(figsize=(7, 4.5))
-            for sampler, sg in by_sampler.items():
+            fig, ax = plt.subplots(figsize=(8, 5))
+            ringed = False
+            for name, sg in lines.items():
                 sg = sorted(sg, key=lambda g: g.stat(xkey)[0] or 0)
-                xs, xe, ys, ye = [], [], [], []
+                pts = []
                 for g in sg:
                     x, xs_, _ = g.stat(xkey)
                     y, ys_, _ = g.stat("pre_acc")
-                    if x is None or y is None:
-                        continue
-                    scale = 100 if xkey == "ft_acc" else 1
-                    xs.append(x * scale)
-                    xe.append((xs_ or 0) * scale)
-                    ys.append(100 * y)
-                    ye.append(100 * (ys_ or 0))
+                    if x is not None and y is not None:
+                        scale = 100 if xkey == "ft_acc" else 1
+                        pts.append((x * scale, (xs_ or 0) * scale, 100 * y, 100 * (ys_ or 0), g.frontier))
+                if not pts:
+                    continue
+                xs, xe, ys, ye, front = zip(*pts, strict=True)
                 ax.errorbar(xs, ys, yerr=ye, xerr=xe if xkey == "ft_acc" else None, marker="o", capsize=3,
-                            label=sampler, linestyle="-" if kind == "budget" else ":")
+                            label=name, linestyle="-" if kind == "budget" else ":")
+                if kind == "pareto":
+                    fx = [x for x, f in zip(xs, front, strict=True) if f]
+                    fy = [y for y, f in zip(ys, front, strict=True) if f]
+                    ax.scatter(fx, fy, s=160, facecolors="none", edgecolors="black", linewidths=1.2,
+                               label=None if ringed else "on the frontier at its ratio", zorder=5)
+                    ringed = ringed or bool(fx)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("prior-test accuracy (%)")
             ax.set_title(f"{exp}: " + ("retention vs compute" if kind == "budget" else "retention vs new task"))
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7)
             fig.tight_layout()
             path = out / f"{exp}_{kind}.png"
             fig.savefig(path, dpi=120)
@@ -279,9 +461,14 @@ def plot(groups: Sequence[Group], out: Path) -> list[Path]:
     return written
 
 
+def _json_fold(x: float | None) -> float | str | None:
+    return "> max" if x is not None and math.isinf(x) else x
+
+
 def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "train",
-               plots: bool = True) -> dict[str, Any]:
-    """Collect, aggregate, print, and write report.csv / report.md / report.json (+ PNGs)."""
+               plots: bool = True, samplers: Sequence[str] | None = None) -> dict[str, Any]:
+    """Collect, aggregate, print, and write report.csv / report.md / report.json (+ PNGs); ``samplers``
+    keeps only those samplers' runs."""
     from rich.console import Console
     from rich.table import Table
 
@@ -289,9 +476,11 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
     from .console import console, note
 
     if not console.is_terminal:  # a log or a pipe: do not squeeze the table into 80 columns
-        console = Console(width=240)
+        console = Console(width=300)
 
     runs, skipped = collect(paths, stage)
+    if samplers:
+        runs = [r for r in runs if r.sampler in samplers]
     if not runs:
         raise MixcdError(f"no finished {stage} runs under {', '.join(map(str, paths))}"
                          + (f" ({len(skipped)} skipped)" if skipped else ""))
@@ -301,33 +490,39 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
     out.mkdir(parents=True, exist_ok=True)
 
     table = Table(title=f"mixcd report: {len(runs)} runs, {len(groups)} groups (mean ± std over seeds)")
-    for h in ["experiment", "sampler", "r", "n"] + [HEADERS[k] for k in METRICS]:
-        table.add_column(h, justify="left" if h in ("experiment", "sampler") else "right")
+    for h in LEAD + [HEADERS[k] for k in METRICS]:
+        table.add_column(h, justify="left" if h in ("experiment", "config", "sampler") else "right")
     for row in table_rows(groups):
         table.add_row(*row)
     console.print(table)
     if eq:
-        t2 = Table(title="random-equivalent rehearsal budget of mix-cd")
-        for h in ("experiment", "r", "mix-cd budget", "pre_acc %", "random needs", "fold"):
-            t2.add_column(h, justify="right")
-        for e in eq:
-            t2.add_row(e["experiment"], f"{e['mix_ratio']:g}", f"{e['rehearsal_budget'] or 0:,.0f}",
-                       "-" if e["pre_acc"] is None else f"{100 * e['pre_acc']:.2f}", e["random_equivalent"],
-                       f"{e['fold']:.2f}x" if e["fold"] is not None else "-")
+        t2 = Table(title="random-equivalent rehearsal budget (paired bootstrap 95% interval over seeds)")
+        for h in EQ_HEAD:
+            t2.add_column(h, justify="left" if h in ("experiment", "config", "sampler") else "right")
+        for row in eq_rows(eq):
+            t2.add_row(*row)
         console.print(t2)
     if skipped:  # one line, however many folders: the list is in report.md and report.json
         failed = sum(why.startswith("failed:") for _, why in skipped)
         note(f"{len(skipped)} run folder(s) left out ({failed} failed with error.txt, {len(skipped) - failed} "
              f"unfinished or unreadable); see {out / 'report.md'}")
+    duplicates = sum(g.duplicates for g in groups)
+    if duplicates:
+        note(f"{duplicates} run(s) repeat a seed already in their group and count once")
 
     write_csv(groups, out / "report.csv")
     (out / "report.md").write_text(markdown(groups, eq, skipped))
     pngs = plot(groups, out) if plots else []
     summary = {"runs": len(runs), "groups": [
-        {"experiment": g.experiment, "sampler": g.sampler, "mix_ratio": g.mix_ratio,
+        {"experiment": g.experiment, "config": g.label, "sampler": g.sampler, "mix_ratio": g.mix_ratio,
+         "settings": dict(g.settings), "sampler_options": dict(g.options), "duplicates": g.duplicates,
+         "frontier": g.frontier, "seeds": sorted(g.seeds()),
          **{k: dict(zip(("mean", "std", "n"), g.stat(k), strict=True)) for k in METRICS}} for g in groups],
-        "random_equivalent": eq, "skipped": [[str(p), why] for p, why in skipped],
-        "plots": [p.name for p in pngs]}
+        "random_equivalent": [{**e, "fold": _json_fold(e["fold"]),
+                               "fold_per_seed": {str(k): _json_fold(v) for k, v in e["fold_per_seed"].items()},
+                               "fold_ci95": [_json_fold(v) for v in e["fold_ci95"]] if e["fold_ci95"] else None}
+                              for e in eq],
+        "skipped": [[str(p), why] for p, why in skipped], "plots": [p.name for p in pngs]}
     write_json(summary, out / "report.json")
     console.print(f"wrote {out / 'report.csv'}, report.md, report.json" + (f" and {len(pngs)} plots" if pngs else ""),
                   highlight=False, soft_wrap=True)

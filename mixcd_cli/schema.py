@@ -29,6 +29,8 @@ OVER = ("pool", "eligible")
 PARTITIONS = ("loss", "class", "class_loss", "aux", "aux_loss")
 RESUME_MODES = ("auto", True, False)
 STAGES = ("pretrain", "snapshot", "train", "eval")
+NORMS = ("batch", "group", "layer", "none")  # built-in CNN: models.norm_layer
+BN_MODES = ("train", "frozen")  # timm models while fine-tuning: MixcdNet.freeze_batchnorm
 
 
 def _req(**rules: Any) -> Any:
@@ -81,6 +83,7 @@ class TrainerConf(OptimConf):
     mix_ratio: float = _req(ge=0)
     rehearsal_weight: float = _req(ge=0)
     log_every: int = _req(ge=1)
+    audit_every: int = _req(ge=0)
     checkpoint_every: int = _req(ge=0)
     amp: str = _req(choices=AMP_MODES)
     channels_last: bool = _req()
@@ -148,6 +151,7 @@ class MixcdEvalConf(MixcdConf):
 class CnnModelConf:
     backbone: str = _req()
     width: int = _req(ge=1)
+    norm: str = _req(choices=NORMS)
 
 
 @dataclass
@@ -157,6 +161,7 @@ class TimmModelConf:
     pretrained: bool = _req()
     weights: Optional[str] = _req()  # noqa: UP045
     drop_rate: float = _req(ge=0, lt=1)
+    bn: str = _req(choices=BN_MODES)
 
 
 MODEL_SCHEMAS = {"cnn": CnnModelConf, "timm": TimmModelConf}

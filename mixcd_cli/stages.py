@@ -19,7 +19,7 @@ from .artifacts import config_digest, environment_info, file_lock, read_json, wr
 from .data import Experiment, build_experiment
 from .errors import MixcdError, phase
 from .metrics import Ledger, categories, forgetting_metrics
-from .models import MixcdNet, create_model, load_model, model_spec, save_model
+from .models import FINETUNE_ONLY, MixcdNet, create_model, load_model, model_spec, save_model
 from .runtime import derive_seed, peak_memory_mb, resolve_device
 from .samplers import create_sampler
 from .snapshot import Snapshot, get_or_create_snapshot
@@ -130,7 +130,7 @@ def place_data(exp: Experiment, device: torch.device, mode: Any) -> None:
 
 
 def model_args(cfg: DictConfig) -> dict[str, Any]:
-    return {k: v for k, v in plain(cfg.model).items() if k != "backbone"}
+    return {k: v for k, v in plain(cfg.model).items() if k not in ("backbone", *FINETUNE_ONLY)}
 
 
 def settings_from(node: DictConfig, steps: int, seed: int, purpose: str, eval_batch: int,
@@ -155,7 +155,7 @@ def prior_checkpoint(ctx: Context, allow_train: bool = True) -> tuple[Path, bool
         return path, True
     spec = model_spec(plain(cfg.model))
     heads = {exp.prior_head(): exp.head_sizes()[exp.prior_head()]}
-    key = config_digest({"model": plain(cfg.model), "pool": exp.pool.fingerprint(),
+    key = config_digest({"model": model_args(cfg) | {"backbone": cfg.model.backbone}, "pool": exp.pool.fingerprint(),
                          "transform": exp.transform.describe(), "heads": heads, "pretrain": plain(cfg.pretrain)})
     cache = Path(cfg.paths.cache_dir)
     path = cache / "prior" / key / "model.pt"
@@ -278,9 +278,9 @@ def evaluate(ctx: Context, model: MixcdNet, snap: Snapshot) -> dict[str, Any]:
         return predict_task(model, task, head, exp.transform, ctx.device, bs, ctx.ledger, "eval", amp).correct
 
     out = forgetting_metrics(snap.test.correct, correct(exp.prior_test, exp.prior_head()),
-                             correct(exp.ft_test, exp.ft_head()))
+                             correct(exp.ft_test, exp.ft_head()), exp.prior_test.targets)
     if cfg.eval.on_pool:
-        out["pool_categories"] = categories(snap.pool.correct, correct(exp.pool, exp.prior_head()))
+        out["pool_categories"] = categories(snap.pool.correct, correct(exp.pool, exp.prior_head()), exp.pool.targets)
     ctx.timings["eval"] = time.perf_counter() - t0
     return out
 
@@ -306,6 +306,8 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     snap, snap_cached = snapshot_for(ctx, prior_path)
 
     model = load_prior(ctx, prior_path)
+    if cfg.model.get("bn") == "frozen" and model.freeze_batchnorm() == 0 and distributed.rank() == 0:
+        console.note(f"model.bn=frozen: {cfg.model.get('name')} has no BatchNorm layers; nothing to freeze")
     seed = int(cfg.seed)
     if exp.head == "multi":
         torch.manual_seed(derive_seed(seed, "ft-head"))
@@ -322,7 +324,8 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     t = cfg.trainer
     settings = settings_from(t, int(t.steps), seed, "finetune", int(cfg.eval.batch_size),
                              rehearsal_batch=b, rehearsal_weight=float(t.rehearsal_weight),
-                             log_every=int(t.log_every), checkpoint_every=int(t.checkpoint_every),
+                             log_every=int(t.log_every), audit_every=int(t.audit_every),
+                             checkpoint_every=int(t.checkpoint_every),
                              amp=str(t.amp), channels_last=bool(t.channels_last),
                              compile=bool(t.get("compile", False)))
     checkpoint = run_dir / "checkpoints" / "last.pt"
@@ -352,7 +355,7 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         "stage": "train", "experiment": str(cfg.experiment_name), "sampler": str(cfg.sampler.name),
         "mix_ratio": float(cfg.trainer.mix_ratio) if b else 0.0, "seed": seed, "steps": settings.steps,
         "batch_size": settings.batch_size, "rehearsal_batch": b, **metrics,
-        "hit_rate": loop.hit_rate, "rehearsal_drawn": loop.drawn, "rehearsal_hits": loop.hits,
+        **loop.quality(), "rehearsal_counts": loop.counts,
         "final_loss": loop.final_loss, "ledger": ctx.ledger.summary(), "wall_time": ctx.timings,
         "peak_memory_mb": peak_memory_mb(ctx.device), "device": str(ctx.device), "world_size": distributed.world(),
         "prior_checkpoint": str(prior_path), "snapshot": str(snap.path),
@@ -452,7 +455,8 @@ def run_eval(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] 
         metrics = evaluate(ctx, model, snap)
     trained = read_json(source / "metrics.json", "run metrics") if (source / "metrics.json").is_file() else {}
     result = {"stage": "eval", "run_dir": str(source), **{k: trained.get(k) for k in (
-        "experiment", "sampler", "mix_ratio", "seed", "hit_rate", "ledger")}, **metrics,
+        "experiment", "sampler", "mix_ratio", "seed", "hit_rate", "signal_rate", "signal_precision",
+        "signal_recall", "ledger")}, **metrics,
               "wall_time": ctx.timings}
     write_json(result, ctx.run_dir / "metrics.json")
     console.print_run(result, ctx.run_dir)

@@ -84,7 +84,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                            ledger, Rehearsal(sampler, task, "shared", info.correct0),
                            checkpoint_path=Path(out) / "last.pt").run()
         distributed.all_reduce_ledger(ledger)
-        Path(out, f"rank{rank}.txt").write_text(f"{requested['backend']} {result.drawn} "
+        Path(out, f"rank{rank}.txt").write_text(f"{requested['backend']} {result.counts['drawn']} "
                                                 f"{ledger.forward['rehearsal']}")
     finally:
         if dist.is_initialized():

@@ -76,7 +76,8 @@ def test_kill_during_evaluation_then_resume_gives_identical_metrics(compose_cfg,
     monkeypatch.setattr(stages, "evaluate", real)
     resumed = run_train(compose_cfg("train", args), tmp_path / "cut")
     assert resumed["resumed_from"] == 12
-    for key in ("pre_acc", "ft_acc", "final_loss", "hit_rate", "rehearsal_hits", "categories", "sampler_final"):
+    for key in ("pre_acc", "ft_acc", "final_loss", "hit_rate", "signal_rate", "rehearsal_counts", "categories",
+                "sampler_final"):
         assert resumed[key] == ref[key], key
     assert resumed["ledger"]["training_passes"] == ref["ledger"]["training_passes"]
     assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["final_loss"] == ref["final_loss"]

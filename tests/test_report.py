@@ -11,15 +11,24 @@ from typer.testing import CliRunner
 
 from mixcd_cli.cli import app
 from mixcd_cli.errors import MixcdError
-from mixcd_cli.report import collect, equivalent_budget, equivalents, group_runs, run_report
+from mixcd_cli.report import (
+    bootstrap_interval,
+    collect,
+    curve_groups,
+    equivalent_budget,
+    equivalents,
+    group_runs,
+    run_report,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def fake_run(folder: Path, sampler: str, ratio: float, seed: int, pre_acc: float, ft_acc: float = 0.9,
-             rehearsal: int = 0, hit_rate: float | None = None) -> None:
+             rehearsal: int = 0, hit_rate: float | None = None, steps: int = 600) -> None:
     folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text("stage: train\n")
+    (folder / "config.yaml").write_text(f"stage: train\nseed: {seed}\nthreads: 1\ntrainer:\n  steps: {steps}\n"
+                                        f"  mix_ratio: {ratio}\n  log_every: 50\nsampler:\n  name: {sampler}\n")
     metrics = {"stage": "train", "experiment": "exp", "sampler": sampler, "mix_ratio": ratio, "seed": seed,
                "pre_acc0": 0.9, "pre_acc": pre_acc, "forgetting": 0.9 - pre_acc, "ft_acc": ft_acc,
                "hit_rate": hit_rate, "categories": {"cd_rate": 0.1},
@@ -92,13 +101,83 @@ def test_report_writes_files(runs_dir: Path, tmp_path: Path) -> None:
     summary = run_report([runs_dir], out)
     assert summary["runs"] == 7 and len(summary["skipped"]) == 3
     rows = (out / "report.csv").read_text().splitlines()
-    assert rows[0].startswith("experiment,sampler,mix_ratio,n,pre_acc_mean,pre_acc_std")
+    assert rows[0].startswith("experiment,config,sampler,mix_ratio,n,duplicates,frontier,pre_acc_mean,pre_acc_std")
     assert len(rows) == 1 + 5
     md = (out / "report.md").read_text()
     assert "60.00 ± 10.00" in md and "Random-equivalent" in md and "broken" in md
     for png in summary["plots"]:
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
     assert len(summary["plots"]) == 2
+
+
+def test_runs_that_differ_in_any_setting_never_merge(tmp_path: Path) -> None:
+    """A 200-step quick run must not average with a 600-step one, nor serve as its random curve."""
+    fake_run(tmp_path / "a", "random", 0.25, 1, 0.60, rehearsal=100, steps=600)
+    fake_run(tmp_path / "b", "random", 0.25, 2, 0.64, rehearsal=100, steps=600)
+    fake_run(tmp_path / "c", "random", 0.25, 1, 0.20, rehearsal=100, steps=200)
+    fake_run(tmp_path / "d", "mixcd", 0.25, 1, 0.30, rehearsal=100, steps=200)
+    groups = group_runs(collect([tmp_path])[0])
+    random_groups = {g.label: g for g in groups if g.sampler == "random"}
+    assert set(random_groups) == {"trainer.steps=600", "trainer.steps=200"}
+    assert random_groups["trainer.steps=600"].stat("pre_acc")[:1] == (pytest.approx(0.62),)
+    assert random_groups["trainer.steps=200"].stat("pre_acc")[2] == 1
+    (mixcd,) = [g for g in groups if g.sampler == "mixcd"]
+    assert mixcd.label == "trainer.steps=200"
+    assert [c.label for c in curve_groups(groups, mixcd)] == ["trainer.steps=200"]
+
+
+def test_a_seed_run_twice_counts_once(tmp_path: Path) -> None:
+    fake_run(tmp_path / "first", "random", 0.25, 1, 0.50, rehearsal=100)
+    fake_run(tmp_path / "again", "random", 0.25, 1, 0.52, rehearsal=100)
+    fake_run(tmp_path / "other", "random", 0.25, 2, 0.70, rehearsal=100)
+    (g,) = group_runs(collect([tmp_path])[0])
+    assert g.stat("pre_acc")[2] == 2 and g.duplicates == 1
+    assert sorted(g.seeds()) == [1, 2]
+
+
+def _seeded_runs(root: Path, seeds: list[int]) -> None:
+    """Random at two budgets and mix-cd at the first, with seed-to-seed noise that is shared within a seed."""
+    import random as rnd
+
+    for s in seeds:
+        noise = rnd.Random(s).gauss(0, 0.03)
+        fake_run(root / f"n{s}", "none", 0.0, s, 0.05 + noise / 3)
+        fake_run(root / f"r1-{s}", "random", 0.25, s, 0.50 + noise, rehearsal=100)
+        fake_run(root / f"r2-{s}", "random", 0.5, s, 0.80 + noise, rehearsal=200)
+        fake_run(root / f"m-{s}", "mixcd", 0.25, s, 0.62 + noise + rnd.Random(100 + s).gauss(0, 0.02), rehearsal=100)
+
+
+def test_bootstrap_interval_holds_the_point_estimate_and_narrows_with_seeds(tmp_path: Path) -> None:
+    widths = []
+    for n in (3, 12):
+        _seeded_runs(tmp_path / str(n), list(range(n)))
+        (e,) = equivalents(group_runs(collect([tmp_path / str(n)])[0]))
+        lo, hi = e["fold_ci95"]
+        assert lo <= e["fold"] <= hi, (lo, e["fold"], hi)
+        assert e["paired_seeds"] == n and len(e["fold_per_seed"]) == n
+        assert min(e["fold_per_seed"].values()) <= e["fold"] <= max(e["fold_per_seed"].values())
+        widths.append(hi - lo)
+    assert widths[1] < widths[0], widths
+
+
+def test_bootstrap_is_seeded_and_covers_the_resampled_statistic() -> None:
+    seeds = [1, 2, 3, 4, 5]
+    value = {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0, 5: 5.0}
+
+    def mean(sample):
+        return sum(value[s] for s in sample) / len(sample)
+
+    lo, hi = bootstrap_interval(mean, seeds)
+    assert (lo, hi) == bootstrap_interval(mean, seeds)
+    assert 1.0 < lo < 3.0 < hi < 5.0
+
+
+def test_the_frontier_marks_who_no_one_beats_on_both_accuracies(tmp_path: Path) -> None:
+    fake_run(tmp_path / "r", "random", 0.25, 1, 0.60, ft_acc=0.90, rehearsal=100)
+    fake_run(tmp_path / "m", "mixcd", 0.25, 1, 0.70, ft_acc=0.88, rehearsal=100)
+    fake_run(tmp_path / "c", "class_balanced", 0.25, 1, 0.59, ft_acc=0.89, rehearsal=100)
+    frontier = {g.sampler: g.frontier for g in group_runs(collect([tmp_path])[0])}
+    assert frontier == {"random": True, "mixcd": True, "class_balanced": False}
 
 
 def test_report_with_nothing_to_read(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from ..samplers.base import RehearsalSampler
 from .inference import ModelSelection
 from .optim import create_optimizer, create_schedule
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 log = logging.getLogger(__name__)
 
 
@@ -53,6 +53,7 @@ class TrainSettings:
     warmup_steps: int = 0
     seed: int = 0
     log_every: int = 50
+    audit_every: int = 0  # every N steps an eval-mode check of the drawn rows (0: never)
     checkpoint_every: int = 0
     eval_batch_size: int = 1024
     amp: str = "auto"
@@ -108,17 +109,32 @@ class BatchOrder:
         self._perm = self._permutation()
 
 
+# Rehearsal counters. signal: drawn rows the training forward pass called collateral damage (prior-correct,
+# now wrong: what the sampler saw). audited: drawn rows checked by an eval-mode pass of the same weights;
+# true: of those, truly collateral damage; called: of those, called so by the signal; both: called and true.
+COUNTERS = ("drawn", "signal", "audited", "true", "called", "both")
+
+
 def _fresh_interval() -> dict[str, float]:
-    return {"samples": 0, "hits": 0, "drawn": 0, "loss": 0.0, "n": 0}
+    return {"samples": 0, "loss": 0.0, "n": 0, **dict.fromkeys(COUNTERS, 0)}
+
+
+def signal_quality(counts: dict[str, float]) -> dict[str, float | None]:
+    """hit_rate (audited: the true share of drawn rows that were collateral damage), signal_rate (the share
+    the sampler saw as such) and the signal's precision and recall against the audit; None where undefined."""
+    def ratio(a: str, b: str) -> float | None:
+        return counts[a] / counts[b] if counts[b] else None
+
+    return {"hit_rate": ratio("true", "audited"), "signal_rate": ratio("signal", "drawn"),
+            "signal_precision": ratio("both", "called"), "signal_recall": ratio("both", "true")}
 
 
 @dataclass
 class TrainState:
-    """Where the run is: the step reached, this rank's hit counters, the open log interval, times."""
+    """Where the run is: the step reached, this rank's rehearsal counters, the open log interval, times."""
 
     step: int = 0
-    hits: int = 0
-    drawn: int = 0
+    counts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     interval: dict[str, float] = field(default_factory=_fresh_interval)
     telemetry_offset: int = 0
     elapsed: float = 0.0
@@ -141,15 +157,16 @@ class _Part:
 
 @dataclass
 class LoopResult:
-    """What a finished run reports (hits and drawn summed over ranks)."""
+    """What a finished run reports (rehearsal counters summed over ranks, see `COUNTERS`)."""
 
     steps: int
     wall_time: float
-    hit_rate: float | None
-    drawn: int
-    hits: int
+    counts: dict[str, int]
     final_loss: float
     resumed_from: int | None
+
+    def quality(self) -> dict[str, float | None]:
+        return signal_quality(self.counts)
 
 
 @dataclass
@@ -158,6 +175,7 @@ class _Pending:
 
     rows: torch.Tensor
     wrong: torch.Tensor
+    audit_wrong: torch.Tensor | None  # eval-mode predictions of the same rows, on audited steps
     event: Any
 
 
@@ -326,6 +344,7 @@ class FineTuner:
             pool_rows = r.sampler.draw(step, self.selection)
             pool_x, pool_y = to_device(*host_batch(r.pool, pool_rows, self.device), self.transform, self.device,
                                        self.channels_last)
+            audit_wrong = self.audit(pool_x, pool_y) if s.audit_every and (step + 1) % s.audit_every == 0 else None
             x = torch.cat([ft_x, pool_x])
             splits = [(self.head, 0, n_ft), (r.head, n_ft, x.shape[0])]
         else:
@@ -345,9 +364,10 @@ class FineTuner:
             event = None
             if self.cuda:
                 wrong = wrong.to("cpu", non_blocking=True)
+                audit_wrong = None if audit_wrong is None else audit_wrong.to("cpu", non_blocking=True)
                 event = torch.cuda.Event()
                 event.record()
-            self._pending = _Pending(pool_rows, wrong, event)
+            self._pending = _Pending(pool_rows, wrong, audit_wrong, event)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -358,8 +378,22 @@ class FineTuner:
         self.state.interval["samples"] += x.shape[0]
         self.state.step = step + 1
 
+    def audit(self, pool_x: torch.Tensor, pool_y: torch.Tensor) -> torch.Tensor:
+        """Which drawn rows the current weights truly get wrong: an eval-mode, no-grad pass before the
+        training forward (so BatchNorm's running statistics are still those of this step's weights).
+        Charged to the ledger's ``audit`` purpose, never to the training budget; no sampler reads it."""
+        r = self.rehearsal
+        with torch.no_grad(), autocast_for(self.device, self.settings.amp):
+            self.model.eval()
+            try:
+                logits = self.model(pool_x, head=r.head)
+            finally:
+                self.model.train()
+        self.ledger.add("audit", forward=pool_x.shape[0])
+        return logits.argmax(1) != pool_y
+
     def flush(self) -> None:
-        """Fold the pending observation into the sampler and the hit counters."""
+        """Fold the pending observation into the sampler and the rehearsal counters."""
         pending, self._pending = self._pending, None
         if pending is None:
             return
@@ -367,12 +401,16 @@ class FineTuner:
             pending.event.synchronize()
         wrong = pending.wrong.bool()
         self.rehearsal.sampler.observe(pending.rows, wrong)
-        hits = int((self.rehearsal.correct0[pending.rows] & wrong).sum())
-        drawn = pending.rows.numel()
-        self.state.hits += hits
-        self.state.drawn += drawn
-        self.state.interval["hits"] += hits
-        self.state.interval["drawn"] += drawn
+        eligible = self.rehearsal.correct0[pending.rows]
+        called = eligible & wrong
+        add = {"drawn": pending.rows.numel(), "signal": int(called.sum())}
+        if pending.audit_wrong is not None:
+            true = eligible & pending.audit_wrong.bool()
+            add.update(audited=pending.rows.numel(), true=int(true.sum()), called=add["signal"],
+                       both=int((true & called).sum()))
+        for key, value in add.items():
+            self.state.counts[key] += value
+            self.state.interval[key] += value
 
     def check_losses(self) -> float:
         """Raise at the first non-finite loss since the last check; return the latest loss."""
@@ -410,9 +448,10 @@ class FineTuner:
             if self.writer:
                 record = self._telemetry()
                 self.writer.write(record)
+                rates = "".join(f", {name.replace('_', ' ')} {record[name]:.3f}"
+                                for name in ("signal_rate", "hit_rate") if record.get(name) is not None)
                 log.info("%s step %d/%d: loss %.4f, lr %.4g, %.0f samples/s%s", s.purpose, done, s.steps,
-                         record["loss"], record["lr"], record["throughput"],
-                         "" if record["hit_rate"] is None else f", hit rate {record['hit_rate']:.3f}")
+                         record["loss"], record["lr"], record["throughput"], rates)
             self._t_interval = time.perf_counter()
             self.state.interval = _fresh_interval()
         if save_now or stop_now:
@@ -428,9 +467,9 @@ class FineTuner:
         now = time.perf_counter()
         record = {"step": self.state.step, "loss": interval["loss"] / max(interval["n"], 1),
                   "lr": self.schedule.get_last_lr()[0],
-                  "throughput": interval["samples"] * self.world / max(now - self._t_interval, 1e-9),
-                  "hit_rate": interval["hits"] / interval["drawn"] if interval["drawn"] else None}
+                  "throughput": interval["samples"] * self.world / max(now - self._t_interval, 1e-9)}
         if self.rehearsal is not None:
+            record.update(signal_quality(interval))
             record.update(self.rehearsal.sampler.telemetry())
         return record
 
@@ -447,8 +486,9 @@ class FineTuner:
                 self.writer.close()
             if self._prefetcher is not None:
                 self._prefetcher.shutdown(wait=True)
-        totals = distributed.all_reduce_sum(torch.tensor([self.state.hits, self.state.drawn], dtype=torch.float64)) \
-            if self.world > 1 else torch.tensor([self.state.hits, self.state.drawn], dtype=torch.float64)
-        hits, drawn = int(totals[0]), int(totals[1])
+        totals = torch.tensor([self.state.counts[k] for k in COUNTERS], dtype=torch.float64)
+        if self.world > 1:
+            totals = distributed.all_reduce_sum(totals)
         return LoopResult(self.settings.steps, self._elapsed_before + time.perf_counter() - self._t0,
-                          hits / drawn if drawn else None, drawn, hits, self.state.last_loss, self.resumed_from)
+                          {k: int(v) for k, v in zip(COUNTERS, totals.tolist(), strict=True)},
+                          self.state.last_loss, self.resumed_from)
