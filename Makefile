@@ -9,7 +9,7 @@ MIXCD := $(VENV)/bin/mixcd
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: help install data demo test test-all lint bench
+.PHONY: help install data demo test test-all lint bench norm-choice
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-24s %s\n", $$1, $$2}'
@@ -109,6 +109,19 @@ reproduce-fmnist-foundation-quick: install data ## small version: random, mixcd 
 	$(MAKE) --no-print-directory _reproduce NAME=fmnist_foundation-quick EXP=fmnist_foundation SAMPLERS=random,mixcd \
 		ORACLE= RATIOS=0.015625,0.0625 SEEDS=1 EXTRA=trainer.steps=200 \
 		OUT=$(REPRO)/fmnist_foundation-quick/latest-report
+
+# How the default norm was chosen: θ0 of every norm after 2 and 4 pretraining epochs, then random and
+# mix-cd at r = 1/16 and 1/4 (seed 1) for the two best per-sample candidates. Torch's default threads.
+NORM_CHOICE := $(REPRO)/norm_choice/$(STAMP)
+norm-choice: install data ## the measurements behind model.norm=group → results/norm_choice (~15 min)
+	$(MIXCD) pretrain -m experiment=fmnist model.norm=batch,group,layer,none pretrain.epochs=2,4 \
+		hydra.sweep.dir=$(NORM_CHOICE)/pretrain
+	$(PY) scripts/theta0_table.py $(NORM_CHOICE)/pretrain $(CURDIR)/results/norm_choice/theta0.md
+	$(MIXCD) train -m experiment=fmnist model.norm=group,none pretrain.epochs=4 sampler=random,mixcd \
+		trainer.mix_ratio=0.0625,0.25 seed=1 trainer.audit_every=1 hydra.sweep.dir=$(NORM_CHOICE)/rehearsal
+	$(MIXCD) train -m experiment=fmnist model.norm=group,none pretrain.epochs=4 sampler=none seed=1 \
+		hydra.sweep.dir=$(NORM_CHOICE)/none
+	$(MIXCD) report $(NORM_CHOICE) --out $(CURDIR)/results/norm_choice
 
 bench: install ## sampler micro-benchmark and whole-step overhead (prints numbers and ratios)
 	$(PY) benchmarks/sampler_bench.py

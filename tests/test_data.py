@@ -186,3 +186,28 @@ def test_offline_download_does_not_advise_downloading(tmp_path: Path, monkeypatc
     with pytest.raises(MixcdError) as without:
         _load_torchvision("mnist", tmp_path, True, download=False)
     assert "not found" in str(without.value) and "download=true" in str(without.value)
+
+
+SYN = {"num_classes": 4, "image_size": 8, "n_train": 40, "n_test": 20, "noise": 0.5}
+
+
+def test_domain_shifts_show_the_same_images_another_way() -> None:
+    base = load_source("synthetic", "unused", True, options=SYN)
+    inverted = load_source("synthetic", "unused", True, options={**SYN, "domain": "invert"})
+    rotated = load_source("synthetic", "unused", True, options={**SYN, "domain": "rot90"})
+    assert torch.equal(inverted.data, 255 - base.data)
+    assert torch.equal(rotated.data, torch.rot90(base.data, 1, dims=(-2, -1)))
+    assert not torch.equal(rotated.data, base.data)
+    assert torch.equal(rotated.targets, base.targets)
+    assert load_source("synthetic", "unused", True, options=SYN) is base  # the base split is untouched
+    with pytest.raises(MixcdError, match="domain.*choose one of"):
+        load_source("synthetic", "unused", True, options={**SYN, "domain": "sideways"})
+
+
+def test_a_domain_shift_and_a_relabelling_make_another_task() -> None:
+    plain = make_task("a", "synthetic", "unused", "train", None, None, "local", options=SYN)
+    coarse = make_task("b", "synthetic", "unused", "train", None, {0: 0, 1: 0, 2: 1, 3: 1}, "local",
+                       options={**SYN, "domain": "invert"})
+    assert coarse.num_classes == 2 and plain.num_classes == 4
+    assert torch.equal(coarse.targets, plain.targets // 2)  # label_map holds with one head per task too
+    assert coarse.fingerprint() != plain.fingerprint()

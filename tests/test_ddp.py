@@ -73,7 +73,8 @@ def test_train_over_two_processes(tiny: list[str], tmp_path: Path) -> None:
     assert m["world_size"] == 2
     assert m["ledger"]["forward"]["finetune"] == 12 * 16 * 2  # both ranks' shards counted
     assert m["ledger"]["forward"]["rehearsal"] == 12 * 4 * 2
-    assert m["rehearsal_drawn"] == 12 * 4 * 2
+    assert m["rehearsal_counts"]["drawn"] == 12 * 4 * 2
+    assert m["rehearsal_counts"]["audited"] == m["ledger"]["forward"]["audit"] > 0  # audit totals summed over ranks
     assert not (tmp_path / "outputs" / "runs").exists()  # every rank wrote into the one run folder
 
 

@@ -45,7 +45,10 @@ def test_ledger_counts_real_passes(compose_cfg, tiny: list[str], tmp_path: Path)
     assert ledger["forward"]["finetune"] == ledger["backward"]["finetune"] == 5 * 16
     assert ledger["forward"]["rehearsal"] == ledger["backward"]["rehearsal"] == 5 * 8
     assert ledger["forward"]["eval"] == 300  # prior test + fine-tune test of the tiny experiment
-    assert res["rehearsal_drawn"] == 40
+    assert res["rehearsal_counts"]["drawn"] == 40
+    # only the last step is audited (audit_every = log_every = 10 > steps)
+    assert ledger["forward"]["audit"] == res["rehearsal_counts"]["audited"] == 8
+    assert res["ledger"]["training_passes"] == 2 * (5 * 16 + 5 * 8)  # the audit is not a training pass
 
 
 def test_snapshot_mismatch_is_refused(compose_cfg, tiny: list[str], tmp_path: Path) -> None:

@@ -344,7 +344,9 @@ class FineTuner:
             pool_rows = r.sampler.draw(step, self.selection)
             pool_x, pool_y = to_device(*host_batch(r.pool, pool_rows, self.device), self.transform, self.device,
                                        self.channels_last)
-            audit_wrong = self.audit(pool_x, pool_y) if s.audit_every and (step + 1) % s.audit_every == 0 else None
+            # like telemetry, the last (possibly shorter) interval is audited too
+            audit_now = s.audit_every and ((step + 1) % s.audit_every == 0 or step + 1 == s.steps)
+            audit_wrong = self.audit(pool_x, pool_y) if audit_now else None
             x = torch.cat([ft_x, pool_x])
             splits = [(self.head, 0, n_ft), (r.head, n_ft, x.shape[0])]
         else:
