@@ -13,8 +13,9 @@ from mixcd_cli.training import FineTuner
 
 # `mixcd train experiment=tiny model.norm=batch pretrain.epochs=3 sampler=S trainer.steps=30` (seed 0),
 # measured with the training loop as it was before it became the FineTuner class (engine.train_loop
-# at 723372a), when the CNN had BatchNorm only and tiny pretrained for 3 epochs. The class must reproduce them: any change to the order of operations, the
-# loss, the schedule, the data order or the sampler's bookkeeping moves them. "hit_rate" then was the
+# at 723372a), when the CNN had BatchNorm only and tiny pretrained for 3 epochs. The class must
+# reproduce them: any change to the order of operations, the loss, the schedule, the data order or
+# the sampler's bookkeeping moves them. "hit_rate" then was the
 # train-mode signal, today's signal_rate; the audit (on by default) must not move any of them.
 PINNED = {
     "none": {"pre_acc": 0.0, "ft_acc": 0.753333330154419, "final_loss": 0.8491902351379395, "hit_rate": None,
