@@ -26,7 +26,8 @@ from .errors import MixcdError
 
 REQUIRED = ("sampler", "mix_ratio", "seed", "pre_acc", "ft_acc", "forgetting", "ledger")
 METRICS = ("pre_acc", "forgetting", "ft_acc", "hit_rate", "signal_rate", "signal_precision", "signal_recall",
-           "cd_rate", "ledger_finetune", "ledger_rehearsal", "ledger_selection", "training_passes", "wall_time")
+           "cd_rate", "cd_rate_class_min", "cd_rate_class_max", "ledger_finetune", "ledger_rehearsal",
+           "ledger_selection", "training_passes", "wall_time")
 # Config keys (and key prefixes) that cannot change what a run measures: they never split a group.
 NOT_GROUPING = ("seed", "stage", "device", "resume", "threads", "paths", "hydra", "run_dir", "eval", "snapshot",
                 "trainer.log_every", "trainer.audit_every", "trainer.checkpoint_every", "trainer.data_on_device")
@@ -81,12 +82,16 @@ def _flatten(m: dict[str, Any]) -> dict[str, float | None]:
     ledger = m.get("ledger") or {}
     fwd, bwd = ledger.get("forward", {}), ledger.get("backward", {})
     cats = m.get("categories") or {}
+    by_class = [v for v in (cats.get("cd_rate_by_class") or {}).values() if v is not None]
     wall = m.get("wall_time") or {}
     return {
         "pre_acc": m.get("pre_acc"), "forgetting": m.get("forgetting"), "ft_acc": m.get("ft_acc"),
         "hit_rate": m.get("hit_rate"), "signal_rate": m.get("signal_rate"),
         "signal_precision": m.get("signal_precision"), "signal_recall": m.get("signal_recall"),
         "cd_rate": cats.get("cd_rate"),
+        # how concentrated the damage is: the CD rates of the least and the most damaged prior class
+        "cd_rate_class_min": min(by_class) if by_class else None,
+        "cd_rate_class_max": max(by_class) if by_class else None,
         "ledger_finetune": fwd.get("finetune", 0) + bwd.get("finetune", 0),
         "ledger_rehearsal": fwd.get("rehearsal", 0) + bwd.get("rehearsal", 0),
         "ledger_selection": fwd.get("selection", 0) + bwd.get("selection", 0),
@@ -339,10 +344,13 @@ def _kind(key: str) -> str:
     return "pct" if key in PCT else "count" if key.startswith("ledger") or key == "training_passes" else "plain"
 
 
-PCT = {"pre_acc", "forgetting", "ft_acc", "hit_rate", "signal_rate", "signal_precision", "signal_recall", "cd_rate"}
+PCT = {"pre_acc", "forgetting", "ft_acc", "hit_rate", "signal_rate", "signal_precision", "signal_recall", "cd_rate",
+       "cd_rate_class_min", "cd_rate_class_max"}
 HEADERS = {"pre_acc": "pre_acc %", "forgetting": "forgetting pts", "ft_acc": "ft_acc %",
            "hit_rate": "hit rate % (audited)", "signal_rate": "signal rate %", "signal_precision": "signal precision %",
-           "signal_recall": "signal recall %", "cd_rate": "CD rate %", "ledger_finetune": "fine-tune passes",
+           "signal_recall": "signal recall %", "cd_rate": "CD rate %",
+           "cd_rate_class_min": "CD rate, least damaged class %", "cd_rate_class_max": "CD rate, most damaged class %",
+           "ledger_finetune": "fine-tune passes",
            "ledger_rehearsal": "rehearsal passes", "ledger_selection": "selection passes",
            "training_passes": "total passes", "wall_time": "fine-tune s"}
 LEAD = ["experiment", "config", "sampler", "r", "n", "frontier"]

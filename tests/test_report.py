@@ -31,7 +31,7 @@ def fake_run(folder: Path, sampler: str, ratio: float, seed: int, pre_acc: float
                                         f"  mix_ratio: {ratio}\n  log_every: 50\nsampler:\n  name: {sampler}\n")
     metrics = {"stage": "train", "experiment": "exp", "sampler": sampler, "mix_ratio": ratio, "seed": seed,
                "pre_acc0": 0.9, "pre_acc": pre_acc, "forgetting": 0.9 - pre_acc, "ft_acc": ft_acc,
-               "hit_rate": hit_rate, "categories": {"cd_rate": 0.1},
+               "hit_rate": hit_rate, "categories": {"cd_rate": 0.1, "cd_rate_by_class": {"0": 0.02, "1": None, "2": 0.3}},
                "ledger": {"forward": {"finetune": 1000, "rehearsal": rehearsal, "selection": 0},
                           "backward": {"finetune": 1000, "rehearsal": rehearsal, "selection": 0},
                           "training_passes": 2000 + 2 * rehearsal},
@@ -74,6 +74,7 @@ def test_aggregation_means_stds_and_skips(runs_dir: Path) -> None:
     mean, std, n = rnd.stat("pre_acc")
     assert n == 3 and mean == pytest.approx(0.60) and std == pytest.approx(0.10)
     assert rnd.stat("training_passes")[0] == pytest.approx(2200)
+    assert (rnd.stat("cd_rate_class_min")[0], rnd.stat("cd_rate_class_max")[0]) == (0.02, 0.3)
     assert [g.sampler for g in groups][:1] == ["none"]
 
 
