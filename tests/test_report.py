@@ -31,7 +31,8 @@ def fake_run(folder: Path, sampler: str, ratio: float, seed: int, pre_acc: float
                                         f"  mix_ratio: {ratio}\n  log_every: 50\nsampler:\n  name: {sampler}\n")
     metrics = {"stage": "train", "experiment": "exp", "sampler": sampler, "mix_ratio": ratio, "seed": seed,
                "pre_acc0": 0.9, "pre_acc": pre_acc, "forgetting": 0.9 - pre_acc, "ft_acc": ft_acc,
-               "hit_rate": hit_rate, "categories": {"cd_rate": 0.1, "cd_rate_by_class": {"0": 0.02, "1": None, "2": 0.3}},
+               "hit_rate": hit_rate,
+               "categories": {"cd_rate": 0.1, "cd_rate_by_class": {"0": 0.02, "1": None, "2": 0.3}},
                "ledger": {"forward": {"finetune": 1000, "rehearsal": rehearsal, "selection": 0},
                           "backward": {"finetune": 1000, "rehearsal": rehearsal, "selection": 0},
                           "training_passes": 2000 + 2 * rehearsal},
