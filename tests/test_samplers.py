@@ -312,7 +312,8 @@ def test_ledger_matches_passes_counted_by_hooks(name: str, compose_cfg, tiny, tm
     res = run_train(compose_cfg("train", [*tiny, f"sampler={name}", "trainer.steps=7"]
                                 + (["sampler.refresh_every=3"] if name == "oracle_cd" else [])), tmp_path / "r")
     fwd, bwd = res["ledger"]["forward"], res["ledger"]["backward"]
-    counted_fwd = fwd["finetune"] + fwd["rehearsal"] + fwd["selection"] + fwd["eval"]
+    counted_fwd = fwd["finetune"] + fwd["rehearsal"] + fwd["selection"] + fwd["eval"] + fwd["audit"]
+    assert fwd["audit"] > 0  # the last step is audited (audit_every = log_every), and counted
     assert seen["forward"] == counted_fwd
     assert seen["backward"] == bwd["finetune"] + bwd["rehearsal"] + bwd["selection"]
     if name in ("oracle_cd", "mir"):
