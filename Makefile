@@ -74,7 +74,7 @@ _reproduce:
 	$(MIXCD) report $(REPRO)/$(NAME)/$(STAMP) $(ALSO) --out $(OUT) $(REPORT_ARGS)
 	@date -u +"finished %FT%TZ"
 
-reproduce-fmnist: install data ## full comparison on the default experiment → results/fmnist (~45 min on 2 cores)
+reproduce-fmnist: install data ## full comparison on the default experiment → results/fmnist (~46 min on 2 cores)
 	$(MAKE) --no-print-directory _reproduce NAME=fmnist EXP=fmnist OUT=$(CURDIR)/results/fmnist
 
 reproduce-fmnist-quick: install data ## small version (none, random, mixcd; 2 ratios; 1 seed; 200 steps): minutes
@@ -91,7 +91,7 @@ reproduce-fmnist-norm: install data ## BatchNorm ablation beside the default's r
 		EXTRA=model.norm=batch ALSO="$(FMNIST_RUNS)" REPORT_ARGS="-s none -s random -s mixcd" \
 		OUT=$(CURDIR)/results/fmnist_norm
 
-reproduce-fmnist-multi: install data ## random, mixcd, oracle_cd on the multi-head even→odd experiment → results/fmnist_multi (~25 min)
+reproduce-fmnist-multi: install data ## random, mixcd, oracle_cd on the multi-head even→odd experiment → results/fmnist_multi (~21 min)
 	$(MAKE) --no-print-directory _reproduce NAME=fmnist_multi EXP=fmnist_multi SAMPLERS=random,mixcd \
 		OUT=$(CURDIR)/results/fmnist_multi
 
@@ -101,7 +101,7 @@ reproduce-fmnist-multi-quick: install data ## small version of reproduce-fmnist-
 
 FOUNDATION_RATIOS ?= 0.015625,0.03125,0.0625,0.125,0.25
 
-reproduce-fmnist-foundation: install data ## sparse-damage regime (θ0 on all 10 classes → rotated images), 5 seeds → results/fmnist_foundation
+reproduce-fmnist-foundation: install data ## sparse-damage regime (θ0 on all 10 classes → rotated images), 5 seeds → results/fmnist_foundation (~26 min)
 	$(MAKE) --no-print-directory _reproduce NAME=fmnist_foundation EXP=fmnist_foundation SAMPLERS=random,mixcd \
 		ORACLE= RATIOS=$(FOUNDATION_RATIOS) SEEDS=1,2,3,4,5 OUT=$(CURDIR)/results/fmnist_foundation
 
