@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MixcdError
+from .schema import flatten
 
 REQUIRED = ("sampler", "mix_ratio", "seed", "pre_acc", "ft_acc", "forgetting", "ledger")
 METRICS = ("pre_acc", "forgetting", "ft_acc", "hit_rate", "signal_rate", "signal_precision", "signal_recall",
@@ -143,12 +144,6 @@ def collect(paths: Iterable[Path], stage: str = "train") -> tuple[list[Run], lis
     return runs, skipped
 
 
-def _flat_items(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(node, dict):
-        return [item for k, v in node.items() for item in _flat_items(v, f"{prefix}{k}.")]
-    return [(prefix[:-1], node)]
-
-
 def run_settings(cfg_path: Path) -> tuple[Settings, Settings]:
     """(settings, sampler options) of a run's saved configuration, as sorted (key, JSON value) pairs."""
     import yaml
@@ -158,7 +153,7 @@ def run_settings(cfg_path: Path) -> tuple[Settings, Settings]:
     except yaml.YAMLError:
         cfg = {}
     settings, options = [], []
-    for key, value in _flat_items(cfg if isinstance(cfg, dict) else {}):
+    for key, value in flatten(cfg if isinstance(cfg, dict) else {}).items():
         if any(key == k or key.startswith(k + ".") for k in NOT_GROUPING):
             continue
         item = (key, json.dumps(value, sort_keys=True))
@@ -243,12 +238,11 @@ def curve_groups(groups: Sequence[Group], target: Group) -> list[Group]:
     return [chosen[b] for b in sorted(chosen)]
 
 
-def random_curve(groups: Sequence[Group], target: Group, seeds: Sequence[int] | None = None
-                 ) -> list[tuple[float, float]]:
-    """(rehearsal budget, mean pre_acc) of random rehearsal with ``target``'s settings (over ``seeds`` when
-    given, else over each group's runs), plain fine-tuning as budget 0."""
+def random_curve(members: Sequence[Group], seeds: Sequence[int] | None = None) -> list[tuple[float, float]]:
+    """(rehearsal budget, mean pre_acc) of the `curve_groups` ``members`` (over ``seeds`` when given, else over
+    each group's runs), plain fine-tuning as budget 0."""
     points = []
-    for g in curve_groups(groups, target):
+    for g in members:
         budget = g.stat("rehearsal_budget")[0] if g.sampler == "random" else 0.0
         acc = g.stat("pre_acc")[0] if seeds is None else g.mean_over("pre_acc", seeds)
         if budget is not None and acc is not None:
@@ -307,18 +301,19 @@ def equivalents(groups: Sequence[Group]) -> list[dict[str, Any]]:
     and a paired bootstrap interval over the seeds the group shares with every point of random's curve."""
     rows = []
     for g in groups:
-        if g.sampler in ("random", "none") or not curve_groups(groups, g):
+        members = curve_groups(groups, g) if g.sampler not in ("random", "none") else []
+        if not members:
             continue
-        curve = random_curve(groups, g)
+        curve = random_curve(members)
         acc, _, _ = g.stat("pre_acc")
         own, _, _ = g.stat("rehearsal_budget")
         if acc is None or not own:
             continue
         budget, label = equivalent_budget(curve, acc)
-        common = sorted(set(g.seeds()).intersection(*(set(c.seeds()) for c in curve_groups(groups, g))))
+        common = sorted(set(g.seeds()).intersection(*(set(c.seeds()) for c in members)))
 
-        def fold_over(seeds: Sequence[int], g: Group = g, own: float = own) -> float:
-            return fold_of(random_curve(groups, g, seeds), g.mean_over("pre_acc", seeds), own)  # type: ignore[arg-type]
+        def fold_over(seeds: Sequence[int], g: Group = g, own: float = own, members: list[Group] = members) -> float:
+            return fold_of(random_curve(members, seeds), g.mean_over("pre_acc", seeds), own)  # type: ignore[arg-type]
 
         per_seed = {s: fold_over([s]) for s in common}
         interval = bootstrap_interval(fold_over, common) if len(common) >= 2 else None

@@ -33,6 +33,16 @@ NORMS = ("batch", "group", "layer", "none")  # built-in CNN: models.norm_layer
 BN_MODES = ("train", "frozen")  # timm models while fine-tuning: MixcdNet.freeze_batchnorm
 
 
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested plain config as {"a.b.c": value}: how configurations are compared key by key."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
 def _req(**rules: Any) -> Any:
     """A field with no default here (its value comes from conf/) and range rules as metadata."""
     return field(default=MISSING, metadata=rules)

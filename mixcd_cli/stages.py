@@ -22,6 +22,7 @@ from .metrics import Ledger, categories, forgetting_metrics
 from .models import FINETUNE_ONLY, MixcdNet, create_model, load_model, model_spec, save_model
 from .runtime import derive_seed, peak_memory_mb, resolve_device
 from .samplers import create_sampler
+from .schema import flatten
 from .snapshot import Snapshot, get_or_create_snapshot
 from .training import FineTuner, Rehearsal, TrainSettings, largest_batch, predict_task
 
@@ -155,7 +156,8 @@ def prior_checkpoint(ctx: Context, allow_train: bool = True) -> tuple[Path, bool
         return path, True
     spec = model_spec(plain(cfg.model))
     heads = {exp.prior_head(): exp.head_sizes()[exp.prior_head()]}
-    key = config_digest({"model": model_args(cfg) | {"backbone": cfg.model.backbone}, "pool": exp.pool.fingerprint(),
+    arch = {k: v for k, v in plain(cfg.model).items() if k not in FINETUNE_ONLY}  # weights count, bn does not
+    key = config_digest({"model": arch, "pool": exp.pool.fingerprint(),
                          "transform": exp.transform.describe(), "heads": heads, "pretrain": plain(cfg.pretrain)})
     cache = Path(cfg.paths.cache_dir)
     path = cache / "prior" / key / "model.pt"
@@ -373,15 +375,6 @@ EVAL_ONLY = ("eval", "device", "threads", "paths", "snapshot.batch_size", "train
              "hydra")
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: node}
-
-
 def _eval_only(path: str) -> bool:
     return any(path == key or path.startswith(key + ".") for key in EVAL_ONLY)
 
@@ -409,7 +402,7 @@ def eval_config(cfg: DictConfig, source: Path, overrides: list[str]) -> DictConf
     trained = OmegaConf.load(source / "config.yaml")
     if trained.get("stage") != "train":
         raise MixcdError(f"{source} was written by `mixcd {trained.get('stage')}`, not `mixcd train`")
-    given, have = _flat(plain(cfg)), _flat(plain(trained))
+    given, have = flatten(plain(cfg)), flatten(plain(trained))
     named = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
     plain_keys = {k for k in named if k not in GROUP_NODES}
     checked: set[str] = set()
