@@ -51,6 +51,7 @@ SAMPLERS ?= random,class_balanced,loss_high,mixcd,mir
 ORACLE ?= oracle_cd
 RATIOS ?= 0.0625,0.125,0.25,0.5
 SEEDS ?= 1,2,3
+SOURCE ?=
 EXTRA ?=
 JOBS ?= 2
 RUN_ARGS = hydra/launcher=local_parallel hydra.launcher.n_jobs=$(JOBS) threads=1 trainer.audit_every=1 $(EXTRA)
@@ -71,6 +72,8 @@ _reproduce:
 		hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/rehearsal
 	$(if $(ORACLE),$(MIXCD) train -m experiment=$(EXP) sampler=$(ORACLE) sampler.subset=5000 \
 		trainer.mix_ratio=$(RATIOS) seed=$(SEEDS) $(RUN_ARGS) hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/oracle)
+	$(if $(SOURCE),$(MIXCD) train -m experiment=$(EXP) sampler=mixcd sampler.partition=aux sampler.aux_column=source \
+		trainer.mix_ratio=$(RATIOS) seed=$(SEEDS) $(RUN_ARGS) hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/source)
 	$(MIXCD) report $(REPRO)/$(NAME)/$(STAMP) $(ALSO) --out $(OUT) $(REPORT_ARGS)
 	@date -u +"finished %FT%TZ"
 
@@ -109,6 +112,25 @@ reproduce-fmnist-foundation-quick: install data ## small version: random, mixcd 
 	$(MAKE) --no-print-directory _reproduce NAME=fmnist_foundation-quick EXP=fmnist_foundation SAMPLERS=random,mixcd \
 		ORACLE= RATIOS=0.015625,0.0625 SEEDS=1 EXTRA=trainer.steps=200 \
 		OUT=$(REPRO)/fmnist_foundation-quick/latest-report
+
+# Multi-stage sequences (DESIGN §10): every rehearsal sampler, and mix-cd partitioned by the task a pool
+# row came from (SOURCE), at three ratios and three seeds; `mixcd report` adds the accuracy matrices.
+SEQ_SAMPLERS ?= random,class_balanced,mixcd,mir
+SPLIT_RATIOS ?= 0.125,0.25,0.5
+DOMAIN_RATIOS ?= 0.0625,0.125,0.25
+.PHONY: reproduce-fmnist-split reproduce-fmnist-split-quick reproduce-fmnist-domain reproduce-fmnist-domain-quick
+reproduce-fmnist-split: install data ## class-incremental Split Fashion-MNIST (3 stages), 7 samplers → results/fmnist_split
+	$(MAKE) --no-print-directory _reproduce NAME=fmnist_split EXP=fmnist_split SAMPLERS=$(SEQ_SAMPLERS) SOURCE=1 \
+		RATIOS=$(SPLIT_RATIOS) OUT=$(CURDIR)/results/fmnist_split
+reproduce-fmnist-split-quick: install data ## small version: none, random, mixcd (loss and source), 2 ratios, 1 seed, 100 steps a stage
+	$(MAKE) --no-print-directory _reproduce NAME=fmnist_split-quick EXP=fmnist_split SAMPLERS=random,mixcd SOURCE=1 \
+		ORACLE= RATIOS=0.25,0.5 SEEDS=1 EXTRA=trainer.steps=100 OUT=$(REPRO)/fmnist_split-quick/latest-report
+reproduce-fmnist-domain: install data ## domain-incremental Rotated Fashion-MNIST (3 stages), 7 samplers → results/fmnist_domain
+	$(MAKE) --no-print-directory _reproduce NAME=fmnist_domain EXP=fmnist_domain SAMPLERS=$(SEQ_SAMPLERS) SOURCE=1 \
+		RATIOS=$(DOMAIN_RATIOS) OUT=$(CURDIR)/results/fmnist_domain
+reproduce-fmnist-domain-quick: install data ## small version: none, random, mixcd (loss and source), 2 ratios, 1 seed, 100 steps a stage
+	$(MAKE) --no-print-directory _reproduce NAME=fmnist_domain-quick EXP=fmnist_domain SAMPLERS=random,mixcd SOURCE=1 \
+		ORACLE= RATIOS=0.0625,0.25 SEEDS=1 EXTRA=trainer.steps=100 OUT=$(REPRO)/fmnist_domain-quick/latest-report
 
 # How the default norm was chosen: θ0 of every norm after 2 and 4 pretraining epochs, then random and
 # mix-cd at r = 1/16 and 1/4 (seed 1) for the two best per-sample candidates. Torch's default threads.

@@ -241,6 +241,10 @@ class Task:
     targets: torch.Tensor  # mapped labels, aligned with index
     num_classes: int
     definition: dict[str, Any]
+    # A pool made of several tasks: the head each row is read by (names, and a per-row id into them).
+    heads: tuple[str, ...] | None = None
+    head_of: torch.Tensor | None = None
+    columns: dict[str, torch.Tensor] = field(default_factory=dict)  # per-row columns of the task itself
 
     def __len__(self) -> int:
         return int(self.index.numel())
@@ -249,13 +253,24 @@ class Task:
         """uint8 images of the task's rows (not source indices)."""
         return self.source.images(self.index[rows])
 
+    def aux_columns(self) -> dict[str, torch.Tensor]:
+        """Every per-row integer column: the dataset's aux columns, then the task's own (e.g. ``source``)."""
+        return {**{k: v[self.index] for k, v in getattr(self.source, "aux", {}).items()}, **self.columns}
+
     def aux(self, column: str) -> torch.Tensor:
-        columns = getattr(self.source, "aux", {})
+        columns = self.aux_columns()
         if column not in columns:
             from .errors import unknown_choice
 
             raise unknown_choice(f"aux column of task '{self.name}'", column, columns)
-        return columns[column][self.index]
+        return columns[column]
+
+    def head_groups(self, rows: torch.Tensor, default: str) -> list[tuple[str, torch.Tensor]]:
+        """(head, positions in ``rows``) for each head the rows are read by; one group for a one-head task."""
+        if self.head_of is None or self.heads is None:
+            return [(default, torch.arange(rows.numel()))]
+        ids = self.head_of[rows]
+        return [(self.heads[h], torch.nonzero(ids == h).flatten()) for h in ids.unique().tolist()]
 
     def fingerprint(self) -> str:
         """Hash of the definition plus the actual index order and targets, to verify snapshots."""
@@ -279,33 +294,87 @@ DOMAIN_SHIFTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def _check_angle(angle: Any) -> None:
+    if isinstance(angle, bool) or not isinstance(angle, int | float) or not -360 <= angle <= 360:
+        raise MixcdError(f"task transform rotate needs an angle in degrees between -360 and 360, got {angle!r}")
+
+
+def _check_seed(seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise MixcdError(f"task transform permute needs a non-negative integer seed, got {seed!r}")
+
+
+def _rotate(data: torch.Tensor, angle: Any) -> torch.Tensor:
+    _check_angle(angle)
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import rotate
+
+    # in chunks: the rotation works in float, and a whole split at once would need 4× its bytes
+    return torch.cat([rotate(data[i:i + 8192], float(angle), InterpolationMode.BILINEAR)
+                      for i in range(0, data.shape[0], 8192)])
+
+
+def _permute(data: torch.Tensor, seed: Any) -> torch.Tensor:
+    _check_seed(seed)
+    n, c, h, w = data.shape
+    perm = torch.randperm(h * w, generator=torch.Generator().manual_seed(seed))
+    return data.reshape(n, c, h * w)[:, :, perm].reshape(n, c, h, w)
+
+
+# Task-level input transforms (a task's ``transform: {name: value}``): the classic domain-incremental
+# benchmarks. rotate: a fixed angle in degrees; permute: a fixed pixel permutation drawn from a seed.
+TASK_TRANSFORMS: dict[str, Callable[[torch.Tensor, Any], torch.Tensor]] = {"rotate": _rotate, "permute": _permute}
+TRANSFORM_CHECKS: dict[str, Callable[[Any], None]] = {"rotate": _check_angle, "permute": _check_seed}
+
+
+def check_task_transform(spec: Any) -> dict[str, Any]:
+    """A task's ``transform`` as a mapping of known transforms; one clear error otherwise."""
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        raise MixcdError(f"a task's transform must be a mapping such as {{rotate: 45}} or {{permute: 1}}, got {spec!r}")
+    for name in spec:
+        if name not in TASK_TRANSFORMS:
+            from .errors import unknown_choice
+
+            raise unknown_choice("task transform", str(name), TASK_TRANSFORMS)
+        TRANSFORM_CHECKS[name](spec[name])
+    return dict(spec)
+
+
 def load_source(dataset: str, root: str, train: bool, download: bool = False,
-                options: dict[str, Any] | None = None) -> ImageSource:
+                options: dict[str, Any] | None = None, transform: dict[str, Any] | None = None) -> ImageSource:
     """Load one split of a registered dataset (memoised per process: tasks share splits); ``options.domain``
-    names a `DOMAIN_SHIFTS` entry applied to every image."""
+    names a `DOMAIN_SHIFTS` entry applied to every image, ``transform`` `TASK_TRANSFORMS` applied after it."""
     options = dict(options or {})
     domain = options.pop("domain", None)
+    transform = check_task_transform(transform)
     key = (dataset, str(root), train, json.dumps(options, sort_keys=True, default=str))
     if key not in _SOURCE_CACHE:
         _SOURCE_CACHE[key] = DATASETS.get(dataset)(root=root, train=train, download=download, **options)
-    if domain is None:
-        return _SOURCE_CACHE[key]
-    if domain not in DOMAIN_SHIFTS:
+    if domain is not None and domain not in DOMAIN_SHIFTS:
         from .errors import unknown_choice
 
         raise unknown_choice("task option domain", str(domain), DOMAIN_SHIFTS)
-    shifted = (*key, domain)
-    if shifted not in _SOURCE_CACHE:
-        base = _SOURCE_CACHE[key]
-        if not isinstance(base, ArraySource):
-            raise MixcdError(f"options.domain={domain} needs an in-memory dataset; '{dataset}' is read from files")
-        _SOURCE_CACHE[shifted] = replace(base, data=DOMAIN_SHIFTS[domain](base.data).contiguous())
-    return _SOURCE_CACHE[shifted]
+    steps: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = []
+    if domain is not None:
+        steps.append((f"domain={domain}", DOMAIN_SHIFTS[domain]))
+    for name, value in transform.items():
+        steps.append((f"{name}={json.dumps(value)}", lambda x, f=TASK_TRANSFORMS[name], v=value: f(x, v)))
+    for i in range(len(steps)):
+        shifted = (*key, *(label for label, _ in steps[:i + 1]))
+        if shifted not in _SOURCE_CACHE:
+            base = _SOURCE_CACHE[(*key, *(label for label, _ in steps[:i]))]
+            if not isinstance(base, ArraySource):
+                raise MixcdError(f"{steps[i][0]} needs an in-memory dataset; '{dataset}' is read from files")
+            _SOURCE_CACHE[shifted] = replace(base, data=steps[i][1](base.data).contiguous())
+    return _SOURCE_CACHE[(*key, *(label for label, _ in steps))]
 
 
 def make_task(name: str, dataset: str, root: str, split: str, classes: Sequence[int] | None,
               label_map: dict[int, int] | None, label_mode: str, download: bool = False,
-              options: dict[str, Any] | None = None, limit: int | None = None) -> Task:
+              options: dict[str, Any] | None = None, limit: int | None = None,
+              transform: dict[str, Any] | None = None) -> Task:
     """Build a task.
 
     ``label_mode='original'`` keeps (or ``label_map``s) the dataset's labels, for one shared head
@@ -313,7 +382,7 @@ def make_task(name: str, dataset: str, root: str, split: str, classes: Sequence[
     """
     if split not in ("train", "test"):
         raise MixcdError(f"split must be 'train' or 'test', got '{split}'")
-    source = load_source(dataset, root, split == "train", download, options)
+    source = load_source(dataset, root, split == "train", download, options, transform)
     targets = source.targets
     present = sorted(set(targets.unique().tolist()))
     chosen = list(present if classes is None else classes)
@@ -341,6 +410,8 @@ def make_task(name: str, dataset: str, root: str, split: str, classes: Sequence[
     mapped = table[orig]
     definition = {"name": name, "dataset": dataset, "split": split, "classes": chosen, "label_map": lut,
                   "options": options or {}, "limit": limit}
+    if transform:  # only when given, so the tasks of earlier versions keep their fingerprints (and caches)
+        definition["transform"] = dict(transform)
     return Task(name, source, index, mapped, int(max(lut.values())) + 1, definition)
 
 
@@ -371,14 +442,91 @@ def make_transform(source: ImageSource, size: int | None = None) -> BatchTransfo
     return BatchTransform(tuple(source.mean), tuple(source.std), size)
 
 
+class ConcatSource:
+    """Rows of several tasks read as one source (a pool that grows stage by stage), with no copy of the images."""
+
+    def __init__(self, parts: Sequence[Task]) -> None:
+        self.parts = list(parts)
+        sizes = torch.tensor([len(t) for t in self.parts], dtype=torch.int64)
+        self.offsets = torch.zeros(len(self.parts) + 1, dtype=torch.int64)
+        self.offsets[1:] = torch.cumsum(sizes, 0)
+        self.targets = torch.cat([t.targets for t in self.parts])
+        first = self.parts[0].source
+        self.channels, self.mean, self.std = first.channels, first.mean, first.std
+        self.aux: dict[str, torch.Tensor] = {}
+
+    def images(self, index: torch.Tensor) -> torch.Tensor:
+        index = index.cpu()
+        part = torch.searchsorted(self.offsets[1:], index, right=True)
+        out: torch.Tensor | None = None
+        for p in part.unique().tolist():
+            mask = part == p
+            imgs = self.parts[p].images(index[mask] - self.offsets[p])
+            if out is None:
+                out = torch.empty((index.numel(), *imgs.shape[1:]), dtype=imgs.dtype, device=imgs.device)
+            out[mask.to(imgs.device)] = imgs
+        if out is None:
+            return self.parts[0].images(index)
+        return out
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+
+def concat_tasks(name: str, parts: Sequence[tuple[Task, str, int]], source_column: bool) -> Task:
+    """One task over ``parts`` = (task, head, source id), in order; with ``source_column`` every row carries the
+    id of the task it came from (column ``source``). A single part without it is that task itself."""
+    if len(parts) == 1 and not source_column:
+        return parts[0][0]
+    tasks = [t for t, _, _ in parts]
+    heads = tuple(dict.fromkeys(h for _, h, _ in parts))
+    sizes = [len(t) for t in tasks]
+    columns = {"source": torch.cat([torch.full((n,), sid, dtype=torch.int64) for n, (_, _, sid) in
+                                    zip(sizes, parts, strict=True)])} if source_column else {}
+    if len(parts) == 1:  # (e.g. the previous stage's training set, read by that stage's head)
+        task = parts[0][0]
+        return replace(task, columns={**task.columns, **columns}, heads=heads,
+                       head_of=torch.zeros(len(task), dtype=torch.int64))
+    source = ConcatSource(tasks)
+    shared = set.intersection(*(set(t.aux_columns()) for t in tasks)) - {"source"}
+    source.aux = {k: torch.cat([t.aux_columns()[k] for t in tasks]) for k in sorted(shared)}
+    head_of = torch.cat([torch.full((n,), heads.index(h), dtype=torch.int64) for n, (_, h, _) in
+                         zip(sizes, parts, strict=True)])
+    definition = {"name": name, "parts": [{**t.definition, "head": h, "source": sid} for t, h, sid in parts]}
+    return Task(name, source, torch.arange(len(source)), source.targets.clone(),
+                max(t.num_classes for t in tasks), definition, heads if len(heads) > 1 else None,
+                head_of if len(heads) > 1 else None, columns)
+
+
+# What a stage entry may set besides its task: the fine-tuning knobs it overrides for that stage alone.
+STAGE_TRAINER_KEYS = ("steps", "lr", "mix_ratio")
+
+
+@dataclass
+class Stage:
+    """One fine-tuning stage: its task's train and test splits, the head it trains, its trainer overrides."""
+
+    name: str
+    train: Task
+    test: Task
+    head: str
+    trainer: dict[str, Any] = field(default_factory=dict)
+    inputs: str = ""  # the input domain (dataset, options, transform): same inputs + same labels = same task
+
+
+POOL_MODES = ("all", "prior", "previous")
+
+
 @dataclass
 class Experiment:
-    """The prior task (pool + test), the fine-tune task (train + test), and how heads are laid out."""
+    """The prior task (pool + test), the fine-tuning stages (train + test each), and how heads are laid out.
+
+    A single fine-tuning is a sequence of one stage; ``ft_train``/``ft_test`` are stage 1's.
+    """
 
     pool: Task
     prior_test: Task
-    ft_train: Task
-    ft_test: Task
+    stages: list[Stage]
     head: str  # 'shared' | 'multi'
     transform: BatchTransform
 
@@ -386,22 +534,95 @@ class Experiment:
     def channels(self) -> int:
         return self.pool.source.channels
 
+    @property
+    def ft_train(self) -> Task:
+        return self.stages[0].train
+
+    @property
+    def ft_test(self) -> Task:
+        return self.stages[0].test
+
     def head_sizes(self) -> dict[str, int]:
         if self.head == "shared":
-            return {"shared": max(self.pool.num_classes, self.ft_train.num_classes)}
-        return {"prior": self.pool.num_classes, "finetune": self.ft_train.num_classes}
+            return {"shared": max(self.pool.num_classes, *(s.train.num_classes for s in self.stages))}
+        return {"prior": self.pool.num_classes, **{s.head: s.train.num_classes for s in self.stages}}
 
     def prior_head(self) -> str:
         return "shared" if self.head == "shared" else "prior"
 
     def ft_head(self) -> str:
-        return "shared" if self.head == "shared" else "finetune"
+        return self.stages[0].head
 
+    def tasks(self) -> list[Task]:
+        """Every split of the experiment (for placing data on a device)."""
+        return [self.pool, self.prior_test, *(t for s in self.stages for t in (s.train, s.test))]
+
+    def pool_at(self, k: int, mode: str) -> Task:
+        """Stage k's rehearsal pool (k ≥ 1): ``all`` the prior pool and stages 1..k−1's training sets, ``prior``
+        the prior pool, ``previous`` stage k−1's training set (the prior pool at stage 1). In a sequence of two
+        or more stages every row carries ``source``: 0 for the prior task, j for stage j."""
+        if mode not in POOL_MODES:
+            from .errors import unknown_choice
+
+            raise unknown_choice("rehearsal.pool", mode, POOL_MODES)
+        parts = [(self.pool, self.prior_head(), 0)]
+        earlier = [(s.train, s.head, j) for j, s in enumerate(self.stages[:k - 1], 1)]
+        if mode == "all":
+            parts += earlier
+        elif mode == "previous" and earlier:
+            parts = earlier[-1:]
+        return concat_tasks(f"pool{k}", parts, source_column=len(self.stages) > 1)
+
+    def tests_before(self, k: int) -> Task:
+        """The test sets of the tasks seen before stage k (the prior task and stages 1..k−1), as one task."""
+        parts = [(self.prior_test, self.prior_head(), 0)] + \
+            [(s.test, s.head, j) for j, s in enumerate(self.stages[:k - 1], 1)]
+        return concat_tasks(f"tests-before-{k}", parts, source_column=False)
+
+
+def _stage_head(k: int, head: str) -> str:
+    # stage 1 keeps the head name of the single-stage layout, so one-stage runs are unchanged
+    return "shared" if head == "shared" else ("finetune" if k == 1 else f"stage{k}")
+
+
+def stage_specs(finetune: dict[str, Any], stages: list[Any] | None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(task spec, trainer overrides) per stage: ``finetune`` alone, or each ``stages`` entry filled in from it."""
+    if stages is None:
+        return [(dict(finetune), {})]
+    if not stages:
+        raise MixcdError("stages is empty: list at least one task, or drop stages for a single fine-tuning")
+    out = []
+    for i, entry in enumerate(stages, 1):
+        if not isinstance(entry, dict):
+            raise MixcdError(f"stages[{i - 1}] must be a mapping of task keys (name, classes, transform, ...), "
+                             f"got {entry!r}")
+        entry = dict(entry)
+        trainer = dict(entry.pop("trainer", None) or {})
+        unknown = [k for k in trainer if k not in STAGE_TRAINER_KEYS]
+        if unknown:
+            from .errors import unknown_choice
+
+            raise unknown_choice(f"trainer key of stages[{i - 1}]", str(unknown[0]), STAGE_TRAINER_KEYS)
+        bad = [k for k in entry if k not in finetune]
+        if bad:
+            from .errors import unknown_choice
+
+            raise unknown_choice(f"key of stages[{i - 1}]", str(bad[0]), [*finetune, "trainer"])
+        spec = {**finetune, **entry}
+        if "name" not in entry:
+            spec["name"] = f"stage{i}"
+        out.append((spec, trainer))
+    return out
+
+
+def _inputs(spec: dict[str, Any]) -> str:
+    return json.dumps({k: spec.get(k) for k in ("dataset", "options", "transform")}, sort_keys=True, default=str)
 
 
 def build_experiment(prior: dict[str, Any], finetune: dict[str, Any], head: str, data_root: str,
-                     image_size: int | None = None) -> Experiment:
-    """Build both tasks from plain dicts (dataset, classes, label_map, download, options, limit)."""
+                     image_size: int | None = None, stages: list[Any] | None = None) -> Experiment:
+    """Build the prior task and every stage from plain dicts (dataset, classes, label_map, download, options,
+    transform, limit_*); ``stages`` entries are filled in from ``finetune`` (None: ``finetune`` is the one stage)."""
     if head not in HEAD_MODES:
         from .errors import unknown_choice
 
@@ -412,13 +633,27 @@ def build_experiment(prior: dict[str, Any], finetune: dict[str, Any], head: str,
         limit = spec.get(f"limit_{split}")
         return make_task(f"{spec.get('name', role)}/{split}", spec["dataset"], spec.get("root") or data_root,
                          split, spec.get("classes"), spec.get("label_map"), mode,
-                         bool(spec.get("download", False)), spec.get("options"), limit)
+                         bool(spec.get("download", False)), spec.get("options"), limit, spec.get("transform"))
 
     pool, prior_test = task(prior, "train", "prior"), task(prior, "test", "prior")
-    ft_train, ft_test = task(finetune, "train", "finetune"), task(finetune, "test", "finetune")
-    if pool.source.channels != ft_train.source.channels:
-        raise MixcdError("prior and fine-tune datasets have different channel counts "
-                         f"({pool.source.channels} vs {ft_train.source.channels})")
-    if len(pool) == 0 or len(ft_train) == 0:
+    built: list[Stage] = []
+    for k, (spec, trainer) in enumerate(stage_specs(finetune, stages), 1):
+        built.append(Stage(str(spec.get("name") or f"stage{k}"), task(spec, "train", "finetune"),
+                           task(spec, "test", "finetune"), _stage_head(k, head), trainer, _inputs(spec)))
+    for s in built:
+        if pool.source.channels != s.train.source.channels:
+            raise MixcdError(f"prior and stage '{s.name}' datasets have different channel counts "
+                             f"({pool.source.channels} vs {s.train.source.channels})")
+    if len(pool) == 0 or any(len(s.train) == 0 for s in built):
         raise MixcdError("a task selected no samples: check the classes lists")
-    return Experiment(pool, prior_test, ft_train, ft_test, head, make_transform(pool.source, image_size))
+    if head == "shared" and len(built) > 1:
+        seen = [("the prior task", _inputs(prior), set(pool.targets.unique().tolist()))]
+        for s in built:
+            labels = set(s.train.targets.unique().tolist())
+            for name, inputs, have in seen:
+                if inputs == s.inputs and labels & have:
+                    raise MixcdError(f"stage '{s.name}' reuses labels {sorted(labels & have)} of {name} on the same "
+                                     "inputs under a shared head: give it new classes (class-incremental), a "
+                                     "transform such as {rotate: 45} (domain-incremental), or head=multi")
+            seen.append((f"stage '{s.name}'", s.inputs, labels))
+    return Experiment(pool, prior_test, built, head, make_transform(pool.source, image_size))

@@ -71,3 +71,23 @@ def forgetting_metrics(test_correct0: torch.Tensor, test_correct_now: torch.Tens
     return {"pre_acc0": pre_acc0, "pre_acc": pre_acc,
             "forgetting": (pre_acc0 - pre_acc) if pre_acc0 is not None and pre_acc is not None else None,
             "ft_acc": accuracy(ft_correct), "categories": categories(test_correct0, test_correct_now, test_labels)}
+
+
+def sequence_metrics(matrix: list[list[float | None]]) -> dict[str, Any]:
+    """From the accuracy matrix A (A[k][i]: accuracy on task i after stage k; row 0 is θ0; None where task i
+    was not seen yet), with S = the last stage (DESIGN §10):
+
+    avg_acc = mean_i A[S][i] over tasks 0..S; earlier_acc = mean over i < S; BWT = mean over i < S of
+    A[S][i] − A[i][i]; forgetting of task i < S = max over i ≤ k < S of A[k][i] − A[S][i].
+    """
+    s = len(matrix) - 1
+    final = matrix[s]
+    earlier = list(range(s))
+    forgetting = [max(matrix[k][i] - final[i] for k in range(i, s)) for i in earlier]
+
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    return {"avg_acc": mean([final[i] for i in range(s + 1)]), "earlier_acc": mean([final[i] for i in earlier]),
+            "bwt": mean([final[i] - matrix[i][i] for i in earlier]), "forgetting_per_task": forgetting,
+            "avg_forgetting": mean(forgetting)}

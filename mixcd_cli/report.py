@@ -32,6 +32,12 @@ METRICS = ("pre_acc", "forgetting", "ft_acc", "hit_rate", "signal_rate", "signal
 # Config keys (and key prefixes) that cannot change what a run measures: they never split a group.
 NOT_GROUPING = ("seed", "stage", "device", "resume", "threads", "paths", "hydra", "run_dir", "eval", "snapshot",
                 "trainer.log_every", "trainer.audit_every", "trainer.checkpoint_every", "trainer.data_on_device")
+# Multi-stage runs (DESIGN §10) add these columns: final average accuracy over every task, average accuracy on
+# the tasks before the last stage, backward transfer, and average forgetting of the earlier tasks.
+SEQUENCE_METRICS = ("earlier_acc", "avg_acc", "bwt", "avg_forgetting")
+# What retention means in the random-equivalent budget, the frontier and the plots: accuracy on the tasks
+# before the last stage (for a single fine-tuning that is the prior-test accuracy, pre_acc).
+RETENTION = "earlier_acc"
 BOOTSTRAP_SAMPLES = 2000
 Settings = tuple[tuple[str, str], ...]
 
@@ -47,6 +53,7 @@ class Run:
     settings: Settings = ()  # what must match for runs to be compared (sampler options aside)
     options: Settings = ()  # the sampler's own options
     mtime: float = 0.0
+    matrix: list[list[float | None]] | None = None  # the accuracy matrix of a multi-stage run
 
 
 @dataclass
@@ -87,6 +94,9 @@ def _flatten(m: dict[str, Any]) -> dict[str, float | None]:
     wall = m.get("wall_time") or {}
     return {
         "pre_acc": m.get("pre_acc"), "forgetting": m.get("forgetting"), "ft_acc": m.get("ft_acc"),
+        # runs of one stage (also those made before sequences existed): the earlier task is the prior task
+        "earlier_acc": m.get("earlier_acc", m.get("pre_acc")), "avg_acc": m.get("avg_acc"), "bwt": m.get("bwt"),
+        "avg_forgetting": m.get("avg_forgetting"), "num_stages": m.get("num_stages", 1),
         "hit_rate": m.get("hit_rate"), "signal_rate": m.get("signal_rate"),
         "signal_precision": m.get("signal_precision"), "signal_recall": m.get("signal_recall"),
         "cd_rate": cats.get("cd_rate"),
@@ -140,7 +150,8 @@ def collect(paths: Iterable[Path], stage: str = "train") -> tuple[list[Run], lis
                 continue
             settings, options = run_settings(cfg_path)
             runs.append(Run(folder, str(m.get("experiment", "?")), str(m["sampler"]), float(m["mix_ratio"]),
-                            int(m["seed"]), _flatten(m), settings, options, metrics_path.stat().st_mtime))
+                            int(m["seed"]), _flatten(m), settings, options, metrics_path.stat().st_mtime,
+                            m.get("accuracy_matrix") if (m.get("num_stages") or 1) > 1 else None))
     return runs, skipped
 
 
@@ -217,7 +228,7 @@ def mark_frontier(groups: Sequence[Group]) -> None:
     for g in groups:
         cells[(g.experiment, g.settings, g.mix_ratio)].append(g)
     for cell in cells.values():
-        points = {id(g): (g.stat("pre_acc")[0], g.stat("ft_acc")[0]) for g in cell}
+        points = {id(g): (g.stat(RETENTION)[0], g.stat("ft_acc")[0]) for g in cell}
         for g in cell:
             p, f = points[id(g)]
             if p is None or f is None:
@@ -233,7 +244,7 @@ def curve_groups(groups: Sequence[Group], target: Group) -> list[Group]:
     for g in groups:
         if g.experiment == target.experiment and g.settings == target.settings and g.sampler in ("random", "none"):
             budget = g.stat("rehearsal_budget")[0] if g.sampler == "random" else 0.0
-            if budget is not None and g.stat("pre_acc")[0] is not None:
+            if budget is not None and g.stat(RETENTION)[0] is not None:
                 chosen.setdefault(budget, g)
     return [chosen[b] for b in sorted(chosen)]
 
@@ -244,7 +255,7 @@ def random_curve(members: Sequence[Group], seeds: Sequence[int] | None = None) -
     points = []
     for g in members:
         budget = g.stat("rehearsal_budget")[0] if g.sampler == "random" else 0.0
-        acc = g.stat("pre_acc")[0] if seeds is None else g.mean_over("pre_acc", seeds)
+        acc = g.stat(RETENTION)[0] if seeds is None else g.mean_over(RETENTION, seeds)
         if budget is not None and acc is not None:
             points.append((budget, acc))
     return sorted(points)
@@ -305,7 +316,7 @@ def equivalents(groups: Sequence[Group]) -> list[dict[str, Any]]:
         if not members:
             continue
         curve = random_curve(members)
-        acc, _, _ = g.stat("pre_acc")
+        acc, _, _ = g.stat(RETENTION)
         own, _, _ = g.stat("rehearsal_budget")
         if acc is None or not own:
             continue
@@ -313,7 +324,7 @@ def equivalents(groups: Sequence[Group]) -> list[dict[str, Any]]:
         common = sorted(set(g.seeds()).intersection(*(set(c.seeds()) for c in members)))
 
         def fold_over(seeds: Sequence[int], g: Group = g, own: float = own, members: list[Group] = members) -> float:
-            return fold_of(random_curve(members, seeds), g.mean_over("pre_acc", seeds), own)  # type: ignore[arg-type]
+            return fold_of(random_curve(members, seeds), g.mean_over(RETENTION, seeds), own)  # type: ignore[arg-type]
 
         per_seed = {s: fold_over([s]) for s in common}
         interval = bootstrap_interval(fold_over, common) if len(common) >= 2 else None
@@ -340,17 +351,36 @@ def _kind(key: str) -> str:
 
 
 PCT = {"pre_acc", "forgetting", "ft_acc", "hit_rate", "signal_rate", "signal_precision", "signal_recall", "cd_rate",
-       "cd_rate_class_min", "cd_rate_class_max"}
+       "cd_rate_class_min", "cd_rate_class_max", "earlier_acc", "avg_acc", "bwt", "avg_forgetting"}
 HEADERS = {"pre_acc": "pre_acc %", "forgetting": "forgetting pts", "ft_acc": "ft_acc %",
            "hit_rate": "hit rate % (audited)", "signal_rate": "signal rate %", "signal_precision": "signal precision %",
            "signal_recall": "signal recall %", "cd_rate": "CD rate %",
            "cd_rate_class_min": "CD rate, least damaged class %", "cd_rate_class_max": "CD rate, most damaged class %",
            "ledger_finetune": "fine-tune passes",
            "ledger_rehearsal": "rehearsal passes", "ledger_selection": "selection passes",
-           "training_passes": "total passes", "wall_time": "fine-tune s"}
+           "training_passes": "total passes", "wall_time": "fine-tune s",
+           "earlier_acc": "earlier-task acc %", "avg_acc": "avg acc %", "bwt": "BWT pts",
+           "avg_forgetting": "avg forgetting pts"}
 LEAD = ["experiment", "config", "sampler", "r", "n", "frontier"]
 EQ_HEAD = ["experiment", "config", "sampler", "r", "budget", "pre_acc %", "random needs", "fold", "95% CI (bootstrap)",
            "per seed", "frontier"]
+
+
+def eq_head(groups: Sequence[Group]) -> list[str]:
+    return [f"{_retention_name(groups)} %" if h == "pre_acc %" else h for h in EQ_HEAD]
+
+
+def is_sequence(groups: Sequence[Group]) -> bool:
+    return any((r.values.get("num_stages") or 1) > 1 for g in groups for r in g.runs)
+
+
+def metric_keys(groups: Sequence[Group]) -> tuple[str, ...]:
+    """The columns: the multi-stage ones only when some run has several stages (older reports stay as they were)."""
+    return METRICS + SEQUENCE_METRICS if is_sequence(groups) else METRICS
+
+
+def _retention_name(groups: Sequence[Group]) -> str:
+    return "earlier-task acc" if is_sequence(groups) else "pre_acc"
 
 
 def _lead(g: Group) -> list[str]:
@@ -360,7 +390,7 @@ def _lead(g: Group) -> list[str]:
 
 
 def table_rows(groups: Sequence[Group]) -> list[list[str]]:
-    return [_lead(g) + [_fmt(*g.stat(k)[:2], _kind(k)) for k in METRICS] for g in groups]
+    return [_lead(g) + [_fmt(*g.stat(k)[:2], _kind(k)) for k in metric_keys(groups)] for g in groups]
 
 
 def eq_rows(eq: Sequence[dict[str, Any]]) -> list[list[str]]:
@@ -380,13 +410,14 @@ def write_csv(groups: Sequence[Group], path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         head = ["experiment", "config", "sampler", "mix_ratio", "n", "duplicates", "frontier"]
-        for k in METRICS:
+        keys = metric_keys(groups)
+        for k in keys:
             head += [f"{k}_mean", f"{k}_std"]
         w.writerow(head)
         for g in groups:
             row: list[Any] = [g.experiment, g.label, g.sampler, g.mix_ratio, g.stat("pre_acc")[2], g.duplicates,
                               "" if g.frontier is None else g.frontier]
-            for k in METRICS:
+            for k in keys:
                 mean, std, _ = g.stat(k)
                 row += ["" if mean is None else mean, "" if std is None else std]
             w.writerow(row)
@@ -397,15 +428,20 @@ def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def markdown(groups: Sequence[Group], eq: Sequence[dict[str, Any]], skipped: Sequence[tuple[Path, str]]) -> str:
-    lines = _md_table(LEAD + [HEADERS[k] for k in METRICS], table_rows(groups))
+    lines = _md_table(LEAD + [HEADERS[k] for k in metric_keys(groups)], table_rows(groups))
     lines += ["", "mean ± std over seeds; a seed run twice in one group counts once (dup). hit rate: audited share "
               "of drawn rows that were collateral damage; signal: what the training forward pass told the sampler. "
-              "frontier: no other sampler at the same ratio has both higher pre_acc and higher ft_acc."]
+              f"frontier: no other sampler at the same ratio has both higher {_retention_name(groups)} and higher "
+              "ft_acc."]
+    if is_sequence(groups):
+        lines += ["", "Multi-stage runs: earlier-task acc = mean accuracy, after the last stage, on every task before "
+                  "it; avg acc = the same over all tasks; BWT = mean of (final − just-learned) accuracy over the "
+                  "earlier tasks; pre_acc is the prior task's alone and ft_acc the last stage's."]
     if eq:
         lines += ["", "Random-equivalent rehearsal budget (the budget random rehearsal with the same settings needs "
-                  "for the same pre_acc), from the means, per seed pair, and a paired bootstrap 95% interval "
-                  f"over seeds ({BOOTSTRAP_SAMPLES} resamples):", ""]
-        lines += _md_table(EQ_HEAD, eq_rows(eq))
+                  f"for the same {_retention_name(groups)}), from the means, per seed pair, and a paired bootstrap 95% "
+                  f"interval over seeds ({BOOTSTRAP_SAMPLES} resamples):", ""]
+        lines += _md_table(eq_head(groups), eq_rows(eq))
     if skipped:
         lines += ["", "Skipped runs:", ""] + [f"- `{p}`: {why}" for p, why in skipped]
     return "\n".join(lines) + "\n"
@@ -436,7 +472,7 @@ def plot(groups: Sequence[Group], out: Path) -> list[Path]:
                 pts = []
                 for g in sg:
                     x, xs_, _ = g.stat(xkey)
-                    y, ys_, _ = g.stat("pre_acc")
+                    y, ys_, _ = g.stat(RETENTION)
                     if x is not None and y is not None:
                         scale = 100 if xkey == "ft_acc" else 1
                         pts.append((x * scale, (xs_ or 0) * scale, 100 * y, 100 * (ys_ or 0), g.frontier))
@@ -452,7 +488,7 @@ def plot(groups: Sequence[Group], out: Path) -> list[Path]:
                                label=None if ringed else "on the frontier at its ratio", zorder=5)
                     ringed = ringed or bool(fx)
             ax.set_xlabel(xlabel)
-            ax.set_ylabel("prior-test accuracy (%)")
+            ax.set_ylabel("earlier-task accuracy (%)" if is_sequence(gs) else "prior-test accuracy (%)")
             ax.set_title(f"{exp}: " + ("retention vs compute" if kind == "budget" else "retention vs new task"))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
@@ -461,6 +497,62 @@ def plot(groups: Sequence[Group], out: Path) -> list[Path]:
             fig.savefig(path, dpi=120)
             plt.close(fig)
             written.append(path)
+    return written
+
+
+def mean_matrix(g: Group) -> list[list[float | None]] | None:
+    """The mean accuracy matrix of a group's multi-stage runs (None where no run has the entry)."""
+    matrices = [r.matrix for r in g.runs if r.matrix]
+    if not matrices:
+        return None
+    rows, cols = len(matrices[0]), len(matrices[0][0])
+    out: list[list[float | None]] = []
+    for i in range(rows):
+        out.append([])
+        for j in range(cols):
+            vals = [m[i][j] for m in matrices if len(m) == rows and m[i][j] is not None]
+            out[-1].append(sum(vals) / len(vals) if vals else None)
+    return out
+
+
+def heatmaps(groups: Sequence[Group], out: Path) -> list[Path]:
+    """One PNG per sampler (and configuration) of a multi-stage experiment: its mean accuracy matrix at each
+    ratio (rows: after stage k, row 0 = θ0; columns: task i)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels: dict[tuple[str, str], list[Group]] = defaultdict(list)
+    for g in groups:
+        if mean_matrix(g):
+            panels[(g.experiment, g.sampler + (f" [{g.label}]" if g.label else "")
+                    + "".join(f" {k}={json.loads(v)}" for k, v in g.options if k == "sampler.partition"))].append(g)
+    written = []
+    for (exp, name), gs in panels.items():
+        gs = sorted(gs, key=lambda g: g.mix_ratio)
+        fig, axes = plt.subplots(1, len(gs), figsize=(3.6 * len(gs) + 0.6, 3.4), squeeze=False)
+        for ax, g in zip(axes[0], gs, strict=True):
+            m = mean_matrix(g) or []
+            grid = [[math.nan if v is None else 100 * v for v in row] for row in m]
+            ax.imshow(grid, vmin=0, vmax=100, cmap="viridis")
+            for i, row in enumerate(grid):
+                for j, v in enumerate(row):
+                    if not math.isnan(v):
+                        ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8,
+                                color="white" if v < 60 else "black")
+            ax.set_xticks(range(len(grid[0])))
+            ax.set_yticks(range(len(grid)))
+            ax.set_xlabel("task")
+            ax.set_ylabel("after stage (0 = θ0)")
+            ax.set_title(f"r={g.mix_ratio:g} (n={len(g.runs)})", fontsize=9)
+        fig.suptitle(f"{exp}: {name} — accuracy matrix (%)", fontsize=10)
+        fig.tight_layout()
+        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_")
+        path = out / f"{exp}_matrix_{slug}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
     return written
 
 
@@ -493,14 +585,14 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
     out.mkdir(parents=True, exist_ok=True)
 
     table = Table(title=f"mixcd report: {len(runs)} runs, {len(groups)} groups (mean ± std over seeds)")
-    for h in LEAD + [HEADERS[k] for k in METRICS]:
+    for h in LEAD + [HEADERS[k] for k in metric_keys(groups)]:
         table.add_column(h, justify="left" if h in ("experiment", "config", "sampler") else "right")
     for row in table_rows(groups):
         table.add_row(*row)
     console.print(table)
     if eq:
         t2 = Table(title="random-equivalent rehearsal budget (paired bootstrap 95% interval over seeds)")
-        for h in EQ_HEAD:
+        for h in eq_head(groups):
             t2.add_column(h, justify="left" if h in ("experiment", "config", "sampler") else "right")
         for row in eq_rows(eq):
             t2.add_row(*row)
@@ -515,12 +607,14 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
 
     write_csv(groups, out / "report.csv")
     (out / "report.md").write_text(markdown(groups, eq, skipped))
-    pngs = plot(groups, out) if plots else []
+    pngs = (plot(groups, out) + heatmaps(groups, out)) if plots else []
     summary = {"runs": len(runs), "groups": [
         {"experiment": g.experiment, "config": g.label, "sampler": g.sampler, "mix_ratio": g.mix_ratio,
          "settings": dict(g.settings), "sampler_options": dict(g.options), "duplicates": g.duplicates,
          "frontier": g.frontier, "seeds": sorted(g.seeds()),
-         **{k: dict(zip(("mean", "std", "n"), g.stat(k), strict=True)) for k in METRICS}} for g in groups],
+         **{k: dict(zip(("mean", "std", "n"), g.stat(k), strict=True)) for k in metric_keys(groups)},
+         **({"accuracy_matrix": mean_matrix(g)} if mean_matrix(g) else {})} for g in groups],
+        "retention": RETENTION if is_sequence(groups) else "pre_acc",
         "random_equivalent": [{**e, "fold": _json_fold(e["fold"]),
                                "fold_per_seed": {str(k): _json_fold(v) for k, v in e["fold_per_seed"].items()},
                                "fold_ci95": [_json_fold(v) for v in e["fold_ci95"]] if e["fold_ci95"] else None}

@@ -29,6 +29,7 @@ OVER = ("pool", "eligible")
 PARTITIONS = ("loss", "class", "class_loss", "aux", "aux_loss")
 RESUME_MODES = ("auto", True, False)
 STAGES = ("pretrain", "snapshot", "train", "eval")
+POOL_MODES = ("all", "prior", "previous")  # rehearsal pool of stage k (DESIGN §10): data.Experiment.pool_at
 NORMS = ("batch", "group", "layer", "none")  # built-in CNN: models.norm_layer
 BN_MODES = ("train", "frozen")  # timm models while fine-tuning: MixcdNet.freeze_batchnorm
 
@@ -74,6 +75,7 @@ class TaskConf:
     options: dict[str, Any] = _req()
     limit_train: Optional[int] = _req(ge=1)  # noqa: UP045
     limit_test: Optional[int] = _req(ge=1)  # noqa: UP045
+    transform: Optional[dict[str, Any]] = _opt(None)  # noqa: UP045  (data.TASK_TRANSFORMS: rotate, permute)
 
 
 @dataclass
@@ -120,6 +122,11 @@ class SnapshotConf:
 
 
 @dataclass
+class RehearsalConf:
+    pool: str = _req(choices=POOL_MODES)
+
+
+@dataclass
 class EvalConf:
     batch_size: int = _req(ge=1)
     on_pool: bool = _req()
@@ -147,6 +154,9 @@ class MixcdConf:
     eval: EvalConf = field(default_factory=EvalConf)
     prior: TaskConf = field(default_factory=TaskConf)
     finetune: TaskConf = field(default_factory=TaskConf)
+    rehearsal: RehearsalConf = field(default_factory=RehearsalConf)
+    # A sequence: tasks in order after the prior one, each entry filled in from `finetune` (null: `finetune` alone)
+    stages: Optional[list[Any]] = _opt(None)  # noqa: UP045
 
 
 @dataclass
@@ -351,9 +361,37 @@ def cross_field_rules(cfg: DictConfig) -> None:
         raise MixcdError(f"trainer.warmup_steps={t.warmup_steps} exceeds trainer.steps={t.steps}")
     if cfg.stage == "eval" and not cfg.get("run_dir"):
         raise MixcdError("mixcd eval needs run_dir=PATH (a folder written by `mixcd train`)")
+    stage_rules(cfg)
     if cfg.trainer.devices > 1 and str(cfg.device).startswith("cuda:"):
         raise MixcdError(f"trainer.devices={cfg.trainer.devices} uses GPUs 0..N-1; give device=auto or cuda, "
                          f"not {cfg.device}")
+
+
+def stage_rules(cfg: DictConfig) -> None:
+    """A sequence's stage list: each entry a task that types as one, its trainer overrides in range."""
+    from .data import check_task_transform, stage_specs
+
+    stages = OmegaConf.to_container(cfg.stages) if cfg.stages is not None else None
+    specs = stage_specs(OmegaConf.to_container(cfg.finetune), stages)
+    for i, (spec, trainer) in enumerate(specs):
+        where = f"stages[{i}]." if stages is not None else "finetune."
+        check_ranges(TaskConf, typed(TaskConf, spec, where), where)
+        check_task_transform(spec.get("transform"))
+        for key, value in trainer.items():
+            rules = {f.name: dict(f.metadata) for f in fields(TrainerConf)}[key]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise MixcdError(f"{where}trainer.{key} must be a number, got {value!r}")
+            _check_value(f"{where}trainer.{key}", value, rules)
+        ratio = trainer.get("mix_ratio", cfg.trainer.mix_ratio)
+        if cfg.sampler.name != "none" and round(ratio * cfg.trainer.batch_size) < 1:
+            raise MixcdError(f"{where}trainer.mix_ratio={ratio} with batch_size={cfg.trainer.batch_size} mixes in "
+                             "no sample; raise the ratio")
+        if cfg.sampler.name == "none" and trainer.get("mix_ratio"):
+            raise MixcdError(f"sampler=none mixes nothing, but {where}trainer.mix_ratio={ratio}")
+    if cfg.sampler.name == "mixcd" and cfg.sampler.get("aux_column") == "source" and len(specs) < 2:
+        raise MixcdError("sampler.aux_column=source partitions the pool by the task each row came from, and a "
+                         "one-stage run's pool has a single source; use it with a sequence (an experiment with "
+                         "stages, e.g. experiment=fmnist_split)")
 
 
 def validate(cfg: DictConfig) -> None:

@@ -50,9 +50,8 @@ class Snapshot:
     test: SnapshotPart
 
     def pool_info(self, task: Task) -> PoolInfo:
-        aux = dict(getattr(task.source, "aux", {}))
         return PoolInfo(self.pool.target.long(), self.pool.correct.bool(), self.pool.loss.float(),
-                        self.pool.conf.float(), {k: v[task.index] for k, v in aux.items()})
+                        self.pool.conf.float(), task.aux_columns())
 
 
 def snapshot_key(checkpoint_digest: str, pool: Task, prior_test: Task, transform: BatchTransform,

@@ -11,27 +11,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from . import console, distributed
 from .artifacts import config_digest, environment_info, file_lock, read_json, write_json
 from .data import Experiment, build_experiment
 from .errors import MixcdError, phase
-from .metrics import Ledger, categories, forgetting_metrics
+from .metrics import Ledger, accuracy, categories, forgetting_metrics, sequence_metrics
 from .models import FINETUNE_ONLY, MixcdNet, create_model, load_model, model_spec, save_model
 from .runtime import derive_seed, peak_memory_mb, resolve_device
 from .samplers import create_sampler
 from .schema import flatten
 from .snapshot import Snapshot, get_or_create_snapshot
 from .training import FineTuner, Rehearsal, TrainSettings, largest_batch, predict_task
+from .training.finetuner import COUNTERS, signal_quality
 
 SAMPLER_META_KEYS = ("name", "mix_ratio")
 log = logging.getLogger(__name__)
 
 
 def plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -79,8 +81,7 @@ def setup(cfg: DictConfig, run_dir: Path | None = None) -> Context:
     run_dir = Path(distributed.broadcast(str(run_dir_of(cfg, run_dir))))
     text = OmegaConf.to_yaml(cfg, resolve=True)
     if distributed.rank() != 0:
-        exp = build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
-                               cfg.image_size)
+        exp = experiment_of(cfg)
         place_data(exp, device, cfg.trainer.get("data_on_device", "auto"))
         return Context(cfg, run_dir, device, exp, Ledger(), {})
     previous = run_dir / "config.yaml"
@@ -106,10 +107,16 @@ def setup(cfg: DictConfig, run_dir: Path | None = None) -> Context:
     log.info("mixcd %s in %s on %s (world size %d)", cfg.stage, run_dir, device, distributed.world())
     t0 = time.perf_counter()
     with phase("data loading", f"only the configuration was written ({run_dir})"):
-        exp = build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
-                               cfg.image_size)
+        exp = experiment_of(cfg)
         place_data(exp, device, cfg.trainer.get("data_on_device", "auto"))
     return Context(cfg, run_dir, device, exp, Ledger(), {"data": time.perf_counter() - t0}, resume)
+
+
+def experiment_of(cfg: DictConfig) -> Experiment:
+    """The prior task and the stages of ``cfg`` (``finetune`` alone when it lists no ``stages``)."""
+    stages = plain(cfg.stages) if cfg.get("stages") is not None else None
+    return build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
+                            cfg.image_size, stages)
 
 
 def place_data(exp: Experiment, device: torch.device, mode: Any) -> None:
@@ -119,7 +126,7 @@ def place_data(exp: Experiment, device: torch.device, mode: Any) -> None:
     """
     if device.type != "cuda" or mode is False:
         return
-    tasks = (exp.pool, exp.prior_test, exp.ft_train, exp.ft_test)
+    tasks = exp.tasks()
     sources = {id(t.source): t.source for t in tasks}
     arrays = {key: s for key, s in sources.items() if hasattr(s, "on_device")}
     need = sum(s.data.numel() * s.data.element_size() for s in arrays.values())
@@ -235,21 +242,26 @@ def run_pretrain(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
 # ------------------------------------------------------------------------------------ snapshot
 
 
-def snapshot_for(ctx: Context, path: Path) -> tuple[Snapshot, bool]:
+def snapshot_for(ctx: Context, path: Path, model: MixcdNet | None = None, k: int = 1) -> tuple[Snapshot, bool]:
+    """Stage k's snapshot: the model in ``path`` (θ(k−1); θ0 for k = 1) over pool k and the test sets seen
+    before stage k, cached by fingerprint (a sweep's runs share each distinct one)."""
     cfg, exp = ctx.cfg, ctx.experiment
-    model = load_prior(ctx, path)
+    model = load_prior(ctx, path) if model is None else model
+    pool, tests = exp.pool_at(k, str(cfg.rehearsal.pool)), exp.tests_before(k)
     t0 = time.perf_counter()
-    total = len(exp.pool) + len(exp.prior_test)
+    total = len(pool) + len(tests)
     batch = cfg.snapshot.batch_size
     if batch == "auto":  # the largest batch that fits: inference needs no activations kept
         batch = largest_batch(model, exp.pool, exp.prior_head(), exp.transform, ctx.device, str(cfg.trainer.amp))
+    label = "snapshot θ0" if k == 1 else f"snapshot θ{k - 1}"
     with phase("the snapshot", "the cache holds only complete snapshots; rerun to compute it again"), \
-            console.count_progress("snapshot θ0", total) as progress:
+            console.count_progress(label, total) as progress:
         snap, cached = get_or_create_snapshot(
-            Path(cfg.paths.cache_dir), path, model, exp.pool, exp.prior_test, exp.prior_head(), exp.transform,
+            # rows of later tasks are read by their own heads, named in the tasks' fingerprints
+            Path(cfg.paths.cache_dir), path, model, pool, tests, exp.prior_head(), exp.transform,
             ctx.device, int(batch), ctx.ledger, str(cfg.trainer.amp),
-            Path(cfg.snapshot.path) if cfg.snapshot.path else None, progress)
-    ctx.timings["snapshot"] = time.perf_counter() - t0
+            Path(cfg.snapshot.path) if cfg.snapshot.path and k == 1 else None, progress)
+    ctx.timings["snapshot"] = ctx.timings.get("snapshot", 0.0) + time.perf_counter() - t0
     return snap, cached
 
 
@@ -271,19 +283,28 @@ def run_snapshot(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
 # ------------------------------------------------------------------------------------ fine-tune + eval
 
 
-def evaluate(ctx: Context, model: MixcdNet, snap: Snapshot) -> dict[str, Any]:
+def accuracy_row(ctx: Context, model: MixcdNet, k: int) -> list[torch.Tensor]:
+    """Per-sample correctness on the test set of every task seen up to stage k: the prior task, stages 1..k."""
+    cfg, exp = ctx.cfg, ctx.experiment
+    bs, amp = int(cfg.eval.batch_size), str(cfg.trainer.amp)
+    tasks = [(exp.prior_test, exp.prior_head())] + [(s.test, s.head) for s in exp.stages[:k]]
+    return [predict_task(model, task, head, exp.transform, ctx.device, bs, ctx.ledger, "eval", amp).correct
+            for task, head in tasks]
+
+
+def evaluate(ctx: Context, model: MixcdNet, snap0: Snapshot, row: list[torch.Tensor] | None = None
+             ) -> dict[str, Any]:
+    """The final model against θ0 (``snap0``: stage 1's snapshot): prior-task accuracy before and after,
+    forgetting, the last stage's accuracy, the four categories; ``row``: the final accuracy row if known."""
     cfg, exp = ctx.cfg, ctx.experiment
     t0 = time.perf_counter()
-    bs, amp = int(cfg.eval.batch_size), str(cfg.trainer.amp)
-
-    def correct(task: Any, head: str) -> torch.Tensor:
-        return predict_task(model, task, head, exp.transform, ctx.device, bs, ctx.ledger, "eval", amp).correct
-
-    out = forgetting_metrics(snap.test.correct, correct(exp.prior_test, exp.prior_head()),
-                             correct(exp.ft_test, exp.ft_head()), exp.prior_test.targets)
+    row = accuracy_row(ctx, model, len(exp.stages)) if row is None else row
+    out = forgetting_metrics(snap0.test.correct, row[0], row[-1], exp.prior_test.targets)
     if cfg.eval.on_pool:
-        out["pool_categories"] = categories(snap.pool.correct, correct(exp.pool, exp.prior_head()), exp.pool.targets)
-    ctx.timings["eval"] = time.perf_counter() - t0
+        preds = predict_task(model, exp.pool, exp.prior_head(), exp.transform, ctx.device, int(cfg.eval.batch_size),
+                             ctx.ledger, "eval", str(cfg.trainer.amp))
+        out["pool_categories"] = categories(snap0.pool.correct, preds.correct, exp.pool.targets)
+    ctx.timings["eval"] = ctx.timings.get("eval", 0.0) + time.perf_counter() - t0
     return out
 
 
@@ -300,73 +321,219 @@ def resume_decision(mode: Any, run_dir: Path, checkpoint: Path) -> bool:
     return has
 
 
+def stage_settings(cfg: DictConfig, k: int, overrides: dict[str, Any], telemetry_start: int) -> TrainSettings:
+    """Stage k's training settings: the trainer's, less what the stage overrides (steps, lr, mix_ratio).
+
+    Stage 1 draws from exactly the seeds a single fine-tuning always did, so a one-stage sequence is
+    today's run; later stages derive their own.
+    """
+    t, seed = cfg.trainer, int(cfg.seed)
+    ratio = float(overrides.get("mix_ratio", t.mix_ratio))
+    b = 0 if cfg.sampler.name == "none" else int(round(ratio * int(t.batch_size)))
+    stage_seed = seed if k == 1 else derive_seed(seed, f"stage{k}")
+    settings = settings_from(t, int(overrides.get("steps", t.steps)), stage_seed, "finetune",
+                             int(cfg.eval.batch_size), rehearsal_batch=b,
+                             rehearsal_weight=float(t.rehearsal_weight), log_every=int(t.log_every),
+                             audit_every=int(t.audit_every), checkpoint_every=int(t.checkpoint_every),
+                             amp=str(t.amp), channels_last=bool(t.channels_last), compile=bool(t.get("compile", False)),
+                             stage=k, telemetry_start=telemetry_start)
+    if "lr" in overrides:
+        settings.lr = float(overrides["lr"])
+    return settings
+
+
+def checkpoint_stage(path: Path) -> int | None:
+    """The stage a training checkpoint belongs to (1 for one written before sequences existed); None if absent."""
+    if not path.is_file():
+        return None
+    from .artifacts import safe_torch_load
+
+    checkpoint = safe_torch_load(path, what="training checkpoint")
+    return int(checkpoint.get("stage") or 1) if isinstance(checkpoint, dict) else None
+
+
+def _seed_tag(name: str, k: int) -> str:
+    return name if k == 1 else f"{name}-stage{k}"
+
+
+@dataclass
+class StageOutcome:
+    """What one stage leaves: its record (metrics.json's ``stages`` entry) and its accuracy row."""
+
+    record: dict[str, Any]
+    row: list[torch.Tensor]
+    loop: Any
+    sampler: Any
+    snapshot: Snapshot
+    snapshot_cached: bool
+
+
+def train_stage(ctx: Context, k: int, model_path: Path, snap: Snapshot, snap_cached: bool, model: MixcdNet,
+                resume: bool, telemetry_start: int, theta0_correct: torch.Tensor) -> StageOutcome:
+    """Fine-tune θ(k−1) (``model``, loaded from ``model_path``) on stage k with rehearsal from pool k, then
+    evaluate on every task seen so far. ``theta0_correct``: θ0 on the prior test set, for the record."""
+    cfg, exp, run_dir = ctx.cfg, ctx.experiment, ctx.run_dir
+    stage, seed, last = exp.stages[k - 1], int(cfg.seed), k == len(exp.stages)
+    pool = exp.pool_at(k, str(cfg.rehearsal.pool))
+    if cfg.model.get("bn") == "frozen" and model.freeze_batchnorm() == 0 and distributed.rank() == 0 and k == 1:
+        console.note(f"model.bn=frozen: {cfg.model.get('name')} has no BatchNorm layers; nothing to freeze")
+    if exp.head == "multi":
+        torch.manual_seed(derive_seed(seed, _seed_tag("ft-head", k)))
+        model.add_head(stage.head, exp.head_sizes()[stage.head])
+    torch.manual_seed(derive_seed(seed, _seed_tag("finetune", k)))
+    settings = stage_settings(cfg, k, stage.trainer, telemetry_start)
+    options = {key: v for key, v in plain(cfg.sampler).items() if key not in SAMPLER_META_KEYS}
+    # Each rank draws its own rows from the shared distribution: one generator per rank.
+    tag = _seed_tag("sampler", k) if distributed.world() == 1 else f"sampler-rank{distributed.rank()}"
+    sampler = create_sampler(str(cfg.sampler.name), snap.pool_info(pool), settings.rehearsal_batch,
+                             derive_seed(seed, tag), **options)
+    if distributed.rank() == 0:
+        for message in sampler.notes:
+            console.note(message)
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    t0 = time.perf_counter()
+    kept = f"the checkpoint {checkpoint} is kept; rerun the same command to resume" if resume else \
+        "no checkpoint of this stage was written yet" + ("" if k == 1 else "; rerun the same command to resume "
+                                                         "from the stages already done")
+    what = f"fine-tune [{cfg.sampler.name}]" + ("" if len(exp.stages) == 1 else f" stage {k}/{len(exp.stages)}")
+    with phase("fine-tuning (second Ctrl-C: stopped at once)", kept), \
+            console.step_progress(what, settings.steps) as progress:
+        rehearsal = Rehearsal(sampler, pool, exp.prior_head(), snap.pool.correct.bool())
+        loop = FineTuner(model, stage.train, stage.head, exp.transform, ctx.device, settings, ctx.ledger,
+                         rehearsal, telemetry_path=run_dir / "metrics.jsonl", checkpoint_path=checkpoint,
+                         progress=progress).run(resume)
+    wall = loop.wall_time if loop.resumed_from is None else time.perf_counter() - t0
+    ctx.timings["finetune"] = ctx.timings.get("finetune", 0.0) + wall
+    if last:
+        distributed.all_reduce_ledger(ctx.ledger)
+    if distributed.rank() != 0:
+        return StageOutcome({}, [], loop, sampler, snap, snap_cached)
+    t1 = time.perf_counter()
+    with phase("evaluation", f"{checkpoint.name} is kept; rerun the same command to evaluate it"):
+        row = accuracy_row(ctx, model, k)
+    ctx.timings["eval"] = ctx.timings.get("eval", 0.0) + time.perf_counter() - t1
+    telemetry = run_dir / "metrics.jsonl"
+    sources = pool.columns.get("source")
+    record = {
+        "stage": k, "name": stage.name, "steps": settings.steps, "lr": settings.lr,
+        "mix_ratio": settings.rehearsal_batch / settings.batch_size, "rehearsal_batch": settings.rehearsal_batch,
+        "pool": {"size": len(pool), "by_source": {str(i): int(n) for i, n in enumerate(torch.bincount(sources))}
+                 if sources is not None else {"0": len(pool)}},
+        "accuracy": [accuracy(c) for c in row],
+        # against θ(k−1) on every test set seen before this stage, and against θ0 on the prior task's
+        # (per-class rates only where labels mean one thing: several tasks may share label numbers)
+        "categories_vs_previous": categories(snap.test.correct, torch.cat(row[:k]),
+                                             exp.prior_test.targets if k == 1 else None),
+        "categories_vs_theta0": categories(theta0_correct, row[0], exp.prior_test.targets),
+        **loop.quality(), "rehearsal_counts": loop.counts, "final_loss": loop.final_loss,
+        "ledger": ctx.ledger.summary(), "ledger_state": ctx.ledger.state_dict(),
+        "snapshot": str(snap.path), "snapshot_cached": snap_cached, "resumed_from": loop.resumed_from,
+        "sampler_final": sampler.telemetry(), "sampler_notes": sampler.notes,
+        "telemetry_end": telemetry.stat().st_size if telemetry.is_file() else 0, "wall_time": wall,
+    }
+    return StageOutcome(record, row, loop, sampler, snap, snap_cached)
+
+
+def _stage_files(run_dir: Path, k: int) -> tuple[Path, Path]:
+    return run_dir / "stages" / f"stage{k}.json", run_dir / "stages" / f"model{k}.pt"
+
+
 def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
+    """Fine-tune θ0 through every stage of the sequence (one stage: a single fine-tuning), with rehearsal,
+    evaluating after each stage on every task seen so far; resumable at any point of any stage."""
     t_start = time.perf_counter()
     ctx = setup(cfg, run_dir)
     exp, run_dir = ctx.experiment, ctx.run_dir
     prior_path, prior_cached = prior_checkpoint(ctx)
-    snap, snap_cached = snapshot_for(ctx, prior_path)
-
     model = load_prior(ctx, prior_path)
-    if cfg.model.get("bn") == "frozen" and model.freeze_batchnorm() == 0 and distributed.rank() == 0:
-        console.note(f"model.bn=frozen: {cfg.model.get('name')} has no BatchNorm layers; nothing to freeze")
-    seed = int(cfg.seed)
-    if exp.head == "multi":
-        torch.manual_seed(derive_seed(seed, "ft-head"))
-        model.add_head(exp.ft_head(), exp.head_sizes()[exp.ft_head()])
-    torch.manual_seed(derive_seed(seed, "finetune"))
-    b = 0 if cfg.sampler.name == "none" else int(round(float(cfg.trainer.mix_ratio) * int(cfg.trainer.batch_size)))
-    options = {k: v for k, v in plain(cfg.sampler).items() if k not in SAMPLER_META_KEYS}
-    # Each rank draws its own rows from the shared distribution: one generator per rank.
-    sampler_seed = derive_seed(seed, "sampler" if distributed.world() == 1 else f"sampler-rank{distributed.rank()}")
-    sampler = create_sampler(str(cfg.sampler.name), snap.pool_info(exp.pool), b, sampler_seed, **options)
-    if distributed.rank() == 0:
-        for message in sampler.notes:
-            console.note(message)
-    t = cfg.trainer
-    settings = settings_from(t, int(t.steps), seed, "finetune", int(cfg.eval.batch_size),
-                             rehearsal_batch=b, rehearsal_weight=float(t.rehearsal_weight),
-                             log_every=int(t.log_every), audit_every=int(t.audit_every),
-                             checkpoint_every=int(t.checkpoint_every),
-                             amp=str(t.amp), channels_last=bool(t.channels_last),
-                             compile=bool(t.get("compile", False)))
+    snap0, snap0_cached = snapshot_for(ctx, prior_path, model, 1)
     checkpoint = run_dir / "checkpoints" / "last.pt"
     resume = distributed.broadcast(ctx.resume if distributed.rank() == 0 else None)
     if resume and distributed.rank() == 0:
         console.note(f"resuming from {checkpoint}")
-    t0 = time.perf_counter()
-    kept = f"the checkpoint {checkpoint} is kept; rerun the same command to resume" if resume else \
-        "no checkpoint was written yet"
-    with phase("fine-tuning (second Ctrl-C: stopped at once)", kept), \
-            console.step_progress(f"fine-tune [{cfg.sampler.name}]", settings.steps) as progress:
-        rehearsal = Rehearsal(sampler, exp.pool, exp.prior_head(), snap.pool.correct.bool())
-        loop = FineTuner(model, exp.ft_train, exp.ft_head(), exp.transform, ctx.device, settings, ctx.ledger,
-                         rehearsal, telemetry_path=run_dir / "metrics.jsonl", checkpoint_path=checkpoint,
-                         progress=progress).run(resume)
-    ctx.timings["finetune"] = loop.wall_time if loop.resumed_from is None else time.perf_counter() - t0
-    distributed.all_reduce_ledger(ctx.ledger)
-    if distributed.rank() != 0:  # rank 0 evaluates and writes; the model is identical on every rank
-        return {}
-    save_model(model, run_dir / "model.pt", model_spec(plain(cfg.model)),
-               {"heads_of": {"prior": exp.prior_head(), "finetune": exp.ft_head()}})
+    at_stage = checkpoint_stage(checkpoint) if resume else None
+    spec = model_spec(plain(cfg.model))
+    n = len(exp.stages)
+    records: list[dict[str, Any]] = []
+    rows: list[list[torch.Tensor]] = [[snap0.test.correct.bool()]]  # row 0: θ0 on the prior task
+    model_path, outcome, telemetry_start = prior_path, None, 0
+    for k in range(1, n + 1):
+        record_path, model_file = _stage_files(run_dir, k)
+        if k < n and record_path.is_file() and model_file.is_file():  # done before an interruption
+            records.append(read_json(record_path, "stage record"))
+            rows.append([torch.from_numpy(np.load(run_dir / "stages" / f"correct{k}.npy"))[
+                part].bool() for part in _row_slices(exp, k)])
+            model_path, telemetry_start = model_file, int(records[-1]["telemetry_end"])
+            ctx.ledger.load_state_dict(records[-1]["ledger_state"])
+            continue
+        if k > 1:
+            model, _ = load_model(model_path, spec, exp.channels)
+            model.to(ctx.device)
+            snap, snap_cached = snapshot_for(ctx, model_path, model, k)
+        else:
+            snap, snap_cached = snap0, snap0_cached
+        outcome = train_stage(ctx, k, model_path, snap, snap_cached, model, bool(at_stage == k), telemetry_start,
+                              rows[0][0])
+        if distributed.rank() != 0:
+            if k == n:
+                return {}
+            continue
+        records.append(outcome.record)
+        rows.append(outcome.row)
+        if k < n:  # θk is the next stage's starting point and its snapshot's fingerprint
+            save_model(model, model_file, spec, {"stage": k})
+            np.save(run_dir / "stages" / f"correct{k}.npy", torch.cat(outcome.row).numpy())
+            write_json(outcome.record, record_path)
+            model_path, telemetry_start = model_file, int(outcome.record["telemetry_end"])
+    save_model(model, run_dir / "model.pt", spec,
+               {"heads_of": {"prior": exp.prior_head(), "finetune": exp.ft_head(),
+                             **{f"stage{k}": s.head for k, s in enumerate(exp.stages, 1)}}})
     with phase("evaluation", f"the fine-tuned model and {checkpoint.name} are kept; rerun the same command "
                              "to evaluate them"):
-        metrics = evaluate(ctx, model, snap)
+        metrics = evaluate(ctx, model, snap0, rows[-1])
     ctx.timings["total"] = time.perf_counter() - t_start
+    loop = outcome.loop
+    counts = {key: sum(int(r["rehearsal_counts"][key]) for r in records) for key in COUNTERS}
+    matrix = [[accuracy(c) for c in row] + [None] * (n - i) for i, row in enumerate(rows)]
     result = {
         "stage": "train", "experiment": str(cfg.experiment_name), "sampler": str(cfg.sampler.name),
-        "mix_ratio": float(cfg.trainer.mix_ratio) if b else 0.0, "seed": seed, "steps": settings.steps,
-        "batch_size": settings.batch_size, "rehearsal_batch": b, **metrics,
-        **loop.quality(), "rehearsal_counts": loop.counts,
+        "mix_ratio": float(cfg.trainer.mix_ratio) if records[0]["rehearsal_batch"] else 0.0, "seed": int(cfg.seed),
+        "steps": sum(r["steps"] for r in records), "batch_size": int(cfg.trainer.batch_size),
+        "rehearsal_batch": records[0]["rehearsal_batch"], **metrics,
+        **signal_quality(counts), "rehearsal_counts": counts,
         "final_loss": loop.final_loss, "ledger": ctx.ledger.summary(), "wall_time": ctx.timings,
         "peak_memory_mb": peak_memory_mb(ctx.device), "device": str(ctx.device), "world_size": distributed.world(),
-        "prior_checkpoint": str(prior_path), "snapshot": str(snap.path),
-        "cached": {"prior": prior_cached, "snapshot": snap_cached}, "resumed_from": loop.resumed_from,
-        "sampler_final": sampler.telemetry(), "sampler_notes": sampler.notes,
+        "prior_checkpoint": str(prior_path), "snapshot": str(snap0.path),
+        "cached": {"prior": prior_cached, "snapshot": snap0_cached},
+        "resumed_from": loop.resumed_from if n == 1 else next(
+            ({"stage": r["stage"], "step": r["resumed_from"]} for r in records if r["resumed_from"] is not None), None),
+        "sampler_final": outcome.sampler.telemetry(),
+        "sampler_notes": list(dict.fromkeys(m for r in records for m in r["sampler_notes"])),
+        "num_stages": n, "stage_names": [s.name for s in exp.stages], "rehearsal_pool": str(cfg.rehearsal.pool),
+        "accuracy_matrix": matrix, **sequence_metrics(matrix),
+        "stages": [{k: v for k, v in r.items() if k != "ledger_state"} | {"ledger_delta": _delta(records, i)}
+                   for i, r in enumerate(records)],
     }
     write_json(result, run_dir / "metrics.json")
     console.print_run(result, run_dir)
     return result
+
+
+def _row_slices(exp: Experiment, k: int) -> list[slice]:
+    sizes = [len(exp.prior_test)] + [len(s.test) for s in exp.stages[:k]]
+    bounds = np.cumsum([0, *sizes])
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _delta(records: list[dict[str, Any]], i: int) -> dict[str, Any]:
+    """What stage i spent, from the cumulative ledgers of it and the stage before."""
+    now, before = records[i]["ledger"], records[i - 1]["ledger"] if i else None
+    out: dict[str, Any] = {}
+    for direction in ("forward", "backward"):
+        out[direction] = {p: now[direction][p] - (before[direction][p] if before else 0) for p in now[direction]}
+    out["training_passes"] = now["training_passes"] - (before["training_passes"] if before else 0)
+    out["rehearsal_budget"] = now["rehearsal_budget"] - (before["rehearsal_budget"] if before else 0)
+    return out
 
 
 # What `mixcd eval` may change of the configuration a run was trained with: how and where it

@@ -89,6 +89,17 @@ BEFORE_WORK = [
     (["trainer.steps=["], "cannot parse override"),
     (["prior_model.checkpoint=/nonexistent/prior0.pt"], "prior_model.checkpoint not found"),
     (["snapshot.path=/nonexistent/snap"], "snapshot not found"),
+    # sequences (DESIGN §10)
+    (["stages=[]"], "stages is empty"),
+    (["stages=[{classes: []}]"], "stages[0].classes must not be empty"),
+    (["stages=[{classes: [2], transform: {spin: 3}}]"], "unknown task transform 'spin'"),
+    (["stages=[{classes: [2], transform: {rotate: 400}}]"], "rotate needs an angle in degrees between -360 and 360"),
+    (["stages=[{classes: [2], transform: {rotate: left}}]"], "rotate needs an angle"),
+    (["stages=[{classes: [2], transform: {permute: -1}}]"], "permute needs a non-negative integer seed"),
+    (["stages=[{classes: [2], colour: red}]"], "unknown key of stages[0] 'colour'"),
+    (["stages=[{classes: [2], trainer: {steps: 0}}]"], "stages[0].trainer.steps must be ≥ 1"),
+    (["rehearsal.pool=everything"], "choose one of: all, previous, prior"),
+    (["sampler=mixcd", "sampler.partition=aux", "sampler.aux_column=source"], "a one-stage run's pool has a single"),
 ]
 
 
@@ -145,6 +156,9 @@ RUNTIME = [  # (the imagefolder case: class folders without a single image)
     (["prior.dataset=mnist"], "dataset 'mnist' not found", 2),
     (["task@prior=imagefolder", "prior.root=EMPTY_TREE"], "holds no images", 2),
     (["prior.classes=[9]"], "do not occur", 2),
+    (["stages=[{classes: [3]}, {classes: [9]}]"], "classes [9] do not occur", 2),
+    (["stages=[{classes: [3]}, {classes: [3, 4]}]"], "reuses labels [3] of stage 'stage1' on the same inputs", 2),
+    (["stages=[{classes: [3]}, {classes: [0]}]"], "reuses labels [0] of the prior task", 2),
     (["trainer.lr=1e30", "trainer.steps=20"], "loss became", 3),
 ]
 

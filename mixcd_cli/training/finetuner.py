@@ -61,6 +61,8 @@ class TrainSettings:
     compile: bool = False
     distributed: bool = True  # False: train on this process alone even inside a process group
     purpose: str = "finetune"
+    stage: int = 0  # the stage of a sequence this run is (1, 2, ...); 0: not a stage (pretraining)
+    telemetry_start: int = 0  # the telemetry file's length when this stage began (earlier stages' records stay)
 
 
 @dataclass
@@ -218,7 +220,7 @@ class FineTuner:
         self.rank, self.world = (distributed.rank(), distributed.world()) if settings.distributed else (0, 1)
         self.cuda = device.type == "cuda"
         self.channels_last = settings.channels_last and self.cuda
-        self.state = TrainState()
+        self.state = TrainState(telemetry_offset=settings.telemetry_start)
         self.resumed_from: int | None = None
 
     # ------------------------------------------------------------------ setup
@@ -292,7 +294,7 @@ class FineTuner:
             return
         shared = {name: obj.state_dict() for name, obj in self._per_rank(False)}
         atomic_torch_save({"format": CHECKPOINT_FORMAT, "world_size": self.world, "step": self.state.step,
-                           "shared": shared, "ranks": ranks}, self.checkpoint_path)
+                           "stage": self.settings.stage, "shared": shared, "ranks": ranks}, self.checkpoint_path)
         phase_kept(f"the checkpoint of step {self.state.step} ({self.checkpoint_path}) is kept; rerun the same "
                    "command to resume from it")
 
@@ -301,6 +303,9 @@ class FineTuner:
         checkpoint = safe_torch_load(path, what="training checkpoint")
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise MixcdError(f"checkpoint {path} was written by another version of mixcd; start a new run folder")
+        if checkpoint.get("stage", 0) != self.settings.stage:
+            raise MixcdError(f"checkpoint {path} belongs to stage {checkpoint.get('stage', 0)}, not stage "
+                             f"{self.settings.stage}; start a new run folder")
         if checkpoint["world_size"] != self.world:
             raise MixcdError(f"checkpoint {path} was written by {checkpoint['world_size']} process(es), this run "
                              f"has {self.world}; resume with trainer.devices={checkpoint['world_size']}")
@@ -342,27 +347,33 @@ class FineTuner:
             # MIR's virtual step must be the step about to be taken: the scheduled rate, not the base one.
             self.selection.lr = self.optimizer.param_groups[0]["lr"]
             pool_rows = r.sampler.draw(step, self.selection)
+            if r.pool.head_of is not None:  # rows of several tasks: grouped by head, one slice each
+                pool_rows = pool_rows[torch.argsort(r.pool.head_of[pool_rows], stable=True)]
             pool_x, pool_y = to_device(*host_batch(r.pool, pool_rows, self.device), self.transform, self.device,
                                        self.channels_last)
             # like telemetry, the last (possibly shorter) interval is audited too
             audit_now = s.audit_every and ((step + 1) % s.audit_every == 0 or step + 1 == s.steps)
-            audit_wrong = self.audit(pool_x, pool_y) if audit_now else None
+            audit_wrong = self.audit(pool_rows, pool_x, pool_y) if audit_now else None
             x = torch.cat([ft_x, pool_x])
-            splits = [(self.head, 0, n_ft), (r.head, n_ft, x.shape[0])]
+            splits = [(self.head, 0, n_ft)] + [(h, n_ft + int(at[0]), n_ft + int(at[-1]) + 1)
+                                               for h, at in r.pool.head_groups(pool_rows, r.head)]
         else:
             x, splits = ft_x, [(self.head, 0, n_ft)]
         with autocast_for(self.device, s.amp):
             outputs = self.net(x, splits=splits)
             loss_sum = F.cross_entropy(outputs[0].float(), ft_y, reduction="sum")
             if r is not None:
-                reh_logits = outputs[1].float()
-                loss_sum = loss_sum + s.rehearsal_weight * F.cross_entropy(reh_logits, pool_y, reduction="sum")
+                wrong_parts = []
+                for (_, a, b), logits in zip(splits[1:], outputs[1:], strict=True):
+                    y_part, logits = pool_y[a - n_ft:b - n_ft], logits.float()
+                    loss_sum = loss_sum + s.rehearsal_weight * F.cross_entropy(logits, y_part, reduction="sum")
+                    wrong_parts.append(logits.detach().argmax(1) != y_part)
         loss = loss_sum / x.shape[0]
         self._losses.append((step, loss.detach()))
         if not self.cuda:  # on the host a check is free; on a GPU it waits for a boundary
             self.state.last_loss = self.check_losses()
         if r is not None:
-            wrong = reh_logits.detach().argmax(1) != pool_y
+            wrong = torch.cat(wrong_parts)
             event = None
             if self.cuda:
                 wrong = wrong.to("cpu", non_blocking=True)
@@ -380,7 +391,7 @@ class FineTuner:
         self.state.interval["samples"] += x.shape[0]
         self.state.step = step + 1
 
-    def audit(self, pool_x: torch.Tensor, pool_y: torch.Tensor) -> torch.Tensor:
+    def audit(self, pool_rows: torch.Tensor, pool_x: torch.Tensor, pool_y: torch.Tensor) -> torch.Tensor:
         """Which drawn rows the current weights truly get wrong: an eval-mode, no-grad pass before the
         training forward (so BatchNorm's running statistics are still those of this step's weights).
         Charged to the ledger's ``audit`` purpose, never to the training budget; no sampler reads it."""
@@ -388,11 +399,12 @@ class FineTuner:
         with torch.no_grad(), autocast_for(self.device, self.settings.amp):
             self.model.eval()
             try:
-                logits = self.model(pool_x, head=r.head)
+                wrong = torch.cat([self.model(pool_x[at.to(pool_x.device)], head=h).argmax(1)
+                                   != pool_y[at.to(pool_x.device)] for h, at in r.pool.head_groups(pool_rows, r.head)])
             finally:
                 self.model.train()
         self.ledger.add("audit", forward=pool_x.shape[0])
-        return logits.argmax(1) != pool_y
+        return wrong
 
     def flush(self) -> None:
         """Fold the pending observation into the sampler and the rehearsal counters."""
@@ -467,7 +479,8 @@ class FineTuner:
     def _telemetry(self) -> dict[str, Any]:
         interval = self.state.interval
         now = time.perf_counter()
-        record = {"step": self.state.step, "loss": interval["loss"] / max(interval["n"], 1),
+        record = {**({"stage": self.settings.stage} if self.settings.stage else {}),
+                  "step": self.state.step, "loss": interval["loss"] / max(interval["n"], 1),
                   "lr": self.schedule.get_last_lr()[0],
                   "throughput": interval["samples"] * self.world / max(now - self._t_interval, 1e-9)}
         if self.rehearsal is not None:

@@ -41,13 +41,18 @@ def predict_task(model: MixcdNet, task: Task, head: str, transform: BatchTransfo
             chunk = rows[start:start + batch_size]
             x = transform(task.images(chunk).to(device, non_blocking=True))
             y = task.targets[chunk].to(device, non_blocking=True)
-            with autocast_for(device, amp):
-                logits = model(x, head).float()
-            out_loss.append(F.cross_entropy(logits, y, reduction="none").cpu())
-            prob = logits.softmax(1)
-            conf, pred = prob.max(1)
-            out_pred.append(pred.cpu())
-            out_conf.append(conf.cpu())
+            groups = task.head_groups(chunk, head)
+            if len(groups) == 1:
+                loss, pred, conf = _columns(model, x, y, groups[0][0], device, amp)
+            else:  # rows of several tasks, each read by its own head (heads may differ in size)
+                loss, pred, conf = torch.empty(chunk.numel()), torch.empty(chunk.numel(), dtype=torch.int64), \
+                    torch.empty(chunk.numel())
+                for name, at in groups:
+                    on = at.to(x.device)
+                    loss[at], pred[at], conf[at] = _columns(model, x[on], y[on], name, device, amp)
+            out_loss.append(loss)
+            out_pred.append(pred)
+            out_conf.append(conf)
             if ledger is not None:
                 ledger.add(purpose, forward=chunk.numel())
             if progress is not None:
@@ -59,6 +64,14 @@ def predict_task(model: MixcdNet, task: Task, head: str, transform: BatchTransfo
         return Predictions(empty, empty.long(), empty, empty.bool())
     pred = torch.cat(out_pred)
     return Predictions(torch.cat(out_loss), pred, torch.cat(out_conf), pred == targets_all)
+
+
+def _columns(model: MixcdNet, x: torch.Tensor, y: torch.Tensor, head: str, device: torch.device,
+             amp: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    with autocast_for(device, amp):
+        logits = model(x, head).float()
+    conf, pred = logits.softmax(1).max(1)
+    return F.cross_entropy(logits, y, reduction="none").cpu(), pred.cpu(), conf.cpu()
 
 
 def largest_batch(model: MixcdNet, task: Task, head: str, transform: BatchTransform, device: torch.device,
@@ -107,15 +120,19 @@ class ModelSelection(SelectionContext):
         y = self.pool.targets[rows].to(self.device)
         was_training = self.model.training
         self.model.eval()
+        losses = torch.empty(rows.numel())
         try:
-            if params is None:
-                logits = self.model(x, self.prior_head)
-            else:
-                logits = torch.func.functional_call(self.model, params, (x,), {"head": self.prior_head})
+            for head, at in self.pool.head_groups(rows, self.prior_head):
+                on = at.to(self.device)
+                if params is None:
+                    logits = self.model(x[on], head)
+                else:
+                    logits = torch.func.functional_call(self.model, params, (x[on],), {"head": head})
+                losses[at] = F.cross_entropy(logits.float(), y[on], reduction="none").cpu()
         finally:
             self.model.train(was_training)
         self.ledger.add("selection", forward=rows.numel())
-        return F.cross_entropy(logits.float(), y, reduction="none").cpu()
+        return losses
 
     def virtual_params(self) -> dict[str, torch.Tensor]:
         if self.ft_x is None or self.ft_y is None:
