@@ -388,6 +388,9 @@ def stage_rules(cfg: DictConfig) -> None:
                              "no sample; raise the ratio")
         if cfg.sampler.name == "none" and trainer.get("mix_ratio"):
             raise MixcdError(f"sampler=none mixes nothing, but {where}trainer.mix_ratio={ratio}")
+    if len(specs) > 1 and cfg.trainer.devices > 1:
+        raise MixcdError(f"a sequence of {len(specs)} stages runs in one process; trainer.devices="
+                         f"{cfg.trainer.devices} is for a single fine-tuning (drop it)")
     if cfg.sampler.name == "mixcd" and cfg.sampler.get("aux_column") == "source" and len(specs) < 2:
         raise MixcdError("sampler.aux_column=source partitions the pool by the task each row came from, and a "
                          "one-stage run's pool has a single source; use it with a sequence (an experiment with "

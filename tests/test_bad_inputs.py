@@ -99,6 +99,7 @@ BEFORE_WORK = [
     (["stages=[{classes: [2], colour: red}]"], "unknown key of stages[0] 'colour'"),
     (["stages=[{classes: [2], trainer: {steps: 0}}]"], "stages[0].trainer.steps must be ≥ 1"),
     (["rehearsal.pool=everything"], "choose one of: all, previous, prior"),
+    (["stages=[{classes: [3]}, {classes: [4]}]", "trainer.devices=2"], "a sequence of 2 stages runs in one process"),
     (["sampler=mixcd", "sampler.partition=aux", "sampler.aux_column=source"], "a one-stage run's pool has a single"),
 ]
 

@@ -27,6 +27,9 @@ def stable(metrics: dict) -> dict:
         for purpose in ("pretrain", "snapshot"):
             ledger[direction].pop(purpose)
     out["ledger"] = ledger
+    # per stage likewise: what it found cached, its times, its cumulative ledgers and telemetry offset
+    volatile = ("snapshot", "snapshot_cached", "resumed_from", "wall_time", "telemetry_end", "ledger", "ledger_delta")
+    out["stages"] = [{k: v for k, v in s.items() if k not in volatile} for s in out.get("stages", [])]
     return out
 
 

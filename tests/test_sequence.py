@@ -22,14 +22,6 @@ from mixcd_cli.stages import run_train
 SYN = {"num_classes": 8, "image_size": 8, "n_train": 400, "n_test": 200, "noise": 0.4}
 
 
-def comparable(m: dict) -> dict:
-    """A run's metrics less times, paths, and what it found cached (so its snapshot passes)."""
-    out = stable(m)
-    volatile = ("snapshot_cached", "resumed_from", "wall_time", "telemetry_end", "ledger", "ledger_delta")
-    out["stages"] = [{k: v for k, v in s.items() if k not in volatile} for s in m["stages"]]
-    return out
-
-
 def seq(out_dir: Path) -> list[str]:
     return ["experiment=tiny_seq", f"paths.output_dir={out_dir}", f"paths.data_dir={out_dir.parent / 'data'}"]
 
@@ -160,7 +152,7 @@ def test_each_stage_snapshot_is_made_once_and_verified_on_reuse(compose_cfg, out
     assert [s["snapshot"] for s in again["stages"]] == [s["snapshot"] for s in first["stages"]]
     assert again["ledger"]["forward"]["snapshot"] == 0
     assert len(list((out_dir / "cache" / "snapshots").iterdir())) == 5
-    assert comparable(again) == comparable(first)
+    assert stable(again) == stable(first)
     # reuse verifies: a flipped bit in stage 2's snapshot is refused, not trained on
     column = Path(first["stages"][1]["snapshot"]) / "pool_correct.npy"
     data = bytearray(column.read_bytes())
@@ -197,7 +189,7 @@ def test_killed_in_stage_two_resumes_to_identical_metrics(where: str, out_dir: P
     assert again.wait() == 0, again.stderr.read()
     ref_m, cut_m = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "ref", cut_dir))
 
-    assert comparable(cut_m) == comparable(ref_m)
+    assert stable(cut_m) == stable(ref_m)
     assert cut_m["stages"][1]["ledger_delta"]["training_passes"] == ref_m["stages"][1]["ledger_delta"][
         "training_passes"]
     assert telemetry(cut_dir) == telemetry(tmp_path / "ref")
@@ -219,3 +211,35 @@ def test_domain_stages_may_reuse_labels_and_multi_heads_may_too(tmp_path: Path) 
     assert exp.head_sizes() == {"shared": 2}
     multi = _exp("multi", [{"classes": [2, 3]}, {"classes": [2, 3]}])
     assert multi.head_sizes() == {"prior": 2, "finetune": 2, "stage2": 2}
+
+
+@pytest.mark.parametrize("sampler", ["mixcd", "mir", "oracle_cd"])
+def test_a_head_per_task_reads_each_pool_row_with_its_own_head(sampler: str, compose_cfg, out_dir: Path,
+                                                                tmp_path: Path) -> None:
+    m = run_train(compose_cfg("train", [*seq(out_dir), "head=multi", f"sampler={sampler}", "trainer.steps=8"]),
+                  tmp_path / sampler)
+    assert m["num_stages"] == 3 and m["rehearsal_counts"]["drawn"] == 3 * 8 * 4
+    model = torch.load(tmp_path / sampler / "model.pt", weights_only=False)
+    assert model["heads"] == {"prior": 2, "finetune": 2, "stage2": 2, "stage3": 2}
+
+
+def test_snapshot_of_a_multi_head_pool_equals_a_direct_computation() -> None:
+    from mixcd_cli.data import make_transform
+    from mixcd_cli.models import create_model
+    from mixcd_cli.training.inference import predict_task
+
+    exp = _exp("multi", [{"name": "s1", "classes": [2, 3]}, {"name": "s2", "classes": [4, 5, 6]}])
+    torch.manual_seed(0)
+    model = create_model("cnn", 1, {"prior": 2, "finetune": 2, "stage2": 3}, width=4, norm="group")
+    pool, transform = exp.pool_at(3, "all"), make_transform(exp.pool.source)
+    got = predict_task(model, pool, "prior", transform, torch.device("cpu"), 64)
+    model.eval()
+    offset = 0
+    for task, head in ((exp.pool, "prior"), (exp.stages[0].train, "finetune"), (exp.stages[1].train, "stage2")):
+        with torch.no_grad():
+            logits = model(transform(task.images(torch.arange(len(task)))), head)
+        rows = slice(offset, offset + len(task))
+        assert torch.allclose(got.loss[rows], torch.nn.functional.cross_entropy(logits, task.targets,
+                                                                                reduction="none"), atol=1e-6)
+        assert torch.equal(got.pred[rows], logits.argmax(1))
+        offset += len(task)
