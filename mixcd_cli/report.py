@@ -66,7 +66,13 @@ class Group:
     runs: list[Run] = field(default_factory=list)
     duplicates: int = 0  # runs left out because their seed was already in the group
     label: str = ""  # the settings that set this group apart from the experiment's others
+    variant: str = ""  # the sampler options that set it apart from the same sampler's other groups
     frontier: bool | None = None  # on the Pareto frontier of (pre_acc, ft_acc) at its ratio
+
+    @property
+    def name(self) -> str:
+        """The sampler, with its distinguishing options: ``mixcd (partition=aux aux_column=source)``."""
+        return self.sampler + (f" ({self.variant})" if self.variant else "")
 
     def seeds(self) -> dict[int, Run]:
         return {r.seed: r for r in self.runs}
@@ -219,6 +225,19 @@ def _label(groups: Sequence[Group]) -> None:
         for g in gs:
             own = dict(g.settings)
             g.label = " ".join(f"{k}={json.loads(own[k]) if k in own else '-'}" for k in varying)
+    by_sampler: dict[tuple[str, str], list[Group]] = defaultdict(list)
+    for g in groups:
+        by_sampler[(g.experiment, g.sampler)].append(g)
+    for gs in by_sampler.values():
+        options: dict[str, set[str]] = defaultdict(set)
+        for g in gs:
+            for k, v in g.options:
+                options[k].add(v)
+        varying = sorted(k for k, vs in options.items() if len(vs) > 1)
+        for g in gs:
+            own = dict(g.options)
+            g.variant = " ".join(f"{k.removeprefix('sampler.')}={json.loads(own[k])}" for k in varying
+                                 if k in own and json.loads(own[k]) is not None)
 
 
 def mark_frontier(groups: Sequence[Group]) -> None:
@@ -329,7 +348,7 @@ def equivalents(groups: Sequence[Group]) -> list[dict[str, Any]]:
         per_seed = {s: fold_over([s]) for s in common}
         interval = bootstrap_interval(fold_over, common) if len(common) >= 2 else None
         fold = (budget / own) if budget is not None else (math.inf if label.startswith(">") else None)
-        rows.append({"experiment": g.experiment, "config": g.label, "sampler": g.sampler, "mix_ratio": g.mix_ratio,
+        rows.append({"experiment": g.experiment, "config": g.label, "sampler": g.name, "mix_ratio": g.mix_ratio,
                      "pre_acc": acc, "rehearsal_budget": own, "random_equivalent_budget": budget,
                      "random_equivalent": label, "fold": fold, "fold_per_seed": per_seed, "paired_seeds": len(common),
                      "fold_ci95": list(interval) if interval else None, "frontier": g.frontier})
@@ -385,7 +404,7 @@ def _retention_name(groups: Sequence[Group]) -> str:
 
 def _lead(g: Group) -> list[str]:
     n = str(g.stat("pre_acc")[2]) + (f" (+{g.duplicates} dup)" if g.duplicates else "")
-    return [g.experiment, g.label or "-", g.sampler, f"{g.mix_ratio:g}", n,
+    return [g.experiment, g.label or "-", g.name, f"{g.mix_ratio:g}", n,
             "-" if g.frontier is None or g.sampler == "none" else ("yes" if g.frontier else "no")]
 
 
@@ -415,7 +434,7 @@ def write_csv(groups: Sequence[Group], path: Path) -> None:
             head += [f"{k}_mean", f"{k}_std"]
         w.writerow(head)
         for g in groups:
-            row: list[Any] = [g.experiment, g.label, g.sampler, g.mix_ratio, g.stat("pre_acc")[2], g.duplicates,
+            row: list[Any] = [g.experiment, g.label, g.name, g.mix_ratio, g.stat("pre_acc")[2], g.duplicates,
                               "" if g.frontier is None else g.frontier]
             for k in keys:
                 mean, std, _ = g.stat(k)
@@ -462,7 +481,7 @@ def plot(groups: Sequence[Group], out: Path) -> list[Path]:
     for exp, gs in by_exp.items():
         lines: dict[str, list[Group]] = defaultdict(list)
         for g in gs:
-            lines[g.sampler + (f" [{g.label}]" if g.label else "")].append(g)
+            lines[g.name + (f" [{g.label}]" if g.label else "")].append(g)
         for kind, xkey, xlabel in (("budget", "training_passes", "fine-tuning passes (ledger: fwd + bwd samples)"),
                                    ("pareto", "ft_acc", "fine-tune-test accuracy (%)")):
             fig, ax = plt.subplots(figsize=(8, 5))
@@ -526,8 +545,7 @@ def heatmaps(groups: Sequence[Group], out: Path) -> list[Path]:
     panels: dict[tuple[str, str], list[Group]] = defaultdict(list)
     for g in groups:
         if mean_matrix(g):
-            panels[(g.experiment, g.sampler + (f" [{g.label}]" if g.label else "")
-                    + "".join(f" {k}={json.loads(v)}" for k, v in g.options if k == "sampler.partition"))].append(g)
+            panels[(g.experiment, g.name + (f" [{g.label}]" if g.label else ""))].append(g)
     written = []
     for (exp, name), gs in panels.items():
         gs = sorted(gs, key=lambda g: g.mix_ratio)
@@ -609,7 +627,8 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
     (out / "report.md").write_text(markdown(groups, eq, skipped))
     pngs = (plot(groups, out) + heatmaps(groups, out)) if plots else []
     summary = {"runs": len(runs), "groups": [
-        {"experiment": g.experiment, "config": g.label, "sampler": g.sampler, "mix_ratio": g.mix_ratio,
+        {"experiment": g.experiment, "config": g.label, "sampler": g.sampler, "variant": g.variant,
+         "mix_ratio": g.mix_ratio,
          "settings": dict(g.settings), "sampler_options": dict(g.options), "duplicates": g.duplicates,
          "frontier": g.frontier, "seeds": sorted(g.seeds()),
          **{k: dict(zip(("mean", "std", "n"), g.stat(k), strict=True)) for k in metric_keys(groups)},

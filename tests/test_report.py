@@ -205,3 +205,44 @@ def test_tiny_multirun_into_report(tiny: list[str], out_dir: Path) -> None:
     for png in data["plots"]:
         with Image.open(sweep / png) as img:
             img.verify()
+
+
+def fake_sequence(folder: Path, sampler: str, ratio: float, seed: int, matrix: list[list[float | None]],
+                  rehearsal: int = 0, partition: str | None = None) -> None:
+    """A three-task run (prior + 2 stages) whose prior-task accuracy and earlier-task accuracy disagree."""
+    from mixcd_cli.metrics import sequence_metrics
+
+    fake_run(folder, sampler, ratio, seed, matrix[-1][0], ft_acc=matrix[-1][-1], rehearsal=rehearsal)
+    if partition:
+        cfg = folder / "config.yaml"
+        cfg.write_text(cfg.read_text() + f"  partition: {partition}\n")
+    m = json.loads((folder / "metrics.json").read_text())
+    m.update(num_stages=len(matrix) - 1, accuracy_matrix=matrix, **sequence_metrics(matrix))
+    (folder / "metrics.json").write_text(json.dumps(m))
+
+
+def test_multi_stage_runs_compare_on_earlier_task_accuracy(tmp_path: Path) -> None:
+    def matrix(prior: float, stage1: float) -> list[list[float | None]]:
+        return [[0.9, None, None], [0.5, 0.9, None], [prior, stage1, 0.9]]
+
+    fake_sequence(tmp_path / "n", "none", 0.0, 1, matrix(0.0, 0.0))
+    fake_sequence(tmp_path / "r1", "random", 0.25, 1, matrix(0.2, 0.2), rehearsal=100)
+    fake_sequence(tmp_path / "r2", "random", 0.5, 1, matrix(0.4, 0.4), rehearsal=200)
+    # the prior task alone says mixcd equals random at 100; earlier-task accuracy (0.3) says it equals 150
+    fake_sequence(tmp_path / "m", "mixcd", 0.25, 1, matrix(0.2, 0.4), rehearsal=100, partition="loss")
+    fake_sequence(tmp_path / "s", "mixcd", 0.25, 1, matrix(0.2, 0.6), rehearsal=100, partition="aux")
+    summary = run_report([tmp_path], tmp_path / "rep")
+    eq = {e["sampler"]: e for e in summary["random_equivalent"]}
+    assert set(eq) == {"mixcd (partition=loss)", "mixcd (partition=aux)"}  # two variants, never merged
+    assert eq["mixcd (partition=loss)"]["random_equivalent_budget"] == pytest.approx(150)
+    assert eq["mixcd (partition=aux)"]["random_equivalent_budget"] == pytest.approx(200)
+    assert summary["retention"] == "earlier_acc"
+    group = next(g for g in summary["groups"] if g["sampler"] == "random" and g["mix_ratio"] == 0.5)
+    assert group["earlier_acc"]["mean"] == pytest.approx(0.4) and group["bwt"]["mean"] == pytest.approx(-0.5)
+    assert group["accuracy_matrix"] == matrix(0.4, 0.4)
+    pngs = sorted(p.name for p in (tmp_path / "rep").glob("exp_matrix_*.png"))
+    assert pngs == ["exp_matrix_mixcd__partition_aux.png", "exp_matrix_mixcd__partition_loss.png",
+                    "exp_matrix_none.png", "exp_matrix_random.png"]
+    assert all((tmp_path / "rep" / p).read_bytes().startswith(PNG_MAGIC) for p in pngs)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "earlier-task acc %" in md and "BWT pts" in md

@@ -124,7 +124,7 @@ def test_three_stages_run_end_to_end_through_the_cli(out_dir: Path, tmp_path: Pa
     report = _mixcd(["report", str(run_dir), "--out", str(tmp_path / "rep")], tmp_path)
     assert report.returncode == 0, report.stderr
     assert [p.name for p in (tmp_path / "rep").glob("tiny_seq_matrix_*.png")] == [
-        "tiny_seq_matrix_mixcd_sampler.partition_aux.png"]
+        "tiny_seq_matrix_mixcd.png"]
     assert "earlier-task acc %" in (tmp_path / "rep" / "report.md").read_text()
 
 
