@@ -121,6 +121,15 @@ def print_run(result: dict[str, Any], run_dir: Path) -> None:
         ("forgetting (points)", _pct(result.get("forgetting"))),
         ("fine-tune-test acc (ft_acc, %)", _pct(result.get("ft_acc"))),
     ]
+    if (result.get("num_stages") or 1) > 1:
+        rows += [("stages", " → ".join(result.get("stage_names") or [])),
+                 ("earlier-task acc after the last stage (%)", _pct(result.get("earlier_acc"))),
+                 ("average acc over all tasks (%)", _pct(result.get("avg_acc"))),
+                 ("backward transfer, BWT (points)", _pct(result.get("bwt"))),
+                 ("average forgetting of earlier tasks (points)", _pct(result.get("avg_forgetting")))]
+        for k, row in enumerate(result.get("accuracy_matrix") or []):
+            rows.append((f"accuracy after {'θ0' if k == 0 else f'stage {k}'} (%, task 0..)",
+                         " ".join("-" if v is None else f"{100 * v:.1f}" for v in row)))
     cats = result.get("categories") or {}
     rows += [(f"prior test: {k.replace('_', ' ')}", str(cats.get(k, "-")))
              for k in ("retained", "collateral_damage", "unlearned", "gained")]
