@@ -368,9 +368,9 @@ class StageOutcome:
     snapshot_cached: bool
 
 
-def train_stage(ctx: Context, k: int, model_path: Path, snap: Snapshot, snap_cached: bool, model: MixcdNet,
+def train_stage(ctx: Context, k: int, snap: Snapshot, snap_cached: bool, model: MixcdNet,
                 resume: bool, telemetry_start: int, theta0_correct: torch.Tensor) -> StageOutcome:
-    """Fine-tune θ(k−1) (``model``, loaded from ``model_path``) on stage k with rehearsal from pool k, then
+    """Fine-tune θ(k−1) (``model``; ``snap``: its snapshot) on stage k with rehearsal from pool k, then
     evaluate on every task seen so far. ``theta0_correct``: θ0 on the prior test set, for the record."""
     cfg, exp, run_dir = ctx.cfg, ctx.experiment, ctx.run_dir
     stage, seed, last = exp.stages[k - 1], int(cfg.seed), k == len(exp.stages)
@@ -472,7 +472,7 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
             snap, snap_cached = snapshot_for(ctx, model_path, model, k)
         else:
             snap, snap_cached = snap0, snap0_cached
-        outcome = train_stage(ctx, k, model_path, snap, snap_cached, model, bool(at_stage == k), telemetry_start,
+        outcome = train_stage(ctx, k, snap, snap_cached, model, bool(at_stage == k), telemetry_start,
                               rows[0][0])
         if distributed.rank() != 0:
             if k == n:
