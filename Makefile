@@ -119,16 +119,16 @@ SEQ_SAMPLERS ?= random,class_balanced,mixcd,mir
 SPLIT_RATIOS ?= 0.125,0.25,0.5
 DOMAIN_RATIOS ?= 0.0625,0.125,0.25
 .PHONY: reproduce-fmnist-split reproduce-fmnist-split-quick reproduce-fmnist-domain reproduce-fmnist-domain-quick
-reproduce-fmnist-split: install data ## class-incremental Split Fashion-MNIST (3 stages), 7 samplers → results/fmnist_split
+reproduce-fmnist-split: install data ## class-incremental Split Fashion-MNIST (3 stages), 7 samplers → results/fmnist_split (~40 min)
 	$(MAKE) --no-print-directory _reproduce NAME=fmnist_split EXP=fmnist_split SAMPLERS=$(SEQ_SAMPLERS) SOURCE=1 \
 		RATIOS=$(SPLIT_RATIOS) OUT=$(CURDIR)/results/fmnist_split
-reproduce-fmnist-split-quick: install data ## small version: none, random, mixcd (loss and source), 2 ratios, 1 seed, 100 steps a stage
+reproduce-fmnist-split-quick: install data ## small version: none, random, mixcd (loss and source), 2 ratios, 1 seed, 100 steps a stage (~4 min)
 	$(MAKE) --no-print-directory _reproduce NAME=fmnist_split-quick EXP=fmnist_split SAMPLERS=random,mixcd SOURCE=1 \
 		ORACLE= RATIOS=0.25,0.5 SEEDS=1 EXTRA=trainer.steps=100 OUT=$(REPRO)/fmnist_split-quick/latest-report
-reproduce-fmnist-domain: install data ## domain-incremental Rotated Fashion-MNIST (3 stages), 7 samplers → results/fmnist_domain
+reproduce-fmnist-domain: install data ## domain-incremental Rotated Fashion-MNIST (3 stages), 7 samplers → results/fmnist_domain (~40 min)
 	$(MAKE) --no-print-directory _reproduce NAME=fmnist_domain EXP=fmnist_domain SAMPLERS=$(SEQ_SAMPLERS) SOURCE=1 \
 		RATIOS=$(DOMAIN_RATIOS) OUT=$(CURDIR)/results/fmnist_domain
-reproduce-fmnist-domain-quick: install data ## small version: none, random, mixcd (loss and source), 2 ratios, 1 seed, 100 steps a stage
+reproduce-fmnist-domain-quick: install data ## small version: none, random, mixcd (loss and source), 2 ratios, 1 seed, 100 steps a stage (~4 min)
 	$(MAKE) --no-print-directory _reproduce NAME=fmnist_domain-quick EXP=fmnist_domain SAMPLERS=random,mixcd SOURCE=1 \
 		ORACLE= RATIOS=0.0625,0.25 SEEDS=1 EXTRA=trainer.steps=100 OUT=$(REPRO)/fmnist_domain-quick/latest-report
 
