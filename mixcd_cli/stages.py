@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -364,8 +363,6 @@ class StageOutcome:
     row: list[torch.Tensor]
     loop: Any
     sampler: Any
-    snapshot: Snapshot
-    snapshot_cached: bool
 
 
 def train_stage(ctx: Context, k: int, snap: Snapshot, snap_cached: bool, model: MixcdNet,
@@ -407,7 +404,7 @@ def train_stage(ctx: Context, k: int, snap: Snapshot, snap_cached: bool, model: 
     if last:
         distributed.all_reduce_ledger(ctx.ledger)
     if distributed.rank() != 0:
-        return StageOutcome({}, [], loop, sampler, snap, snap_cached)
+        return StageOutcome({}, [], loop, sampler)
     t1 = time.perf_counter()
     with phase("evaluation", f"{checkpoint.name} is kept; rerun the same command to evaluate it"):
         row = accuracy_row(ctx, model, k)
@@ -431,7 +428,7 @@ def train_stage(ctx: Context, k: int, snap: Snapshot, snap_cached: bool, model: 
         "sampler_final": sampler.telemetry(), "sampler_notes": sampler.notes,
         "telemetry_end": telemetry.stat().st_size if telemetry.is_file() else 0, "wall_time": wall,
     }
-    return StageOutcome(record, row, loop, sampler, snap, snap_cached)
+    return StageOutcome(record, row, loop, sampler)
 
 
 def _stage_files(run_dir: Path, k: int) -> tuple[Path, Path]:
@@ -455,14 +452,12 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     spec = model_spec(plain(cfg.model))
     n = len(exp.stages)
     records: list[dict[str, Any]] = []
-    rows: list[list[torch.Tensor]] = [[snap0.test.correct.bool()]]  # row 0: θ0 on the prior task
+    theta0_correct = snap0.test.correct.bool()  # row 0 of the accuracy matrix: θ0 on the prior task
     model_path, outcome, telemetry_start = prior_path, None, 0
     for k in range(1, n + 1):
         record_path, model_file = _stage_files(run_dir, k)
         if k < n and record_path.is_file() and model_file.is_file():  # done before an interruption
             records.append(read_json(record_path, "stage record"))
-            rows.append([torch.from_numpy(np.load(run_dir / "stages" / f"correct{k}.npy"))[
-                part].bool() for part in _row_slices(exp, k)])
             model_path, telemetry_start = model_file, int(records[-1]["telemetry_end"])
             ctx.ledger.load_state_dict(records[-1]["ledger_state"])
             continue
@@ -473,16 +468,14 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         else:
             snap, snap_cached = snap0, snap0_cached
         outcome = train_stage(ctx, k, snap, snap_cached, model, bool(at_stage == k), telemetry_start,
-                              rows[0][0])
+                              theta0_correct)
         if distributed.rank() != 0:
             if k == n:
                 return {}
             continue
         records.append(outcome.record)
-        rows.append(outcome.row)
         if k < n:  # θk is the next stage's starting point and its snapshot's fingerprint
             save_model(model, model_file, spec, {"stage": k})
-            np.save(run_dir / "stages" / f"correct{k}.npy", torch.cat(outcome.row).numpy())
             write_json(outcome.record, record_path)
             model_path, telemetry_start = model_file, int(outcome.record["telemetry_end"])
     save_model(model, run_dir / "model.pt", spec,
@@ -490,11 +483,13 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
                              **{f"stage{k}": s.head for k, s in enumerate(exp.stages, 1)}}})
     with phase("evaluation", f"the fine-tuned model and {checkpoint.name} are kept; rerun the same command "
                              "to evaluate them"):
-        metrics = evaluate(ctx, model, snap0, rows[-1])
+        metrics = evaluate(ctx, model, snap0, outcome.row)
     ctx.timings["total"] = time.perf_counter() - t_start
     loop = outcome.loop
     counts = {key: sum(int(r["rehearsal_counts"][key]) for r in records) for key in COUNTERS}
-    matrix = [[accuracy(c) for c in row] + [None] * (n - i) for i, row in enumerate(rows)]
+    # each stage's record holds its row of accuracies; the last stage's record is this run's own
+    matrix = [[accuracy(theta0_correct)] + [None] * n] + [r["accuracy"] + [None] * (n - k)
+                                                           for k, r in enumerate(records, 1)]
     result = {
         "stage": "train", "experiment": str(cfg.experiment_name), "sampler": str(cfg.sampler.name),
         "mix_ratio": float(cfg.trainer.mix_ratio) if records[0]["rehearsal_batch"] else 0.0, "seed": int(cfg.seed),
@@ -517,12 +512,6 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     write_json(result, run_dir / "metrics.json")
     console.print_run(result, run_dir)
     return result
-
-
-def _row_slices(exp: Experiment, k: int) -> list[slice]:
-    sizes = [len(exp.prior_test)] + [len(s.test) for s in exp.stages[:k]]
-    bounds = np.cumsum([0, *sizes])
-    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _delta(records: list[dict[str, Any]], i: int) -> dict[str, Any]:
