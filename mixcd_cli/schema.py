@@ -26,12 +26,21 @@ OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("constant", "cosine", "linear")
 AMP_MODES = ("auto", "bf16", "off")
 OVER = ("pool", "eligible")
-PARTITIONS = ("loss", "class", "class_loss", "aux", "aux_loss")
+PARTITIONS = ("loss", "class", "class_loss", "aux", "aux_loss", "kmeans")
+ESTIMATES = ("mean", "thompson")  # mixcd: the posterior mean α̂_k, or a draw from each bin's Beta posterior
+MEMORIES = ("none", "recent")  # mixcd: recent = a queue of rows seen as collateral damage, redrawn with priority
 RESUME_MODES = ("auto", True, False)
 STAGES = ("pretrain", "snapshot", "train", "eval")
 POOL_MODES = ("all", "prior", "previous")  # rehearsal pool of stage k (DESIGN §10): data.Experiment.pool_at
 NORMS = ("batch", "group", "layer", "none")  # built-in CNN: models.norm_layer
 BN_MODES = ("train", "frozen")  # timm models while fine-tuning: MixcdNet.freeze_batchnorm
+
+
+# Settings added after runs were already being made, with the value that behaves as runs before them did:
+# `mixcd report` reads an older run's missing key as this value, so old and new runs of one setting group.
+# (Sampler options need no entry: their schema defaults play that part.) Add a key here when adding one.
+INTRODUCED: dict[str, Any] = {"rehearsal.pool": "all", "stages": None, "prior.transform": None,
+                              "finetune.transform": None}
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -214,15 +223,45 @@ class TemperedSamplerConf(OverSamplerConf):
 
 
 @dataclass
-class MixcdSamplerConf(SamplerConf):
+class PartitionedSamplerConf(SamplerConf):
+    """How a sampler splits its rows into bins (or arms): mixcd_cli.samplers.mixcd.partition_rows."""
+
     partition: str = _opt("loss", choices=PARTITIONS)
     num_bins: int = _opt(10, ge=1)
     aux_column: Optional[str] = _opt(None)  # noqa: UP045
+    kmeans_seed: int = _opt(0, ge=0)
+
+
+@dataclass
+class BinRateSamplerConf(PartitionedSamplerConf):
+    """mix-cd's machinery: bins of the eligible set, decayed per-bin counts, a Beta prior, a uniform floor."""
+
     tau: float = _opt(0.0, ge=0, le=1)
     decay: float = _opt(0.99, gt=0, le=1)
     prior_a: float = _opt(1.0, gt=0)
     prior_b: float = _opt(1.0, gt=0)
     epsilon: float = _opt(0.05, ge=0, le=1)
+
+
+@dataclass
+class MixcdSamplerConf(BinRateSamplerConf):
+    estimate: str = _opt("mean", choices=ESTIMATES)
+    memory: str = _opt("none", choices=MEMORIES)
+    memory_size: int = _opt(64, ge=1)
+    memory_share: float = _opt(0.25, ge=0, le=1)
+    memory_ttl: int = _opt(100, ge=1)
+    adaptive_bins: bool = _opt(False)
+    split_every: int = _opt(50, ge=1)
+    split_ratio: float = _opt(2.0, gt=1)
+    max_bins: int = _opt(0, ge=0)
+
+
+@dataclass
+class AmrSamplerConf(PartitionedSamplerConf):
+    partition: str = _opt("kmeans", choices=PARTITIONS)  # AMR's arms: clusters of θ0's features
+    temperature: float = _opt(1.0, gt=0)
+    decay: float = _opt(0.99, gt=0, le=1)
+    over: str = _opt("pool", choices=OVER)
 
 
 @dataclass
@@ -240,7 +279,7 @@ class MirSamplerConf(OverSamplerConf):
 SAMPLER_SCHEMAS: dict[str, type] = {
     "none": NoneSamplerConf, "random": OverSamplerConf, "class_balanced": OverSamplerConf,
     "loss_high": TemperedSamplerConf, "loss_low": TemperedSamplerConf, "mixcd": MixcdSamplerConf,
-    "oracle_cd": OracleSamplerConf, "mir": MirSamplerConf,
+    "oracle_cd": OracleSamplerConf, "mir": MirSamplerConf, "loss_ema": BinRateSamplerConf, "amr": AmrSamplerConf,
 }
 
 
@@ -351,7 +390,8 @@ def cross_field_rules(cfg: DictConfig) -> None:
     if s.name != "none" and round(t.mix_ratio * t.batch_size) < 1:
         raise MixcdError(f"trainer.mix_ratio={t.mix_ratio} with batch_size={t.batch_size} mixes in no sample; "
                          "raise the ratio")
-    if s.name == "mixcd" and s.partition.startswith("aux") and not s.aux_column:
+    sampler_rules(cfg)
+    if s.name in ("mixcd", "loss_ema", "amr") and s.partition.startswith("aux") and not s.aux_column:
         raise MixcdError(f"sampler.partition={s.partition} needs sampler.aux_column (a per-sample column of the "
                          "pool's dataset)")
     if s.name == "mir" and s.candidates and s.candidates < round(t.mix_ratio * t.batch_size):
@@ -365,6 +405,19 @@ def cross_field_rules(cfg: DictConfig) -> None:
     if cfg.trainer.devices > 1 and str(cfg.device).startswith("cuda:"):
         raise MixcdError(f"trainer.devices={cfg.trainer.devices} uses GPUs 0..N-1; give device=auto or cuda, "
                          f"not {cfg.device}")
+
+
+def sampler_rules(cfg: DictConfig) -> None:
+    """mix-cd's variants: the settings they need, refused before any work."""
+    s = cfg.sampler
+    if s.name != "mixcd":
+        return
+    if s.adaptive_bins and s.partition != "loss":
+        raise MixcdError(f"sampler.adaptive_bins=true splits loss bins (their neighbours are the bins of adjacent "
+                         f"loss); it needs sampler.partition=loss, not {s.partition}")
+    if s.estimate == "thompson" and cfg.trainer.devices > 1:
+        raise MixcdError("sampler.estimate=thompson draws each rank's rates from its own generator, so ranks would "
+                         "sample from different distributions; use trainer.devices=1 or estimate=mean")
 
 
 def stage_rules(cfg: DictConfig) -> None:

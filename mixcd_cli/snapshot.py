@@ -176,6 +176,38 @@ def get_or_create_snapshot(cache_dir: Path, checkpoint: Path, model: Any, pool: 
         return load_snapshot(folder, key, pool, prior_test), False
 
 
+def cluster_column(folder: Path, model: Any, pool: Task, transform: BatchTransform, device: torch.device,
+                   batch_size: int, ledger: Any, amp: str, k: int, seed: int) -> torch.Tensor:
+    """k-means cluster ids of the pool rows on the snapshot model's features, computed once per (snapshot,
+    k, seed): the first caller runs one feature pass (charged to the ledger's ``snapshot`` purpose) and
+    the clustering, and stores the ids beside the snapshot with a checksum; every later run loads them."""
+    from .clustering import kmeans
+    from .training.inference import task_features
+
+    folder = Path(folder)
+    name = f"kmeans-k{int(k)}-s{int(seed)}"
+    column, meta_path = folder / f"{name}.npy", folder / f"{name}.json"
+    with file_lock(folder.parent / f".{folder.name}-{name}.lock"):
+        if meta_path.is_file():
+            meta = read_json(meta_path, what="k-means clusters")
+            if not column.is_file() or file_digest(column) != meta.get("checksum"):
+                raise MixcdError(f"the k-means clusters {column} are missing or corrupt (checksum); delete "
+                                 f"{column.name} and {meta_path.name} to recompute them")
+            labels = torch.from_numpy(np.load(column).astype(np.int64))
+            if labels.numel() != len(pool):
+                raise MixcdError(f"the k-means clusters {column} have {labels.numel()} rows, the pool {len(pool)}; "
+                                 "delete them to recompute")
+            return labels
+        feats = task_features(model, pool, transform, device, batch_size, ledger, "snapshot", amp)
+        labels, info = kmeans(feats, int(k), int(seed))
+        tmp = folder / f".{name}.tmp.npy"
+        np.save(tmp, labels.numpy().astype(np.int32))
+        tmp.rename(column)
+        write_json({"k": int(k), "seed": int(seed), "feature_dim": int(feats.shape[1]), **info,
+                    "checksum": file_digest(column)}, meta_path)
+        return labels
+
+
 def _meta(key: str, checkpoint: Path, pool: Task, prior_test: Task, transform: BatchTransform, head: str,
           pool_cols: dict[str, torch.Tensor], test_cols: dict[str, torch.Tensor]) -> dict[str, Any]:
     return {"key": key, "format": FORMAT_VERSION, "checkpoint": str(checkpoint), "pool": pool.definition,

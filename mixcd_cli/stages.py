@@ -23,7 +23,7 @@ from .models import FINETUNE_ONLY, MixcdNet, create_model, load_model, model_spe
 from .runtime import derive_seed, peak_memory_mb, resolve_device
 from .samplers import create_sampler
 from .schema import flatten
-from .snapshot import Snapshot, get_or_create_snapshot
+from .snapshot import Snapshot, cluster_column, get_or_create_snapshot
 from .training import FineTuner, Rehearsal, TrainSettings, largest_batch, predict_task
 from .training.finetuner import COUNTERS, signal_quality
 
@@ -382,8 +382,13 @@ def train_stage(ctx: Context, k: int, snap: Snapshot, snap_cached: bool, model: 
     options = {key: v for key, v in plain(cfg.sampler).items() if key not in SAMPLER_META_KEYS}
     # Each rank draws its own rows from the shared distribution: one generator per rank.
     tag = _seed_tag("sampler", k) if distributed.world() == 1 else f"sampler-rank{distributed.rank()}"
-    sampler = create_sampler(str(cfg.sampler.name), snap.pool_info(pool), settings.rehearsal_batch,
-                             derive_seed(seed, tag), **options)
+    info = snap.pool_info(pool)
+    batch = settings.eval_batch_size
+    # θ(k−1) is the snapshot's model: its features give partition=kmeans, computed once per snapshot
+    info.clusters = lambda n, s: cluster_column(snap.path, model, pool, exp.transform, ctx.device, batch,
+                                                ctx.ledger, str(cfg.trainer.amp), n, s)
+    sampler = create_sampler(str(cfg.sampler.name), info, settings.rehearsal_batch, derive_seed(seed, tag),
+                             **options)
     if distributed.rank() == 0:
         for message in sampler.notes:
             console.note(message)

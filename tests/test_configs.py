@@ -69,7 +69,8 @@ def test_sampler_defaults_have_one_source() -> None:
     from mixcd_cli.samplers import PoolInfo, create_sampler
     from mixcd_cli.schema import SAMPLER_SCHEMAS, sampler_defaults
 
-    pool = PoolInfo(torch.arange(100) % 5, torch.ones(100, dtype=torch.bool), torch.rand(100), torch.rand(100))
+    pool = PoolInfo(torch.arange(100) % 5, torch.ones(100, dtype=torch.bool), torch.rand(100), torch.rand(100),
+                    clusters=lambda k, seed: torch.arange(100) % k)
     for name in SAMPLER_SCHEMAS:
         defaults = sampler_defaults(name)
         composed = OmegaConf.to_container(compose("train", [f"sampler={name}"]).sampler)
@@ -84,4 +85,6 @@ def test_sampler_defaults_have_one_source() -> None:
         for key, shown in re.findall(r"(\w+)=([\w\-]+(?:\.\d+)?)", "\n".join(
                 line for line in text.splitlines() if line.startswith("#"))):
             if key in defaults:
-                assert shown == ("null" if defaults[key] is None else str(defaults[key])), (name, key)
+                value = defaults[key]
+                assert shown == ("null" if value is None else str(value).lower() if isinstance(value, bool)
+                                 else str(value)), (name, key)

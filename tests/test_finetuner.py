@@ -58,7 +58,7 @@ def test_same_numbers_as_before_the_rewrite(sampler: str, compose_cfg, tiny: lis
 class SpySampler:
     """Records the order of draw and observe calls; draws fixed, distinct rows."""
 
-    name, draws = "spy", True
+    name, draws, wants_loss = "spy", True, False
 
     def __init__(self, n: int, b: int) -> None:
         self.n, self.b, self.events = n, b, []
@@ -68,7 +68,7 @@ class SpySampler:
         self.events.append(("draw", step, rows.clone()))
         return rows
 
-    def observe(self, rows, wrong_now):
+    def observe(self, rows, wrong_now, loss_now=None):
         self.events.append(("observe", None, rows.clone()))
 
     def telemetry(self):

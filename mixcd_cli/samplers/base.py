@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,9 @@ class PoolInfo:
     loss0: torch.Tensor  # float32
     conf0: torch.Tensor  # float32
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
+    # (k, seed) → a k-means cluster id per pool row on the snapshot model's features, computed on first
+    # use and cached beside the snapshot (snapshot.cluster_column); None where no model is at hand.
+    clusters: Callable[[int, int], torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return int(self.targets.numel())
@@ -81,6 +85,7 @@ class RehearsalSampler:
 
     name = "base"
     draws = True  # 'none' sets False: no rehearsal at all
+    wants_loss = False  # True: observe() needs each drawn row's training loss (amr, loss_ema)
 
     def __init__(self, pool: PoolInfo, batch_size: int, seed: int) -> None:
         self.pool = pool
@@ -91,8 +96,10 @@ class RehearsalSampler:
     def draw(self, step: int, ctx: SelectionContext | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def observe(self, rows: torch.Tensor, wrong_now: torch.Tensor) -> None:
-        """Default: nothing to learn."""
+    def observe(self, rows: torch.Tensor, wrong_now: torch.Tensor, loss_now: torch.Tensor | None = None) -> None:
+        """Learn from the training forward pass over the last draw's rows (in the order ``draw`` gave them):
+        whether each is now predicted wrong and, where the trainer has it, its per-sample training loss.
+        Default: nothing to learn."""
 
     def telemetry(self) -> dict[str, Any]:
         return {}

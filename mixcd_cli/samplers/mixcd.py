@@ -1,4 +1,11 @@
-"""mix-cd (arXiv 2402.08096) exactly as DESIGN §4: per-bin collateral-damage rates estimated for free."""
+"""mix-cd (arXiv 2402.08096) as DESIGN §4, its variants, and ``loss_ema``: per-bin rates estimated for free.
+
+The paper-faithful rule is the default of every option; each variant is one option away from it:
+``estimate=thompson`` (a Beta posterior draw instead of its mean), ``memory=recent`` (a short queue of
+rows seen as collateral damage, redrawn with priority), ``partition=kmeans`` (bins learned from the
+snapshot model's features) and ``adaptive_bins`` (a loss bin whose rate stays far above its neighbours'
+is split in two).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ import torch
 
 from .. import distributed
 from ..errors import MixcdError, unknown_choice
-from ..schema import PARTITIONS
+from ..schema import ESTIMATES, MEMORIES, PARTITIONS
 from .base import SAMPLERS, BinnedIndex, PoolInfo, RehearsalSampler, SelectionContext
 
 
@@ -35,18 +42,22 @@ def quantile_bins(groups: torch.Tensor, loss: torch.Tensor, k: int) -> torch.Ten
     return bins
 
 
-def partition_eligible(pool: PoolInfo, rows: torch.Tensor, partition: str, num_bins: int,
-                       aux_column: str | None) -> torch.Tensor:
-    """Bin id (0..K'-1, no empty bins) for each eligible row."""
+def partition_rows(pool: PoolInfo, rows: torch.Tensor, partition: str, num_bins: int,
+                   aux_column: str | None, kmeans_seed: int = 0) -> torch.Tensor:
+    """Bin id (0..K'-1, no empty bins) for each of ``rows``; loss bins are numbered in ascending loss."""
     if partition not in PARTITIONS:
-        raise unknown_choice("mixcd partition", partition, PARTITIONS)
+        raise unknown_choice("partition", partition, PARTITIONS)
     if num_bins < 1:
-        raise MixcdError(f"mixcd: num_bins must be ≥ 1, got {num_bins}")
+        raise MixcdError(f"num_bins must be ≥ 1, got {num_bins}")
     loss = pool.loss0[rows]
     zeros = torch.zeros(rows.numel(), dtype=torch.int64)
-    if partition.startswith("aux"):
+    if partition == "kmeans":
+        if pool.clusters is None:
+            raise MixcdError("partition=kmeans needs the snapshot model's features, which this pool does not carry")
+        label = pool.clusters(int(num_bins), int(kmeans_seed))[rows].long()
+    elif partition.startswith("aux"):
         if not aux_column:
-            raise MixcdError(f"mixcd partition '{partition}' needs sampler.aux_column (one of: "
+            raise MixcdError(f"partition '{partition}' needs sampler.aux_column (one of: "
                              f"{', '.join(sorted(pool.aux)) or 'none in this dataset'})")
         if aux_column not in pool.aux:
             raise unknown_choice("aux column", aux_column, list(pool.aux) or ["(dataset has none)"])
@@ -55,7 +66,7 @@ def partition_eligible(pool: PoolInfo, rows: torch.Tensor, partition: str, num_b
         label = pool.targets[rows].long()
     if partition == "loss":
         raw = quantile_bins(zeros, loss, num_bins)
-    elif partition in ("class", "aux"):
+    elif partition in ("class", "aux", "kmeans"):
         raw = label
     else:
         _, groups = torch.unique(label, return_inverse=True)
@@ -64,7 +75,48 @@ def partition_eligible(pool: PoolInfo, rows: torch.Tensor, partition: str, num_b
     return compact
 
 
-@SAMPLERS.register("mixcd", help="mix-cd: draw bins by estimated collateral-damage rate (DESIGN §4)")
+def per_bin(bin_of: np.ndarray, rows: torch.Tensor, values: np.ndarray, num_bins: int) -> np.ndarray:
+    """[seen per bin, Σ value per bin] over the rows that have a bin (bin −1, not in the support, is dropped)."""
+    slot = bin_of[rows.numpy()].astype(np.int64) + 1
+    seen = np.bincount(slot, minlength=num_bins + 1)[1:]
+    total = np.bincount(slot, weights=values, minlength=num_bins + 1)[1:]
+    return np.stack([seen, total]).astype(np.float64)
+
+
+class _RecentMemory:
+    """Rows observed as collateral damage, each kept ``ttl`` steps (or until seen recovered), at most ``size``."""
+
+    def __init__(self, size: int, ttl: int) -> None:
+        self.size, self.ttl = int(size), int(ttl)
+        self.rows = np.empty(0, dtype=np.int64)
+        self.expiry = np.empty(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def expire(self, step: int) -> None:
+        keep = self.expiry > step
+        self.rows, self.expiry = self.rows[keep], self.expiry[keep]
+
+    def update(self, rows: np.ndarray, damaged: np.ndarray, recovered: np.ndarray, step: int) -> None:
+        """Add (or refresh) the damaged rows, drop the recovered ones, then keep the ``size`` freshest."""
+        gone = np.isin(self.rows, np.concatenate([rows[recovered], rows[damaged]]))
+        fresh = np.unique(rows[damaged])
+        self.rows = np.concatenate([self.rows[~gone], fresh])
+        self.expiry = np.concatenate([self.expiry[~gone], np.full(fresh.size, step + self.ttl, dtype=np.int64)])
+        if self.rows.size > self.size:  # oldest first out; ties by row id, so the queue is a pure function
+            order = np.lexsort((self.rows, -self.expiry))[: self.size]
+            self.rows, self.expiry = self.rows[order], self.expiry[order]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"rows": torch.from_numpy(self.rows.copy()), "expiry": torch.from_numpy(self.expiry.copy())}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.rows, self.expiry = state["rows"].numpy().copy(), state["expiry"].numpy().copy()
+
+
+@SAMPLERS.register("mixcd", help="mix-cd: draw bins by estimated collateral-damage rate (DESIGN §4); variants: "
+                                 "estimate=thompson, memory=recent, partition=kmeans, adaptive_bins=true")
 class MixCDSampler(RehearsalSampler):
     """Decayed per-bin counts m_k (seen) and s_k (CD) from the training forward pass.
 
@@ -74,55 +126,159 @@ class MixCDSampler(RehearsalSampler):
     name = "mixcd"
 
     def __init__(self, pool: PoolInfo, batch_size: int, seed: int, *, partition: str, num_bins: int, tau: float,
-                 decay: float, prior_a: float, prior_b: float, epsilon: float, aux_column: str | None) -> None:
+                 decay: float, prior_a: float, prior_b: float, epsilon: float, aux_column: str | None,
+                 kmeans_seed: int = 0, estimate: str = "mean", memory: str = "none", memory_size: int = 64,
+                 memory_share: float = 0.25, memory_ttl: int = 100, adaptive_bins: bool = False,
+                 split_every: int = 50, split_ratio: float = 2.0, max_bins: int = 0) -> None:
         super().__init__(pool, batch_size, seed)
         if not 0.0 <= epsilon <= 1.0:
-            raise MixcdError(f"mixcd: epsilon must be in [0, 1], got {epsilon}")
+            raise MixcdError(f"{self.name}: epsilon must be in [0, 1], got {epsilon}")
         if not 0.0 < decay <= 1.0:
-            raise MixcdError(f"mixcd: decay λ must be in (0, 1], got {decay}")
+            raise MixcdError(f"{self.name}: decay λ must be in (0, 1], got {decay}")
         if prior_a <= 0 or prior_b <= 0:
-            raise MixcdError(f"mixcd: prior_a and prior_b must be > 0, got {prior_a}, {prior_b}")
+            raise MixcdError(f"{self.name}: prior_a and prior_b must be > 0, got {prior_a}, {prior_b}")
+        if estimate not in ESTIMATES:
+            raise unknown_choice(f"{self.name} estimate", estimate, ESTIMATES)
+        if memory not in MEMORIES:
+            raise unknown_choice(f"{self.name} memory", memory, MEMORIES)
+        if adaptive_bins and partition != "loss":
+            raise MixcdError(f"{self.name}: adaptive_bins splits loss bins (their neighbours are the bins of "
+                             f"adjacent loss), so it needs partition=loss, not {partition}")
         rows = pool.eligible(tau)
         if rows.numel() == 0:
-            raise MixcdError(f"mixcd: no eligible pool samples (prior-correct with confidence ≥ τ={tau}); "
+            raise MixcdError(f"{self.name}: no eligible pool samples (prior-correct with confidence ≥ τ={tau}); "
                              "lower sampler.tau or check the prior model")
         self.partition, self.tau, self.decay = partition, float(tau), float(decay)
         self.prior_a, self.prior_b, self.epsilon = float(prior_a), float(prior_b), float(epsilon)
-        bins = partition_eligible(pool, rows, partition, int(num_bins), aux_column)
+        self.estimate = estimate
+        bins = partition_rows(pool, rows, partition, int(num_bins), aux_column, kmeans_seed)
         self.num_bins = int(bins.max()) + 1
-        if partition == "loss" and self.num_bins < num_bins:
-            self.notes.append(f"sampler.num_bins={num_bins} is more than the {rows.numel()} eligible samples allow: "
-                              f"using {self.num_bins} bins")
-        self.index = BinnedIndex(rows, bins, self.num_bins)
+        if partition in ("loss", "kmeans") and self.num_bins < num_bins:
+            self.notes.append(f"sampler.num_bins={num_bins} is more than this partition of the {rows.numel()} "
+                              f"eligible samples allows: using {self.num_bins} bins")
+        self._eligible = rows
+        self._set_bins(bins)
+        self.seen = np.zeros(self.num_bins)
+        self.cd = np.zeros(self.num_bins)
+        self.memory = memory
+        self.recent = _RecentMemory(memory_size, memory_ttl) if memory == "recent" else None
+        self.memory_share = float(memory_share)
+        self._from_memory = torch.zeros(0, dtype=torch.bool)  # which slots of the last draw came from memory
+        self._step = 0
+        self.adaptive = bool(adaptive_bins)
+        self.split_every, self.split_ratio = int(split_every), float(split_ratio)
+        self.bin_cap = int(max_bins) if max_bins else 4 * self.num_bins
+        self.splits: list[int] = []  # bins split so far, in order: replayed on restore
+        self.streak = np.zeros(self.num_bins, dtype=np.int64)
+
+    # -------------------------------------------------------------- bins
+
+    def _set_bins(self, bins: torch.Tensor) -> None:
+        self.index = BinnedIndex(self._eligible, bins, self.num_bins)
         # The K-sized arithmetic runs in numpy: a torch op costs microseconds of dispatch, and this
         # runs every step on the host.
         self.sizes = self.index.sizes.double().numpy()
         self._uniform = self.sizes / self.sizes.sum()
         # Row → bin lookup (−1 = not eligible): the O(N) int32 state that makes observe O(b).
-        self.bin_of = np.full(len(pool), -1, dtype=np.int32)
-        self.bin_of[rows.numpy()] = bins.numpy()
-        self.seen = np.zeros(self.num_bins)
-        self.cd = np.zeros(self.num_bins)
+        self.bin_of = np.full(len(self.pool), -1, dtype=np.int32)
+        self.bin_of[self._eligible.numpy()] = bins.numpy()
+
+    def split(self, k: int) -> None:
+        """Split loss bin k at its median prior loss: the lower half keeps k, the upper half becomes k+1 (later
+        bins move up one, so bins stay in loss order); each half starts with half of k's counts."""
+        bins = torch.from_numpy(self.bin_of[self._eligible.numpy()].astype(np.int64))
+        members = torch.nonzero(bins == k).flatten()
+        upper = members[torch.argsort(self.pool.loss0[self._eligible[members]], stable=True)][members.numel() // 2:]
+        bins[bins > k] += 1
+        bins[upper] = k + 1
+        self.num_bins += 1
+        for name in ("seen", "cd"):
+            arr = getattr(self, name)
+            arr[k] /= 2
+            setattr(self, name, np.insert(arr, k + 1, arr[k]))
+        self.streak = np.insert(self.streak, k + 1, 0)
+        self.streak[k] = 0
+        self._set_bins(bins)
+        self.splits.append(int(k))
+
+    def _maybe_split(self) -> None:
+        """Every ``split_every`` steps: a bin whose α̂ is ≥ split_ratio × its neighbours' mean at two checks
+        in a row (and has at least two rows) is split; at most one split a check, the most extreme."""
+        if self.num_bins < 2 or self.num_bins >= self.bin_cap:
+            return
+        a = self.alpha()
+        left, right = np.r_[np.nan, a[:-1]], np.r_[a[1:], np.nan]
+        neighbours = np.nanmean(np.stack([left, right]), axis=0)
+        ratio = a / np.maximum(neighbours, 1e-12)
+        far = (ratio >= self.split_ratio) & (self.sizes >= 2)
+        self.streak = np.where(far, self.streak + 1, 0)
+        ready = np.nonzero(self.streak >= 2)[0]
+        if ready.size:
+            self.split(int(ready[np.argmax(ratio[ready])]))
+
+    # -------------------------------------------------------------- estimate and draw
 
     def alpha(self) -> np.ndarray:
-        """α̂_k, the Beta-smoothed collateral-damage rate of each bin."""
+        """α̂_k, the Beta-smoothed collateral-damage rate of each bin (the posterior mean)."""
         return (self.cd + self.prior_a) / (self.seen + self.prior_a + self.prior_b)
 
-    def probs(self) -> np.ndarray:
-        """p_k, the probability of drawing from bin k at the next step."""
-        mass = self.sizes * self.alpha()
+    def rates(self) -> np.ndarray:
+        """The rates the next draw uses: α̂ (estimate=mean) or one draw of each bin's Beta posterior (thompson),
+        whose randomness comes from the sampler's generator so a seed fixes it."""
+        if self.estimate == "mean":
+            return self.alpha()
+        rng = np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=self.generator)))
+        return rng.beta(self.cd + self.prior_a, np.maximum(self.seen - self.cd, 0.0) + self.prior_b)
+
+    def probs(self, rates: np.ndarray | None = None) -> np.ndarray:
+        """p_k, the probability of drawing from bin k (from α̂ unless ``rates`` are given)."""
+        mass = self.sizes * (self.alpha() if rates is None else rates)
         return (1.0 - self.epsilon) * mass / mass.sum() + self.epsilon * self._uniform
 
-    def draw(self, step: int, ctx: SelectionContext | None = None) -> torch.Tensor:
-        p = torch.from_numpy(self.probs())
-        bins = torch.multinomial(p, self.batch_size, replacement=True, generator=self.generator)
-        return self.index.draw_within(bins, self.generator)
+    def row_probs(self, p: np.ndarray | None = None) -> np.ndarray:
+        """Probability of each pool row at one draw slot, memory included (what the draws must match)."""
+        p = self.probs() if p is None else p
+        out = np.zeros(len(self.pool))
+        eligible = self.bin_of >= 0
+        out[eligible] = p[self.bin_of[eligible]] / self.sizes[self.bin_of[eligible]]
+        if self.recent is not None and len(self.recent):
+            out *= 1.0 - self.memory_share
+            np.add.at(out, self.recent.rows, self.memory_share / len(self.recent))
+        return out
 
-    def observe(self, rows: torch.Tensor, wrong_now: torch.Tensor) -> None:
-        # One bincount over (bin + 1, wrong) pairs; bin −1 (not eligible) lands in row 0 and is dropped.
-        pair = (self.bin_of[rows.numpy()].astype(np.int64) + 1) * 2 + wrong_now.numpy()
-        counts = np.bincount(pair, minlength=2 * (self.num_bins + 1)).reshape(-1, 2)[1:]
-        new = np.stack([counts.sum(1), counts[:, 1]]).astype(np.float64)
+    def draw(self, step: int, ctx: SelectionContext | None = None) -> torch.Tensor:
+        self._step = step
+        if self.adaptive and step and step % self.split_every == 0:
+            self._maybe_split()
+        if self.recent is not None:
+            self.recent.expire(step)
+        p = torch.from_numpy(self.probs(self.rates()))
+        if self.recent is None or not len(self.recent):
+            self._from_memory = torch.zeros(self.batch_size, dtype=torch.bool)
+            bins = torch.multinomial(p, self.batch_size, replacement=True, generator=self.generator)
+            return self.index.draw_within(bins, self.generator)
+        from_memory = torch.rand(self.batch_size, generator=self.generator, dtype=torch.float64) < self.memory_share
+        rows = torch.empty(self.batch_size, dtype=torch.int64)
+        n_bins = int((~from_memory).sum())
+        if n_bins:
+            bins = torch.multinomial(p, n_bins, replacement=True, generator=self.generator)
+            rows[~from_memory] = self.index.draw_within(bins, self.generator)
+        picks = torch.randint(len(self.recent), (self.batch_size - n_bins,), generator=self.generator)
+        rows[from_memory] = torch.from_numpy(self.recent.rows)[picks]
+        self._from_memory = from_memory
+        return rows
+
+    # -------------------------------------------------------------- observe
+
+    def _value(self, wrong_now: torch.Tensor, loss_now: torch.Tensor | None) -> np.ndarray:
+        """What a drawn row adds to its bin's numerator: 1 if now wrong (mix-cd's collateral damage)."""
+        return wrong_now.numpy().astype(np.float64)
+
+    def observe(self, rows: torch.Tensor, wrong_now: torch.Tensor, loss_now: torch.Tensor | None = None) -> None:
+        # Rows drawn from the memory are not a uniform draw within their bin: they would bias its rate.
+        by_bin = ~self._from_memory if self._from_memory.numel() == rows.numel() else torch.ones_like(wrong_now)
+        value = self._value(wrong_now, loss_now)
+        new = per_bin(self.bin_of, rows[by_bin], value[by_bin.numpy()], self.num_bins)
         if distributed.world() > 1:
             # Every rank must sample from the same p: sum the observations of all ranks (on the
             # host, over the group's gloo half when training runs on CUDA).
@@ -131,19 +287,64 @@ class MixCDSampler(RehearsalSampler):
         self.seen += new[0]
         self.cd *= self.decay
         self.cd += new[1]
+        if self.recent is not None:
+            r, wrong = rows.numpy(), wrong_now.numpy().astype(bool)
+            eligible = self.bin_of[r] >= 0
+            self.recent.update(r, eligible & wrong, eligible & ~wrong, self._step)
+
+    # -------------------------------------------------------------- telemetry and state
 
     def telemetry(self) -> dict[str, Any]:
-        return {"alpha": [round(v, 5) for v in self.alpha().tolist()],
-                "p": [round(v, 5) for v in self.probs().tolist()],
-                "bin_sizes": self.index.sizes.tolist()}
+        out = {"alpha": [round(v, 5) for v in self.alpha().tolist()],
+               "p": [round(v, 5) for v in self.probs().tolist()],
+               "bin_sizes": self.index.sizes.tolist()}
+        if self.recent is not None:
+            out["memory_size"] = len(self.recent)
+        if self.adaptive:
+            out["splits"] = len(self.splits)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "seen": torch.from_numpy(self.seen.copy()),
-                "cd": torch.from_numpy(self.cd.copy())}
+        state = {**super().state_dict(), "seen": torch.from_numpy(self.seen.copy()),
+                 "cd": torch.from_numpy(self.cd.copy())}
+        if self.adaptive:
+            state.update(splits=list(self.splits), streak=torch.from_numpy(self.streak.copy()))
+        if self.recent is not None:
+            state.update(memory=self.recent.state_dict(), step=self._step)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
+        for k in state.get("splits", []):  # the bins as they were: replay the splits on the first partition
+            self.split(int(k))
         if state["seen"].shape != self.seen.shape:
             raise MixcdError("sampler state does not match this partition (different number of bins)")
         self.seen[:] = state["seen"].numpy()
         self.cd[:] = state["cd"].numpy()
+        if self.adaptive:
+            self.streak[:] = state["streak"].numpy()
+        if self.recent is not None:
+            self.recent.load_state_dict(state["memory"])
+            self._step = int(state["step"])
+
+
+@SAMPLERS.register("loss_ema", help="mix-cd's machinery observing the training loss of replayed rows (a decayed "
+                                    "per-bin mean) instead of the 0/1 collateral-damage indicator")
+class LossEMASampler(MixCDSampler):
+    """ℓ̂_k = (L_k + a) / (m_k + a + b0), L_k the decayed sum of replayed rows' training losses;
+    p_k = (1-ε)·n_k ℓ̂_k / Σ n_j ℓ̂_j + ε·n_k/|E|. Telemetry's ``alpha`` holds ℓ̂_k."""
+
+    name = "loss_ema"
+    wants_loss = True
+
+    def __init__(self, pool: PoolInfo, batch_size: int, seed: int, *, partition: str, num_bins: int, tau: float,
+                 decay: float, prior_a: float, prior_b: float, epsilon: float, aux_column: str | None,
+                 kmeans_seed: int = 0) -> None:
+        super().__init__(pool, batch_size, seed, partition=partition, num_bins=num_bins, tau=tau, decay=decay,
+                         prior_a=prior_a, prior_b=prior_b, epsilon=epsilon, aux_column=aux_column,
+                         kmeans_seed=kmeans_seed)
+
+    def _value(self, wrong_now: torch.Tensor, loss_now: torch.Tensor | None) -> np.ndarray:
+        if loss_now is None:
+            raise MixcdError("loss_ema observes per-sample training losses, and none were given")
+        return loss_now.double().numpy()

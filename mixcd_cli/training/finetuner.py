@@ -177,7 +177,9 @@ class _Pending:
 
     rows: torch.Tensor
     wrong: torch.Tensor
+    loss: torch.Tensor | None  # per-row training loss, for samplers that observe it (wants_loss)
     audit_wrong: torch.Tensor | None  # eval-mode predictions of the same rows, on audited steps
+    order: torch.Tensor | None  # how the drawn rows were regrouped by head (None: as drawn)
     event: Any
 
 
@@ -347,8 +349,10 @@ class FineTuner:
             # MIR's virtual step must be the step about to be taken: the scheduled rate, not the base one.
             self.selection.lr = self.optimizer.param_groups[0]["lr"]
             pool_rows = r.sampler.draw(step, self.selection)
+            order = None
             if r.pool.head_of is not None:  # rows of several tasks: grouped by head, one slice each
-                pool_rows = pool_rows[torch.argsort(r.pool.head_of[pool_rows], stable=True)]
+                order = torch.argsort(r.pool.head_of[pool_rows], stable=True)
+                pool_rows = pool_rows[order]
             pool_x, pool_y = to_device(*host_batch(r.pool, pool_rows, self.device), self.transform, self.device,
                                        self.channels_last)
             # like telemetry, the last (possibly shorter) interval is audited too
@@ -363,24 +367,28 @@ class FineTuner:
             outputs = self.net(x, splits=splits)
             loss_sum = F.cross_entropy(outputs[0].float(), ft_y, reduction="sum")
             if r is not None:
-                wrong_parts = []
+                wrong_parts, loss_parts = [], []
                 for (_, a, b), logits in zip(splits[1:], outputs[1:], strict=True):
                     y_part, logits = pool_y[a - n_ft:b - n_ft], logits.float()
                     loss_sum = loss_sum + s.rehearsal_weight * F.cross_entropy(logits, y_part, reduction="sum")
                     wrong_parts.append(logits.detach().argmax(1) != y_part)
+                    if r.sampler.wants_loss:  # the same forward's logits: no extra pass
+                        loss_parts.append(F.cross_entropy(logits.detach(), y_part, reduction="none"))
         loss = loss_sum / x.shape[0]
         self._losses.append((step, loss.detach()))
         if not self.cuda:  # on the host a check is free; on a GPU it waits for a boundary
             self.state.last_loss = self.check_losses()
         if r is not None:
             wrong = torch.cat(wrong_parts)
+            row_loss = torch.cat(loss_parts) if loss_parts else None
             event = None
             if self.cuda:
                 wrong = wrong.to("cpu", non_blocking=True)
+                row_loss = None if row_loss is None else row_loss.to("cpu", non_blocking=True)
                 audit_wrong = None if audit_wrong is None else audit_wrong.to("cpu", non_blocking=True)
                 event = torch.cuda.Event()
                 event.record()
-            self._pending = _Pending(pool_rows, wrong, audit_wrong, event)
+            self._pending = _Pending(pool_rows, wrong, row_loss, audit_wrong, order, event)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -413,13 +421,18 @@ class FineTuner:
             return
         if pending.event is not None:
             pending.event.synchronize()
-        wrong = pending.wrong.bool()
-        self.rehearsal.sampler.observe(pending.rows, wrong)
-        eligible = self.rehearsal.correct0[pending.rows]
+        rows, wrong, row_loss, audit_wrong = pending.rows, pending.wrong.bool(), pending.loss, pending.audit_wrong
+        if pending.order is not None:  # back to the order of the draw: samplers may tell its slots apart
+            undo = torch.argsort(pending.order)
+            rows, wrong = rows[undo], wrong[undo]
+            row_loss = None if row_loss is None else row_loss[undo]
+            audit_wrong = None if audit_wrong is None else audit_wrong[undo]
+        self.rehearsal.sampler.observe(rows, wrong, row_loss)
+        eligible = self.rehearsal.correct0[rows]
         called = eligible & wrong
-        add = {"drawn": pending.rows.numel(), "signal": int(called.sum())}
-        if pending.audit_wrong is not None:
-            true = eligible & pending.audit_wrong.bool()
+        add = {"drawn": rows.numel(), "signal": int(called.sum())}
+        if audit_wrong is not None:
+            true = eligible & audit_wrong.bool()
             add.update(audited=pending.rows.numel(), true=int(true.sum()), called=add["signal"],
                        both=int((true & called).sum()))
         for key, value in add.items():

@@ -66,6 +66,25 @@ def predict_task(model: MixcdNet, task: Task, head: str, transform: BatchTransfo
     return Predictions(torch.cat(out_loss), pred, torch.cat(out_conf), pred == targets_all)
 
 
+@torch.no_grad()
+def task_features(model: MixcdNet, task: Task, transform: BatchTransform, device: torch.device, batch_size: int,
+                  ledger: Ledger | None = None, purpose: str = "snapshot", amp: str = "auto") -> torch.Tensor:
+    """The backbone's features (the heads' input) of every row of ``task``, float32 on the host."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(task), batch_size):
+            chunk = torch.arange(start, min(start + batch_size, len(task)))
+            with autocast_for(device, amp):
+                out.append(model.features(transform(task.images(chunk).to(device, non_blocking=True))).float().cpu())
+            if ledger is not None:
+                ledger.add(purpose, forward=chunk.numel())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, model.num_features)
+
+
 def _columns(model: MixcdNet, x: torch.Tensor, y: torch.Tensor, head: str, device: torch.device,
              amp: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     with autocast_for(device, amp):
