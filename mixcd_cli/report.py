@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import compare
 from .errors import MixcdError
-from .schema import flatten
+from .schema import INTRODUCED, SAMPLER_SCHEMAS, flatten, sampler_defaults
 
 REQUIRED = ("sampler", "mix_ratio", "seed", "pre_acc", "ft_acc", "forgetting", "ledger")
 METRICS = ("pre_acc", "forgetting", "ft_acc", "hit_rate", "signal_rate", "signal_precision", "signal_recall",
@@ -170,7 +171,9 @@ def run_settings(cfg_path: Path) -> tuple[Settings, Settings]:
     except yaml.YAMLError:
         cfg = {}
     settings, options = [], []
-    for key, value in flatten(cfg if isinstance(cfg, dict) else {}).items():
+    flat = flatten(cfg if isinstance(cfg, dict) else {})
+    missing = {k: v for k, v in INTRODUCED.items() if not any(f == k or f.startswith(k + ".") for f in flat)}
+    for key, value in {**missing, **flat}.items():
         if any(key == k or key.startswith(k + ".") for k in NOT_GROUPING):
             continue
         item = (key, json.dumps(value, sort_keys=True))
@@ -179,6 +182,13 @@ def run_settings(cfg_path: Path) -> tuple[Settings, Settings]:
                 options.append(item)
         elif key != "trainer.mix_ratio":
             settings.append(item)
+    # A run made before an option existed ran as its default does: group it with today's default runs.
+    name = cfg.get("sampler", {}).get("name") if isinstance(cfg, dict) and isinstance(cfg.get("sampler"), dict) \
+        else None
+    if name in SAMPLER_SCHEMAS:
+        have = {k for k, _ in options}
+        options += [(f"sampler.{k}", json.dumps(v, sort_keys=True)) for k, v in sampler_defaults(name).items()
+                    if f"sampler.{k}" not in have]
     return tuple(sorted(settings)), tuple(sorted(options))
 
 
@@ -234,10 +244,13 @@ def _label(groups: Sequence[Group]) -> None:
             for k, v in g.options:
                 options[k].add(v)
         varying = sorted(k for k, vs in options.items() if len(vs) > 1)
+        defaults = sampler_defaults(gs[0].sampler) if gs[0].sampler in SAMPLER_SCHEMAS else {}
         for g in gs:
             own = dict(g.options)
+            # named by what sets it apart from the sampler's defaults: the default group keeps the plain name
             g.variant = " ".join(f"{k.removeprefix('sampler.')}={json.loads(own[k])}" for k in varying
-                                 if k in own and json.loads(own[k]) is not None)
+                                 if k in own and json.loads(own[k]) is not None
+                                 and json.loads(own[k]) != defaults.get(k.removeprefix("sampler."), object()))
 
 
 def mark_frontier(groups: Sequence[Group]) -> None:
@@ -446,7 +459,8 @@ def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def markdown(groups: Sequence[Group], eq: Sequence[dict[str, Any]], skipped: Sequence[tuple[Path, str]]) -> str:
+def markdown(groups: Sequence[Group], eq: Sequence[dict[str, Any]], skipped: Sequence[tuple[Path, str]],
+             vs: Sequence[dict[str, Any]] = ()) -> str:
     lines = _md_table(LEAD + [HEADERS[k] for k in metric_keys(groups)], table_rows(groups))
     lines += ["", "mean ± std over seeds; a seed run twice in one group counts once (dup). hit rate: audited share "
               "of drawn rows that were collateral damage; signal: what the training forward pass told the sampler. "
@@ -461,6 +475,13 @@ def markdown(groups: Sequence[Group], eq: Sequence[dict[str, Any]], skipped: Seq
                   f"for the same {_retention_name(groups)}), from the means, per seed pair, and a paired bootstrap 95% "
                   f"interval over seeds ({BOOTSTRAP_SAMPLES} resamples):", ""]
         lines += _md_table(eq_head(groups), eq_rows(eq))
+    if vs:
+        lines += ["", f"Against the paper-faithful mix-cd (the default `mixcd` at the same experiment, settings and "
+                  f"ratio): the mean over seeds of (setting − default), each seed paired with the default's, with a "
+                  f"95% Student-t interval; Δ retention is in {_retention_name(groups)}. verdict: better / worse "
+                  "when the interval excludes 0, else within noise. fold: random-equivalent budget over own budget.",
+                  ""]
+        lines += _md_table(compare.HEAD, compare.rows_of(vs))
     if skipped:
         lines += ["", "Skipped runs:", ""] + [f"- `{p}`: {why}" for p, why in skipped]
     return "\n".join(lines) + "\n"
@@ -511,11 +532,7 @@ def plot(groups: Sequence[Group], out: Path) -> list[Path]:
             ax.set_title(f"{exp}: " + ("retention vs compute" if kind == "budget" else "retention vs new task"))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-            fig.tight_layout()
-            path = out / f"{exp}_{kind}.png"
-            fig.savefig(path, dpi=120)
-            plt.close(fig)
-            written.append(path)
+            written.append(compare.save_figure(fig, out / f"{exp}_{kind}.png"))
     return written
 
 
@@ -599,6 +616,7 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
                          + (f" ({len(skipped)} skipped)" if skipped else ""))
     groups = group_runs(runs)
     eq = equivalents(groups)
+    vs = compare.against_default(groups, eq, RETENTION)
     out = Path(out) if out else Path(paths[0])
     out.mkdir(parents=True, exist_ok=True)
 
@@ -615,6 +633,13 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
         for row in eq_rows(eq):
             t2.add_row(*row)
         console.print(t2)
+    if vs:
+        t3 = Table(title="against the paper-faithful mix-cd (paired by seed, 95% t-interval)")
+        for h in compare.HEAD:
+            t3.add_column(h, justify="left" if h in ("experiment", "config", "sampler", "verdict") else "right")
+        for row in compare.rows_of(vs):
+            t3.add_row(*row)
+        console.print(t3)
     if skipped:  # one line, however many folders: the list is in report.md and report.json
         failed = sum(why.startswith("failed:") for _, why in skipped)
         note(f"{len(skipped)} run folder(s) left out ({failed} failed with error.txt, {len(skipped) - failed} "
@@ -624,8 +649,9 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
         note(f"{duplicates} run(s) repeat a seed already in their group and count once")
 
     write_csv(groups, out / "report.csv")
-    (out / "report.md").write_text(markdown(groups, eq, skipped))
-    pngs = (plot(groups, out) + heatmaps(groups, out)) if plots else []
+    (out / "report.md").write_text(markdown(groups, eq, skipped, vs))
+    pngs = (plot(groups, out) + heatmaps(groups, out)
+            + compare.plot_against_default(vs, out, _retention_name(groups))) if plots else []
     summary = {"runs": len(runs), "groups": [
         {"experiment": g.experiment, "config": g.label, "sampler": g.sampler, "variant": g.variant,
          "mix_ratio": g.mix_ratio,
@@ -638,6 +664,10 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
                                "fold_per_seed": {str(k): _json_fold(v) for k, v in e["fold_per_seed"].items()},
                                "fold_ci95": [_json_fold(v) for v in e["fold_ci95"]] if e["fold_ci95"] else None}
                               for e in eq],
+        "against_default": [{**v, "fold": _json_fold(v["fold"]), "default_fold": _json_fold(v["default_fold"]),
+                             "fold_ci95": [_json_fold(x) for x in v["fold_ci95"]] if v["fold_ci95"] else None,
+                             "default_fold_ci95": [_json_fold(x) for x in v["default_fold_ci95"]]
+                             if v["default_fold_ci95"] else None} for v in vs],
         "skipped": [[str(p), why] for p, why in skipped], "plots": [p.name for p in pngs]}
     write_json(summary, out / "report.json")
     console.print(f"wrote {out / 'report.csv'}, report.md, report.json" + (f" and {len(pngs)} plots" if pngs else ""),

@@ -233,16 +233,30 @@ def test_multi_stage_runs_compare_on_earlier_task_accuracy(tmp_path: Path) -> No
     fake_sequence(tmp_path / "s", "mixcd", 0.25, 1, matrix(0.2, 0.6), rehearsal=100, partition="aux")
     summary = run_report([tmp_path], tmp_path / "rep")
     eq = {e["sampler"]: e for e in summary["random_equivalent"]}
-    assert set(eq) == {"mixcd (partition=loss)", "mixcd (partition=aux)"}  # two variants, never merged
-    assert eq["mixcd (partition=loss)"]["random_equivalent_budget"] == pytest.approx(150)
+    assert set(eq) == {"mixcd", "mixcd (partition=aux)"}  # two variants, never merged; the default unnamed
+    assert eq["mixcd"]["random_equivalent_budget"] == pytest.approx(150)
     assert eq["mixcd (partition=aux)"]["random_equivalent_budget"] == pytest.approx(200)
     assert summary["retention"] == "earlier_acc"
     group = next(g for g in summary["groups"] if g["sampler"] == "random" and g["mix_ratio"] == 0.5)
     assert group["earlier_acc"]["mean"] == pytest.approx(0.4) and group["bwt"]["mean"] == pytest.approx(-0.5)
     assert group["accuracy_matrix"] == matrix(0.4, 0.4)
     pngs = sorted(p.name for p in (tmp_path / "rep").glob("exp_matrix_*.png"))
-    assert pngs == ["exp_matrix_mixcd__partition_aux.png", "exp_matrix_mixcd__partition_loss.png",
-                    "exp_matrix_none.png", "exp_matrix_random.png"]
+    assert pngs == ["exp_matrix_mixcd.png", "exp_matrix_mixcd__partition_aux.png", "exp_matrix_none.png",
+                    "exp_matrix_random.png"]
     assert all((tmp_path / "rep" / p).read_bytes().startswith(PNG_MAGIC) for p in pngs)
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "earlier-task acc %" in md and "BWT pts" in md
+
+
+def test_a_run_older_than_an_option_groups_with_that_options_default(tmp_path: Path) -> None:
+    """Runs made before a sampler option existed ran as its default: they join today's default runs (one
+    group, no variant name), while a run with the option set apart stays its own named variant."""
+    fake_run(tmp_path / "old" / "0", "mixcd", 0.25, 1, 0.70, rehearsal=100)  # no estimate/memory keys at all
+    fake_run(tmp_path / "new" / "0", "mixcd", 0.25, 2, 0.72, rehearsal=100)
+    fake_run(tmp_path / "ts" / "0", "mixcd", 0.25, 1, 0.75, rehearsal=100)
+    for folder, extra in (("new", "  estimate: mean\n  memory: none\n"), ("ts", "  estimate: thompson\n")):
+        cfg = tmp_path / folder / "0" / "config.yaml"
+        cfg.write_text(cfg.read_text() + extra)
+    groups = {g["variant"]: g for g in run_report([tmp_path], tmp_path / "rep")["groups"]}
+    assert sorted(groups) == ["", "estimate=thompson"]
+    assert groups[""]["seeds"] == [1, 2]
