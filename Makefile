@@ -132,6 +132,47 @@ reproduce-fmnist-domain-quick: install data ## small version: none, random, mixc
 	$(MAKE) --no-print-directory _reproduce NAME=fmnist_domain-quick EXP=fmnist_domain SAMPLERS=random,mixcd SOURCE=1 \
 		ORACLE= RATIOS=0.0625,0.25 SEEDS=1 EXTRA=trainer.steps=100 OUT=$(REPRO)/fmnist_domain-quick/latest-report
 
+# The mix-cd ablation (issue 13): one knob at a time around the paper-faithful default, every partition,
+# every variant and the two free-signal rivals, at two ratios and three seeds, beside the newest full
+# reproduction of the same experiment (its none / random / default-mixcd runs are this ablation's
+# reference: `make reproduce-fmnist` and `make reproduce-fmnist-foundation` first). ABLATE_KNOBS and
+# ABLATE_RIVALS may be narrowed to run part of it into the same STAMP folder.
+ABLATE_KNOBS ?= sampler.num_bins=1,5,20,50 sampler.decay=0.9,0.999,1.0 sampler.epsilon=0.0,0.2 \
+	sampler.tau=0.5,0.9 sampler.partition=class,class_loss sampler.partition=kmeans sampler.estimate=thompson \
+	sampler.memory=recent sampler.adaptive_bins=true
+ABLATE_RIVALS ?= amr,loss_ema
+ABLATE_SEEDS ?= 1,2,3
+FOUNDATION_RUNS ?= $(lastword $(sort $(wildcard $(REPRO)/fmnist_foundation/2*)))
+.PHONY: ablate-mixcd ablate-mixcd-quick _ablate
+_ablate:
+	@test -n "$(BASE)" || { echo "no reference sweep for $(EXP): run $(BASE_TARGET) first (its none, random and" \
+		"default-mixcd runs are the ablation's reference)"; exit 1; }
+	@date -u +"started %FT%TZ"
+	for knob in $(ABLATE_KNOBS); do \
+		$(MIXCD) train -m experiment=$(EXP) sampler=mixcd $$knob trainer.mix_ratio=$(RATIOS) seed=$(ABLATE_SEEDS) \
+			$(RUN_ARGS) hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/$$(echo $$knob | tr '=,' '--') || exit 1; done
+	$(if $(ABLATE_RIVALS),$(MIXCD) train -m experiment=$(EXP) sampler=$(ABLATE_RIVALS) trainer.mix_ratio=$(RATIOS) \
+		seed=$(ABLATE_SEEDS) $(RUN_ARGS) hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/rivals)
+	$(MIXCD) report $(REPRO)/$(NAME)/$(STAMP) $(BASE) --out $(OUT) -s none -s random -s mixcd -s amr -s loss_ema \
+		$(REPORT_ARGS)
+	@date -u +"finished %FT%TZ"
+
+ablate-mixcd: install data ## mix-cd ablation on the default and foundation experiments → results/ablate_* (see README)
+	$(MAKE) --no-print-directory _ablate NAME=ablate_fmnist EXP=fmnist RATIOS=0.125,0.25 BASE="$(FMNIST_RUNS)" \
+		BASE_TARGET=reproduce-fmnist OUT=$(CURDIR)/results/ablate_fmnist
+	$(MAKE) --no-print-directory _ablate NAME=ablate_foundation EXP=fmnist_foundation RATIOS=0.03125,0.0625 \
+		BASE="$(FOUNDATION_RUNS)" BASE_TARGET=reproduce-fmnist-foundation OUT=$(CURDIR)/results/ablate_foundation
+
+ablate-mixcd-quick: install data ## small version: every knob once, 1 ratio, 1 seed, 200 steps, own reference runs
+	$(MAKE) --no-print-directory _reproduce NAME=ablate-quick-ref EXP=fmnist SAMPLERS=random,mixcd ORACLE= \
+		RATIOS=0.125,0.25,0.5 SEEDS=1 EXTRA=trainer.steps=200 STAMP=$(STAMP) \
+		OUT=$(REPRO)/ablate-quick-ref/latest-report
+	$(MAKE) --no-print-directory _ablate NAME=ablate-quick EXP=fmnist RATIOS=0.25 ABLATE_SEEDS=1 \
+		EXTRA=trainer.steps=200 BASE=$(REPRO)/ablate-quick-ref/$(STAMP) BASE_TARGET=- \
+		ABLATE_KNOBS="sampler.num_bins=1,50 sampler.decay=1.0 sampler.epsilon=0.2 sampler.tau=0.9 \
+		sampler.partition=class,kmeans sampler.estimate=thompson sampler.memory=recent sampler.adaptive_bins=true" \
+		OUT=$(REPRO)/ablate-quick/latest-report
+
 # How the default norm was chosen: θ0 of every norm after 2 and 4 pretraining epochs, then random and
 # mix-cd at r = 1/16 and 1/4 (seed 1) for the two best per-sample candidates. Torch's default threads.
 NORM_CHOICE := $(REPRO)/norm_choice/$(STAMP)

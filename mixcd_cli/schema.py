@@ -252,7 +252,7 @@ class MixcdSamplerConf(BinRateSamplerConf):
     memory_ttl: int = _opt(100, ge=1)
     adaptive_bins: bool = _opt(False)
     split_every: int = _opt(50, ge=1)
-    split_ratio: float = _opt(2.0, gt=1)
+    split_ratio: float = _opt(1.5, gt=1)
     max_bins: int = _opt(0, ge=0)
 
 
