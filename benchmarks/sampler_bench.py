@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/sampler_bench.py            # pools 1e4, 1e6, 1e7; b = 64, 256; step ratio
     .venv/bin/python benchmarks/sampler_bench.py --quick    # smaller, for a smoke check
+    .venv/bin/python benchmarks/sampler_bench.py --variants # the rivals and mix-cd's variants, N = 1e6
 
 Part 1 times draw + observe (the sampler's whole per-step host work) on synthetic snapshots.
 Part 2 fine-tunes the default experiment with `random` and with `mixcd` at the same ratio,
@@ -23,23 +24,45 @@ from mixcd_cli.samplers import PoolInfo, create_sampler
 
 def synthetic_pool(n: int, seed: int = 0) -> PoolInfo:
     g = torch.Generator().manual_seed(seed)
+    # k-means ids stand in for the snapshot's clusters: the sampler's per-step cost does not depend on them
     return PoolInfo(torch.randint(0, 10, (n,), generator=g), torch.rand(n, generator=g) < 0.85,
-                    torch.rand(n, generator=g) * 3, torch.rand(n, generator=g))
+                    torch.rand(n, generator=g) * 3, torch.rand(n, generator=g),
+                    clusters=lambda k, seed: torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(seed)))
 
 
-def time_sampler(name: str, pool: PoolInfo, b: int, iters: int) -> tuple[float, float]:
+def time_sampler(name: str, pool: PoolInfo, b: int, iters: int, **options) -> tuple[float, float]:
     """(µs per draw+observe, seconds to build)."""
     t0 = time.perf_counter()
-    sampler = create_sampler(name, pool, b, seed=0)
+    sampler = create_sampler(name, pool, b, seed=0, **options)
     build = time.perf_counter() - t0
     g = torch.Generator().manual_seed(1)
     wrong = [torch.rand(b, generator=g) < 0.3 for _ in range(16)]
+    loss = [torch.rand(b, generator=g) * 2 for _ in range(16)]
     for step in range(20):  # warm-up
-        sampler.observe(sampler.draw(step), wrong[step % 16])
+        sampler.observe(sampler.draw(step), wrong[step % 16], loss[step % 16])
     t0 = time.perf_counter()
     for step in range(iters):
-        sampler.observe(sampler.draw(step), wrong[step % 16])
+        sampler.observe(sampler.draw(step), wrong[step % 16], loss[step % 16])
     return (time.perf_counter() - t0) / iters * 1e6, build
+
+
+VARIANTS = [("random", {}), ("mixcd", {}), ("mixcd", {"estimate": "thompson"}), ("mixcd", {"memory": "recent"}),
+            ("mixcd", {"adaptive_bins": True, "split_every": 50}), ("mixcd", {"partition": "kmeans"}),
+            ("loss_ema", {}), ("amr", {})]
+
+
+def variants(n: int, b: int, iters: int) -> None:
+    """Per-step host cost of every rival and variant against random's, one pool, one run."""
+    pool = synthetic_pool(n)
+    print(f"## draw + observe per step (µs) of the rivals and mix-cd's variants: N = {n:,}, b = {b}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'sampler':<42} {'µs/step':>9} {'÷ random':>9} {'÷ mixcd':>9}")
+    base: dict[str, float] = {}
+    for name, options in VARIANTS:
+        us, _ = time_sampler(name, pool, b, iters, **options)
+        label = name + "".join(f" {k}={v}" for k, v in options.items())
+        base.setdefault(label, us)
+        print(f"{label:<42} {us:>9.1f} {us / base['random']:>9.2f} {us / base.get('mixcd', us):>9.2f}")
 
 
 def part1(sizes: list[int], batches: list[int], iters: int) -> None:
@@ -102,7 +125,11 @@ def main() -> None:
     parser.add_argument("--skip-step", action="store_true", help="only the sampler micro-benchmark")
     parser.add_argument("--step-only", action="store_true", help="only the whole-step ratio")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--variants", action="store_true", help="only the rivals' and variants' host cost")
     args = parser.parse_args()
+    if args.variants:
+        variants(1_000_000, 64, 2000)
+        return
     if args.step_only:
         part2(200, args.rounds)
         return
