@@ -260,3 +260,30 @@ def test_a_run_older_than_an_option_groups_with_that_options_default(tmp_path: P
     groups = {g["variant"]: g for g in run_report([tmp_path], tmp_path / "rep")["groups"]}
     assert sorted(groups) == ["", "estimate=thompson"]
     assert groups[""]["seeds"] == [1, 2]
+
+
+def test_each_setting_against_the_default_mixcd_paired_by_seed(tmp_path: Path) -> None:
+    """Hand-computed: diffs 5, 4, 6 pts → mean 5, sd 1, t(2) = 4.303 → ±2.484; a setting whose seeds
+    disagree stays 'within noise'; random, none and the default itself get no row."""
+    fake_run(tmp_path / "n" / "0", "none", 0.0, 1, 0.10)
+    for seed, (d, v, w, r) in enumerate([(0.60, 0.65, 0.70, 0.55), (0.62, 0.66, 0.50, 0.57), (0.64, 0.70, 0.66, 0.59)],
+                                        start=1):
+        fake_run(tmp_path / "d" / str(seed), "mixcd", 0.25, seed, d, rehearsal=100)
+        fake_run(tmp_path / "v" / str(seed), "mixcd", 0.25, seed, v, rehearsal=100, ft_acc=0.88)
+        fake_run(tmp_path / "w" / str(seed), "mixcd", 0.25, seed, w, rehearsal=100)
+        fake_run(tmp_path / "r" / str(seed), "random", 0.25, seed, r, rehearsal=100)
+    for folder, extra in (("v", "  estimate: thompson\n"), ("w", "  memory: recent\n")):
+        for cfg in (tmp_path / folder).glob("*/config.yaml"):
+            cfg.write_text(cfg.read_text() + extra)
+    summary = run_report([tmp_path], tmp_path / "rep")
+    rows = {r["sampler"]: r for r in summary["against_default"]}
+    assert sorted(rows) == ["mixcd (estimate=thompson)", "mixcd (memory=recent)"]
+    v = rows["mixcd (estimate=thompson)"]
+    assert v["retention"]["n"] == 3 and v["retention"]["mean"] == pytest.approx(0.05)
+    assert v["retention"]["lo"] == pytest.approx(0.05 - 4.303 * 0.01 / 3 ** 0.5)
+    assert v["retention"]["hi"] == pytest.approx(0.05 + 4.303 * 0.01 / 3 ** 0.5)
+    assert v["ft_acc"]["mean"] == pytest.approx(-0.02) and v["verdict"] == "better"
+    assert rows["mixcd (memory=recent)"]["verdict"] == "within noise"
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| exp | - | mixcd (estimate=thompson) | 0.25 | 3 | +5.00 [+2.52, +7.48] |" in md
+    assert (tmp_path / "rep" / "exp_vs_default.png").read_bytes().startswith(PNG_MAGIC)
