@@ -136,10 +136,11 @@ reproduce-fmnist-domain-quick: install data ## small version: none, random, mixc
 # every variant and the two free-signal rivals, at two ratios and three seeds, beside the newest full
 # reproduction of the same experiment (its none / random / default-mixcd runs are this ablation's
 # reference: `make reproduce-fmnist` and `make reproduce-fmnist-foundation` first). ABLATE_KNOBS and
-# ABLATE_RIVALS may be narrowed to run part of it into the same STAMP folder.
+# ABLATE_RIVALS may be narrowed to run part of it into the same STAMP folder; a knob of several
+# overrides joins them with '+'.
 ABLATE_KNOBS ?= sampler.num_bins=1,5,20,50 sampler.decay=0.9,0.999,1.0 sampler.epsilon=0.0,0.2 \
 	sampler.tau=0.5,0.9 sampler.partition=class,class_loss sampler.partition=kmeans sampler.estimate=thompson \
-	sampler.memory=recent sampler.adaptive_bins=true
+	sampler.memory=recent sampler.adaptive_bins=true sampler.adaptive_bins=true+sampler.split_ratio=1.2
 ABLATE_RIVALS ?= amr,loss_ema
 ABLATE_SEEDS ?= 1,2,3
 FOUNDATION_RUNS ?= $(lastword $(sort $(wildcard $(REPRO)/fmnist_foundation/2*)))
@@ -149,8 +150,9 @@ _ablate:
 		"default-mixcd runs are the ablation's reference)"; exit 1; }
 	@date -u +"started %FT%TZ"
 	for knob in $(ABLATE_KNOBS); do \
-		$(MIXCD) train -m experiment=$(EXP) sampler=mixcd $$knob trainer.mix_ratio=$(RATIOS) seed=$(ABLATE_SEEDS) \
-			$(RUN_ARGS) hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/$$(echo $$knob | tr '=,' '--') || exit 1; done
+		$(MIXCD) train -m experiment=$(EXP) sampler=mixcd $$(echo $$knob | tr '+' ' ') trainer.mix_ratio=$(RATIOS) \
+			seed=$(ABLATE_SEEDS) $(RUN_ARGS) hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/$$(echo $$knob | tr '=,+' '---') \
+			|| exit 1; done
 	$(if $(ABLATE_RIVALS),$(MIXCD) train -m experiment=$(EXP) sampler=$(ABLATE_RIVALS) trainer.mix_ratio=$(RATIOS) \
 		seed=$(ABLATE_SEEDS) $(RUN_ARGS) hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/rivals)
 	$(MIXCD) report $(REPRO)/$(NAME)/$(STAMP) $(BASE) --out $(OUT) -s none -s random -s mixcd -s amr -s loss_ema \
