@@ -157,6 +157,7 @@ _ablate:
 		seed=$(ABLATE_SEEDS) $(RUN_ARGS) hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/rivals)
 	$(MIXCD) report $(REPRO)/$(NAME)/$(STAMP) $(BASE) --out $(OUT) -s none -s random -s mixcd -s amr -s loss_ema \
 		$(REPORT_ARGS)
+	$(PY) scripts/ablation_table.py $(OUT)/report.json > $(OUT)/ablation.md
 	@date -u +"finished %FT%TZ"
 
 ablate-mixcd: install data ## mix-cd ablation on the default and foundation experiments → results/ablate_* (see README)

@@ -43,9 +43,12 @@ def paired_difference(group: Any, reference: Any, key: str) -> dict[str, Any] | 
 
 
 def verdict(diff: dict[str, Any] | None) -> str:
-    """'better' / 'worse' when the interval excludes zero, else 'within noise' (or 'n/a' without one)."""
+    """'better' / 'worse' when the interval excludes zero, else 'within noise' (or 'n/a' without one);
+    'identical' when every pair is equal (a variant that never acted, e.g. adaptive bins with no split)."""
     if diff is None or diff["lo"] is None:
         return "n/a"
+    if diff["lo"] == diff["hi"] == diff["mean"] == 0:
+        return "identical"
     return "better" if diff["lo"] > 0 else "worse" if diff["hi"] < 0 else "within noise"
 
 

@@ -479,7 +479,8 @@ def markdown(groups: Sequence[Group], eq: Sequence[dict[str, Any]], skipped: Seq
         lines += ["", f"Against the paper-faithful mix-cd (the default `mixcd` at the same experiment, settings and "
                   f"ratio): the mean over seeds of (setting − default), each seed paired with the default's, with a "
                   f"95% Student-t interval; Δ retention is in {_retention_name(groups)}. verdict: better / worse "
-                  "when the interval excludes 0, else within noise. fold: random-equivalent budget over own budget.",
+                  "when the interval excludes 0, identical when every seed's result is, else within noise. fold: "
+                  "random-equivalent budget over own budget.",
                   ""]
         lines += _md_table(compare.HEAD, compare.rows_of(vs))
     if skipped:

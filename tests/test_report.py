@@ -284,6 +284,10 @@ def test_each_setting_against_the_default_mixcd_paired_by_seed(tmp_path: Path) -
     assert v["retention"]["hi"] == pytest.approx(0.05 + 4.303 * 0.01 / 3 ** 0.5)
     assert v["ft_acc"]["mean"] == pytest.approx(-0.02) and v["verdict"] == "better"
     assert rows["mixcd (memory=recent)"]["verdict"] == "within noise"
+    from mixcd_cli.compare import verdict
+
+    assert verdict({"mean": 0.0, "lo": 0.0, "hi": 0.0, "n": 3}) == "identical"
+    assert verdict({"mean": 0.01, "lo": -0.01, "hi": 0.03, "n": 3}) == "within noise"
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| exp | - | mixcd (estimate=thompson) | 0.25 | 3 | +5.00 [+2.52, +7.48] |" in md
     assert (tmp_path / "rep" / "exp_vs_default.png").read_bytes().startswith(PNG_MAGIC)
