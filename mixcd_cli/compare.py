@@ -3,14 +3,15 @@
 The report's random-equivalent budget says how far each setting is from random rehearsal; this says
 whether a setting beats the default mix-cd (same experiment, settings and ratio) by more than the
 seeds' noise: the mean over seeds of (setting − default), each seed paired with the same seed of the
-default, with a 95% Student-t interval of that mean.
+default, with a 95% Student-t interval of that mean. Both random-equivalent folds are taken over the
+seeds the pair shares, so a default with more seeds is never set against a variant with fewer.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,27 +53,28 @@ def verdict(diff: dict[str, Any] | None) -> str:
     return "better" if diff["lo"] > 0 else "worse" if diff["hi"] < 0 else "within noise"
 
 
-def against_default(groups: Sequence[Any], eq: Sequence[dict[str, Any]], retention: str) -> list[dict[str, Any]]:
+def against_default(groups: Sequence[Any], fold_on: Callable[[Any, Sequence[int]], tuple[Any, Any, list[int]]],
+                    retention: str) -> list[dict[str, Any]]:
     """One row per group (other than none, random and the default mix-cd itself) that has a default mix-cd
     group at its experiment, settings and ratio: paired differences in retention, ft_acc and audited hit
-    rate, and both random-equivalent folds."""
+    rate, and both random-equivalent folds over the seeds the pair shares (``fold_on(group, seeds)`` →
+    (fold, interval, seeds used))."""
     reference = {(g.experiment, g.settings, g.mix_ratio): g for g in groups
                  if g.sampler == REFERENCE and not g.variant}
-    folds = {(e["experiment"], e["config"], e["sampler"], e["mix_ratio"]): e for e in eq}
     rows = []
     for g in groups:
         ref = reference.get((g.experiment, g.settings, g.mix_ratio))
         if ref is None or ref is g or g.sampler in ("none", "random"):
             continue
-        mine, theirs = folds.get((g.experiment, g.label, g.name, g.mix_ratio)), \
-            folds.get((ref.experiment, ref.label, ref.name, ref.mix_ratio))
+        pair = sorted(set(g.seeds()) & set(ref.seeds()))
+        mine, theirs = fold_on(g, pair), fold_on(ref, pair)
         d_ret = paired_difference(g, ref, retention)
         rows.append({"experiment": g.experiment, "config": g.label, "sampler": g.name, "mix_ratio": g.mix_ratio,
                      "retention": d_ret, "ft_acc": paired_difference(g, ref, "ft_acc"),
                      "hit_rate": paired_difference(g, ref, "hit_rate"),
-                     "fold": mine["fold"] if mine else None, "fold_ci95": mine["fold_ci95"] if mine else None,
-                     "default_fold": theirs["fold"] if theirs else None,
-                     "default_fold_ci95": theirs["fold_ci95"] if theirs else None, "verdict": verdict(d_ret)})
+                     "fold": mine[0], "fold_ci95": list(mine[1]) if mine[1] else None,
+                     "default_fold": theirs[0], "default_fold_ci95": list(theirs[1]) if theirs[1] else None,
+                     "verdict": verdict(d_ret)})
     return rows
 
 

@@ -339,31 +339,44 @@ def _fold_text(x: float | None) -> str:
     return "> max" if math.isinf(x) else f"{x:.2f}x"
 
 
+def fold_on(groups: Sequence[Group], g: Group, seeds: Sequence[int] | None = None
+            ) -> tuple[float | None, tuple[float, float] | None, list[int]]:
+    """(fold, bootstrap 95% interval, the seeds used) of ``g`` against random's curve, over the seeds ``g``
+    shares with every point of that curve (and with ``seeds`` when given): the point and its interval
+    always come from the same seeds, so a group with fewer seeds than random's is never set against a
+    curve averaged over others."""
+    members = curve_groups(groups, g) if g.sampler not in ("random", "none") else []
+    own, _, _ = g.stat("rehearsal_budget")
+    if not members or not own:
+        return None, None, []
+    common = set(g.seeds()).intersection(*(set(c.seeds()) for c in members))
+    usable = sorted(common if seeds is None else common & set(seeds))
+    if not usable or g.mean_over(RETENTION, usable) is None:
+        return None, None, usable
+
+    def over(chosen: Sequence[int]) -> float:
+        return fold_of(random_curve(members, chosen), g.mean_over(RETENTION, chosen), own)  # type: ignore[arg-type]
+
+    return over(usable), bootstrap_interval(over, usable) if len(usable) >= 2 else None, usable
+
+
 def equivalents(groups: Sequence[Group]) -> list[dict[str, Any]]:
-    """Random-equivalent budget of every group of a sampler other than random: from the means, per seed pair,
-    and a paired bootstrap interval over the seeds the group shares with every point of random's curve."""
+    """Random-equivalent budget of every group of a sampler other than random: from the means, per seed, and
+    a paired bootstrap interval, all over the seeds the group shares with every point of random's curve."""
     rows = []
     for g in groups:
-        members = curve_groups(groups, g) if g.sampler not in ("random", "none") else []
-        if not members:
+        fold, interval, common = fold_on(groups, g)
+        if not common:
             continue
-        curve = random_curve(members)
-        acc, _, _ = g.stat(RETENTION)
-        own, _, _ = g.stat("rehearsal_budget")
-        if acc is None or not own:
-            continue
-        budget, label = equivalent_budget(curve, acc)
-        common = sorted(set(g.seeds()).intersection(*(set(c.seeds()) for c in members)))
-
-        def fold_over(seeds: Sequence[int], g: Group = g, own: float = own, members: list[Group] = members) -> float:
-            return fold_of(random_curve(members, seeds), g.mean_over(RETENTION, seeds), own)  # type: ignore[arg-type]
-
-        per_seed = {s: fold_over([s]) for s in common}
-        interval = bootstrap_interval(fold_over, common) if len(common) >= 2 else None
-        fold = (budget / own) if budget is not None else (math.inf if label.startswith(">") else None)
+        members = curve_groups(groups, g)
+        own, acc = g.stat("rehearsal_budget")[0], g.mean_over(RETENTION, common)
+        budget, label = equivalent_budget(random_curve(members, common), acc)  # type: ignore[arg-type]
+        per_seed = {s: fold_of(random_curve(members, [s]), g.mean_over(RETENTION, [s]), own)  # type: ignore[arg-type]
+                    for s in common}
         rows.append({"experiment": g.experiment, "config": g.label, "sampler": g.name, "mix_ratio": g.mix_ratio,
                      "pre_acc": acc, "rehearsal_budget": own, "random_equivalent_budget": budget,
-                     "random_equivalent": label, "fold": fold, "fold_per_seed": per_seed, "paired_seeds": len(common),
+                     "random_equivalent": label, "fold": fold if budget is not None or label.startswith(">")
+                     else None, "fold_per_seed": per_seed, "paired_seeds": len(common),
                      "fold_ci95": list(interval) if interval else None, "frontier": g.frontier})
     return rows
 
@@ -617,7 +630,7 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
                          + (f" ({len(skipped)} skipped)" if skipped else ""))
     groups = group_runs(runs)
     eq = equivalents(groups)
-    vs = compare.against_default(groups, eq, RETENTION)
+    vs = compare.against_default(groups, lambda g, seeds: fold_on(groups, g, seeds), RETENTION)
     out = Path(out) if out else Path(paths[0])
     out.mkdir(parents=True, exist_ok=True)
 

@@ -92,9 +92,10 @@ def test_random_equivalent_interpolation() -> None:
 def test_equivalents_on_runs(runs_dir: Path) -> None:
     groups = group_runs(collect([runs_dir])[0])
     eq = {e["mix_ratio"]: e for e in equivalents(groups)}
-    # random curve: (0, .10) (100, .60) (200, .80); mixcd at budget 100 reaches .70 → random needs 150
-    assert eq[0.25]["random_equivalent_budget"] == pytest.approx(150.0)
-    assert eq[0.25]["fold"] == pytest.approx(1.5)
+    # mixcd has seed 0 only, and so has random at budget 200: the curve is seed 0's, (0, .10) (100, .50)
+    # (200, .80), not the mean over random's three seeds at 100 (.60); mixcd's .70 → random needs 166.7
+    assert eq[0.25]["random_equivalent_budget"] == pytest.approx(100 + 100 * 0.2 / 0.3)
+    assert eq[0.25]["fold"] == pytest.approx(eq[0.25]["fold_per_seed"][0]) == pytest.approx(5 / 3)
     assert eq[0.5]["random_equivalent_budget"] is None and eq[0.5]["random_equivalent"].startswith(">")
 
 
@@ -291,3 +292,23 @@ def test_each_setting_against_the_default_mixcd_paired_by_seed(tmp_path: Path) -
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| exp | - | mixcd (estimate=thompson) | 0.25 | 3 | +5.00 [+2.52, +7.48] |" in md
     assert (tmp_path / "rep" / "exp_vs_default.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_folds_against_the_default_use_the_seeds_the_pair_shares(tmp_path: Path) -> None:
+    """A default with seeds 1-4 against a variant with seeds 1-3: both folds over seeds 1-3 (seed 4, far
+    off, would move the default's fold if it were used)."""
+    for seed in (1, 2, 3, 4):
+        fake_run(tmp_path / "n" / str(seed), "none", 0.0, seed, 0.10)
+        fake_run(tmp_path / "r1" / str(seed), "random", 0.25, seed, 0.50, rehearsal=100)
+        fake_run(tmp_path / "r2" / str(seed), "random", 0.5, seed, 0.80, rehearsal=200)
+        fake_run(tmp_path / "d" / str(seed), "mixcd", 0.25, seed, 0.62 if seed < 4 else 0.79, rehearsal=100)
+    for seed in (1, 2, 3):
+        fake_run(tmp_path / "v" / str(seed), "mixcd", 0.25, seed, 0.65, rehearsal=100)
+        cfg = tmp_path / "v" / str(seed) / "config.yaml"
+        cfg.write_text(cfg.read_text() + "  estimate: thompson\n")
+    summary = run_report([tmp_path], tmp_path / "rep")
+    (row,) = summary["against_default"]
+    # seeds 1-3: random curve (100, .50) (200, .80); default .62 → 140 → 1.4x; variant .65 → 150 → 1.5x
+    assert row["default_fold"] == pytest.approx(1.4) and row["fold"] == pytest.approx(1.5)
+    own = next(e for e in summary["random_equivalent"] if e["sampler"] == "mixcd")
+    assert own["paired_seeds"] == 4 and own["fold"] == pytest.approx((100 + 100 * (0.6625 - 0.5) / 0.3) / 100)
