@@ -160,7 +160,7 @@ _ablate:
 	$(PY) scripts/ablation_table.py $(OUT)/report.json > $(OUT)/ablation.md
 	@date -u +"finished %FT%TZ"
 
-ablate-mixcd: install data ## mix-cd ablation on the default and foundation experiments → results/ablate_* (see README)
+ablate-mixcd: install data ## mix-cd ablation on the default and foundation experiments → results/ablate_* (~1 h 46 min)
 	$(MAKE) --no-print-directory _ablate NAME=ablate_fmnist EXP=fmnist RATIOS=0.125,0.25 BASE="$(FMNIST_RUNS)" \
 		BASE_TARGET=reproduce-fmnist OUT=$(CURDIR)/results/ablate_fmnist
 	$(MAKE) --no-print-directory _ablate NAME=ablate_foundation EXP=fmnist_foundation RATIOS=0.03125,0.0625 \
@@ -172,12 +172,12 @@ ablate-mixcd: install data ## mix-cd ablation on the default and foundation expe
 CONFIRM_KNOBS ?= sampler.memory=recent
 MULTI_RUNS ?= $(lastword $(sort $(wildcard $(REPRO)/fmnist_multi/2*)))
 .PHONY: ablate-mixcd-confirm
-ablate-mixcd-confirm: install data ## confirm the ablation's candidate on the multi-head experiment → results/ablate_multi (~6 min)
+ablate-mixcd-confirm: install data ## confirm the ablation's candidate on the multi-head experiment → results/ablate_multi (~2 min)
 	$(MAKE) --no-print-directory _ablate NAME=ablate_multi EXP=fmnist_multi RATIOS=0.0625,0.125 BASE="$(MULTI_RUNS)" \
 		BASE_TARGET=reproduce-fmnist-multi ABLATE_KNOBS="$(CONFIRM_KNOBS)" ABLATE_RIVALS= \
 		OUT=$(CURDIR)/results/ablate_multi
 
-ablate-mixcd-quick: install data ## small version: every knob once, 1 ratio, 1 seed, 200 steps, own reference runs
+ablate-mixcd-quick: install data ## small version: every variant once, 1 ratio, 1 seed, 200 steps, own reference runs (~8 min)
 	$(MAKE) --no-print-directory _reproduce NAME=ablate-quick-ref EXP=fmnist SAMPLERS=random,mixcd ORACLE= \
 		RATIOS=0.125,0.25,0.5 SEEDS=1 EXTRA=trainer.steps=200 STAMP=$(STAMP) \
 		OUT=$(REPRO)/ablate-quick-ref/latest-report
