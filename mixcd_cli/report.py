@@ -213,7 +213,7 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
         g.runs.sort(key=lambda r: r.seed)
     _label(list(groups.values()))
     order = {s: i for i, s in enumerate(("none", "random", "class_balanced", "loss_high", "loss_low", "mixcd",
-                                         "oracle_cd", "mir"))}
+                                         "mixcd_plus", "oracle_cd", "mir"))}
     ordered = sorted(groups.values(), key=lambda g: (g.experiment, g.label, order.get(g.sampler, 99), g.sampler,
                                                      g.mix_ratio, g.options))
     mark_frontier(ordered)

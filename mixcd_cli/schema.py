@@ -257,6 +257,13 @@ class MixcdSamplerConf(BinRateSamplerConf):
 
 
 @dataclass
+class MixcdPlusSamplerConf(MixcdSamplerConf):
+    """mix-cd with the one variant the ablation kept (README "The mix-cd ablation"): the recent-damage memory."""
+
+    memory: str = _opt("recent", choices=MEMORIES)
+
+
+@dataclass
 class AmrSamplerConf(PartitionedSamplerConf):
     partition: str = _opt("kmeans", choices=PARTITIONS)  # AMR's arms: clusters of θ0's features
     temperature: float = _opt(1.0, gt=0)
@@ -280,6 +287,7 @@ SAMPLER_SCHEMAS: dict[str, type] = {
     "none": NoneSamplerConf, "random": OverSamplerConf, "class_balanced": OverSamplerConf,
     "loss_high": TemperedSamplerConf, "loss_low": TemperedSamplerConf, "mixcd": MixcdSamplerConf,
     "oracle_cd": OracleSamplerConf, "mir": MirSamplerConf, "loss_ema": BinRateSamplerConf, "amr": AmrSamplerConf,
+    "mixcd_plus": MixcdPlusSamplerConf,
 }
 
 
@@ -391,7 +399,7 @@ def cross_field_rules(cfg: DictConfig) -> None:
         raise MixcdError(f"trainer.mix_ratio={t.mix_ratio} with batch_size={t.batch_size} mixes in no sample; "
                          "raise the ratio")
     sampler_rules(cfg)
-    if s.name in ("mixcd", "loss_ema", "amr") and s.partition.startswith("aux") and not s.aux_column:
+    if s.name in ("mixcd", "mixcd_plus", "loss_ema", "amr") and s.partition.startswith("aux") and not s.aux_column:
         raise MixcdError(f"sampler.partition={s.partition} needs sampler.aux_column (a per-sample column of the "
                          "pool's dataset)")
     if s.name == "mir" and s.candidates and s.candidates < round(t.mix_ratio * t.batch_size):
@@ -410,7 +418,7 @@ def cross_field_rules(cfg: DictConfig) -> None:
 def sampler_rules(cfg: DictConfig) -> None:
     """mix-cd's variants: the settings they need, refused before any work."""
     s = cfg.sampler
-    if s.name != "mixcd":
+    if s.name not in ("mixcd", "mixcd_plus"):
         return
     if s.adaptive_bins and s.partition != "loss":
         raise MixcdError(f"sampler.adaptive_bins=true splits loss bins (their neighbours are the bins of adjacent "
@@ -444,7 +452,7 @@ def stage_rules(cfg: DictConfig) -> None:
     if len(specs) > 1 and cfg.trainer.devices > 1:
         raise MixcdError(f"a sequence of {len(specs)} stages runs in one process; trainer.devices="
                          f"{cfg.trainer.devices} is for a single fine-tuning (drop it)")
-    if cfg.sampler.name == "mixcd" and cfg.sampler.get("aux_column") == "source" and len(specs) < 2:
+    if cfg.sampler.get("aux_column") == "source" and len(specs) < 2:
         raise MixcdError("sampler.aux_column=source partitions the pool by the task each row came from, and a "
                          "one-stage run's pool has a single source; use it with a sequence (an experiment with "
                          "stages, e.g. experiment=fmnist_split)")

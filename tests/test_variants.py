@@ -360,3 +360,16 @@ def test_observations_come_back_in_the_order_of_the_draw(compose_cfg, out_dir: P
     pairs = [(a[1], b[1]) for a, b in zip(log, log[1:], strict=False) if a[0] == "draw" and b[0] == "observe"]
     assert len(pairs) == 3 * 8
     assert all(torch.equal(drawn, seen) for drawn, seen in pairs)
+
+
+def test_mixcd_plus_is_mixcd_with_the_recent_damage_memory(compose_cfg, tiny: list[str], tmp_path: Path) -> None:
+    """The shipped sampler is exactly the ablation's `memory=recent` (same draws, same seeds), so the
+    ablation's numbers are its numbers; any of mixcd's options still applies to it."""
+    a, b = (feed(create_sampler(n, blob_pool(), 16, seed=4, **o), 30)
+            for n, o in (("mixcd_plus", {}), ("mixcd", {"memory": "recent"})))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert create_sampler("mixcd_plus", blob_pool(), 16, seed=4, memory="none").recent is None
+    args = [*tiny, "trainer.steps=12"]
+    plus = run_train(compose_cfg("train", [*args, "sampler=mixcd_plus"]), tmp_path / "plus")
+    mixcd = run_train(compose_cfg("train", [*args, "sampler=mixcd", "sampler.memory=recent"]), tmp_path / "m")
+    assert stable(plus) == {**stable(mixcd), "sampler": "mixcd_plus"}
