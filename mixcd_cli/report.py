@@ -339,12 +339,16 @@ def _fold_text(x: float | None) -> str:
     return "> max" if math.isinf(x) else f"{x:.2f}x"
 
 
-def fold_on(groups: Sequence[Group], g: Group, seeds: Sequence[int] | None = None
+FoldMemo = dict[tuple[int, tuple[int, ...]], tuple[float | None, tuple[float, float] | None, list[int]]]
+
+
+def fold_on(groups: Sequence[Group], g: Group, seeds: Sequence[int] | None = None, memo: FoldMemo | None = None
             ) -> tuple[float | None, tuple[float, float] | None, list[int]]:
     """(fold, bootstrap 95% interval, the seeds used) of ``g`` against random's curve, over the seeds ``g``
     shares with every point of that curve (and with ``seeds`` when given): the point and its interval
     always come from the same seeds, so a group with fewer seeds than random's is never set against a
-    curve averaged over others."""
+    curve averaged over others. ``memo`` keeps each (group, seeds) result, so the report bootstraps the
+    default mix-cd once, not once for every setting compared with it."""
     members = curve_groups(groups, g) if g.sampler not in ("random", "none") else []
     own, _, _ = g.stat("rehearsal_budget")
     if not members or not own:
@@ -353,19 +357,25 @@ def fold_on(groups: Sequence[Group], g: Group, seeds: Sequence[int] | None = Non
     usable = sorted(common if seeds is None else common & set(seeds))
     if not usable or g.mean_over(RETENTION, usable) is None:
         return None, None, usable
+    key = (id(g), tuple(usable))
+    if memo is not None and key in memo:
+        return memo[key]
 
     def over(chosen: Sequence[int]) -> float:
         return fold_of(random_curve(members, chosen), g.mean_over(RETENTION, chosen), own)  # type: ignore[arg-type]
 
-    return over(usable), bootstrap_interval(over, usable) if len(usable) >= 2 else None, usable
+    result = over(usable), bootstrap_interval(over, usable) if len(usable) >= 2 else None, usable
+    if memo is not None:
+        memo[key] = result
+    return result
 
 
-def equivalents(groups: Sequence[Group]) -> list[dict[str, Any]]:
+def equivalents(groups: Sequence[Group], memo: FoldMemo | None = None) -> list[dict[str, Any]]:
     """Random-equivalent budget of every group of a sampler other than random: from the means, per seed, and
     a paired bootstrap interval, all over the seeds the group shares with every point of random's curve."""
     rows = []
     for g in groups:
-        fold, interval, common = fold_on(groups, g)
+        fold, interval, common = fold_on(groups, g, memo=memo)
         if not common:
             continue
         members = curve_groups(groups, g)
@@ -629,8 +639,9 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
         raise MixcdError(f"no finished {stage} runs under {', '.join(map(str, paths))}"
                          + (f" ({len(skipped)} skipped)" if skipped else ""))
     groups = group_runs(runs)
-    eq = equivalents(groups)
-    vs = compare.against_default(groups, lambda g, seeds: fold_on(groups, g, seeds), RETENTION)
+    memo: FoldMemo = {}
+    eq = equivalents(groups, memo)
+    vs = compare.against_default(groups, lambda g, seeds: fold_on(groups, g, seeds, memo), RETENTION)
     out = Path(out) if out else Path(paths[0])
     out.mkdir(parents=True, exist_ok=True)
 

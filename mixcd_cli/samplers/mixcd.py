@@ -163,7 +163,7 @@ class MixCDSampler(RehearsalSampler):
         self.memory = memory
         self.recent = _RecentMemory(memory_size, memory_ttl) if memory == "recent" else None
         self.memory_share = float(memory_share)
-        self._from_memory = torch.zeros(0, dtype=torch.bool)  # which slots of the last draw came from memory
+        self._from_memory: torch.Tensor | None = None  # which slots of the last draw came from memory (None: none)
         self._step = 0
         self.adaptive = bool(adaptive_bins)
         self.split_every, self.split_ratio = int(split_every), float(split_ratio)
@@ -254,7 +254,7 @@ class MixCDSampler(RehearsalSampler):
             self.recent.expire(step)
         p = torch.from_numpy(self.probs(self.rates()))
         if self.recent is None or not len(self.recent):
-            self._from_memory = torch.zeros(self.batch_size, dtype=torch.bool)
+            self._from_memory = None
             bins = torch.multinomial(p, self.batch_size, replacement=True, generator=self.generator)
             return self.index.draw_within(bins, self.generator)
         from_memory = torch.rand(self.batch_size, generator=self.generator, dtype=torch.float64) < self.memory_share
@@ -275,10 +275,12 @@ class MixCDSampler(RehearsalSampler):
         return wrong_now.numpy().astype(np.float64)
 
     def observe(self, rows: torch.Tensor, wrong_now: torch.Tensor, loss_now: torch.Tensor | None = None) -> None:
-        # Rows drawn from the memory are not a uniform draw within their bin: they would bias its rate.
-        by_bin = ~self._from_memory if self._from_memory.numel() == rows.numel() else torch.ones_like(wrong_now)
         value = self._value(wrong_now, loss_now)
-        new = per_bin(self.bin_of, rows[by_bin], value[by_bin.numpy()], self.num_bins)
+        binned, from_memory = rows, self._from_memory
+        if from_memory is not None and from_memory.numel() == rows.numel():
+            # Rows drawn from the memory are not a uniform draw within their bin: they would bias its rate.
+            binned, value = rows[~from_memory], value[~from_memory.numpy()]
+        new = per_bin(self.bin_of, binned, value, self.num_bins)
         if distributed.world() > 1:
             # Every rank must sample from the same p: sum the observations of all ranks (on the
             # host, over the group's gloo half when training runs on CUDA).
