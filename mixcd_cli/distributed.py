@@ -122,9 +122,14 @@ def all_reduce_ledger(ledger: Any) -> None:
 
 
 def shutdown() -> None:
+    """Leave the process group together: ranks other than 0 finish training first (rank 0 then evaluates
+    and writes), and a rank that destroyed the group while another still used it could abort in gloo
+    ("terminate called without an active exception"), failing the whole run. A rank that dies instead
+    is not waited for: torchrun stops the others."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
