@@ -9,7 +9,7 @@ MIXCD := $(VENV)/bin/mixcd
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: help install data demo test test-all lint bench norm-choice
+.PHONY: help install install-track data demo test test-all lint bench norm-choice
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-24s %s\n", $$1, $$2}'
@@ -18,10 +18,12 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 'setuptools>=68'
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,track]'
 	touch $@
 
-install: $(VENV)/.installed ## create .venv and install mixcd with its dev tools
+install: $(VENV)/.installed ## create .venv and install mixcd with its dev tools and trackers (TensorBoard, MLflow, Optuna)
+
+install-track: install ## the trackers alone are the `track` extra: pip install -e '.[track]' (part of install here)
 
 data: ## install Fashion-MNIST from Debian's dataset-fashion-mnist (needs root/apt)
 	@if [ -f $(FMNIST) ]; then echo "Fashion-MNIST present: $(FMNIST)"; \

@@ -83,7 +83,7 @@ def count_progress(description: str, total: int) -> Iterator[Callable[[int], Non
 def note(message: str) -> None:
     """A remark on stderr (resuming, a value adjusted, ...)."""
     log.info(message)
-    err_console.print(f"[yellow]{message}[/yellow]")
+    err_console.print(f"[yellow]{message}[/yellow]", soft_wrap=True)
 
 
 def error(message: str) -> None:

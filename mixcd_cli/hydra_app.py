@@ -98,12 +98,12 @@ def normalise_overrides(overrides: list[str]) -> list[str]:
 
 def _values(override: Any) -> list[str]:
     """Every value an override names: one, or each element of a sweep."""
-    from hydra.core.override_parser.types import ChoiceSweep, Glob, RangeSweep
+    from hydra.core.override_parser.types import ChoiceSweep, Glob, IntervalSweep, RangeSweep
 
     value = override.value()
     if isinstance(value, ChoiceSweep):
         return [str(v) for v in value.list]
-    if isinstance(value, (RangeSweep, Glob)):
+    if isinstance(value, (RangeSweep, Glob, IntervalSweep)):  # a search space (Optuna): checked by its jobs
         return []
     if isinstance(value, list):
         return [str(v) for v in value]
@@ -269,8 +269,26 @@ def preflight(stage: str, cfg: Any, run_dir: str | None) -> None:
         raise MixcdError(f"prior_model.checkpoint not found: {cfg.prior_model.checkpoint}")
     if cfg.snapshot.path and not Path(str(cfg.snapshot.path)).is_dir():
         raise MixcdError(f"snapshot not found: {cfg.snapshot.path} (snapshot.path names a snapshot folder)")
+    if cfg.get("logger"):
+        from .tracking import check_available
+
+        check_available(cfg.logger)
     if cfg.model.get("backbone") == "timm" and not _timm_name(str(cfg.model.name)):
         raise MixcdError(f"unknown timm model '{cfg.model.name}'{_timm_hint(str(cfg.model.name))}")
+
+
+def check_sweeper(overrides: list[str], multirun: bool) -> None:
+    """hparams_search=... needs -m and the Optuna sweeper plugin: say so in one line, before composing."""
+    import importlib.util
+
+    chosen = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "hparams_search" and "=" in o]
+    if not chosen or chosen[-1] in ("null", ""):
+        return
+    if not multirun:
+        raise MixcdError(f"hparams_search={chosen[-1]} runs a sweep of trials; add -m")
+    if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        raise MixcdError(f"hparams_search={chosen[-1]} needs Hydra's Optuna sweeper; install the tracking extra: "
+                         "pip install -e '.[track]' (or make install-track)")
 
 
 def _check_resumable(run_dir: str | None) -> None:
@@ -323,6 +341,16 @@ def failed_jobs(sweep_dir: Path) -> list[str]:
     return out
 
 
+def returned(cfg: Any, result: dict[str, Any]) -> Any:
+    """What a job returns to Hydra: the number named by ``optimized_metric`` (None when the run has none,
+    which the Optuna sweeper records as a failed trial), else the whole result."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return result
+    value = result.get(str(name))
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def _task(stage: str) -> Any:
     def task_function(cfg: Any) -> Any:
         from hydra.core.hydra_config import HydraConfig
@@ -337,7 +365,7 @@ def _task(stage: str) -> Any:
         folder = Path(hc.runtime.output_dir)
         (folder / ERROR_FILE).unlink(missing_ok=True)  # a rerun into the same folder starts clean
         try:
-            return STAGES[stage](cfg)
+            return returned(cfg, STAGES[stage](cfg))
         except MixcdError as exc:
             error(str(exc))
             # The reason stays in the run folder, if there is one, so `mixcd report` lists the run
@@ -350,7 +378,8 @@ def _task(stage: str) -> Any:
                     pass
             if not multirun:
                 sys.exit(exc.exit_code)
-            # In a sweep one bad job must not stop the others; the sweep fails at the end.
+            # In a sweep one bad job must not stop the others (Optuna records a failed trial); the sweep
+            # fails at the end.
             return None
         finally:
             distributed.shutdown()
@@ -365,6 +394,7 @@ def run_stage(stage: str, overrides: list[str], multirun: bool = False, hydra_ar
     from . import distributed
 
     overrides = normalise_overrides(list(overrides))
+    check_sweeper(overrides, multirun)
     cfg = validate(stage, overrides, multirun)
     named = dict(item.partition("=")[::2] for item in overrides if "=" in item)
     for key in ("hydra.run.dir", "hydra.sweep.dir"):  # a folder named on the command line must be creatable
@@ -388,6 +418,13 @@ def run_stage(stage: str, overrides: list[str], multirun: bool = False, hydra_ar
     SweepOutcome.sweep_dir = None
     try:
         main()
+    except Exception as exc:
+        # a sweeper that gives up on failed jobs (Optuna with no completed trial): the jobs' own reasons
+        failed = failed_jobs(SweepOutcome.sweep_dir) if multirun and SweepOutcome.sweep_dir else []
+        if failed:
+            raise MixcdError(f"{len(failed)} sweep job(s) failed (each folder holds {ERROR_FILE}); first: "
+                             f"{failed[0]}") from exc
+        raise
     finally:
         sys.argv = argv
     failed = failed_jobs(SweepOutcome.sweep_dir) if multirun and SweepOutcome.sweep_dir else []

@@ -30,6 +30,10 @@ PARTITIONS = ("loss", "class", "class_loss", "aux", "aux_loss", "kmeans")
 ESTIMATES = ("mean", "thompson")  # mixcd: the posterior mean α̂_k, or a draw from each bin's Beta posterior
 MEMORIES = ("none", "recent")  # mixcd: recent = a queue of rows seen as collateral damage, redrawn with priority
 RESUME_MODES = ("auto", True, False)
+# What `mixcd train` can return to a sweeper (optimized_metric): metrics.json numbers, higher or lower is better
+# as the sweeper's direction says.
+OPTIMIZABLE = ("pre_acc", "forgetting", "ft_acc", "earlier_acc", "avg_acc", "bwt", "avg_forgetting", "hit_rate",
+               "signal_rate", "final_loss")
 STAGES = ("pretrain", "snapshot", "train", "eval")
 POOL_MODES = ("all", "prior", "previous")  # rehearsal pool of stage k (DESIGN §10): data.Experiment.pool_at
 NORMS = ("batch", "group", "layer", "none")  # built-in CNN: models.norm_layer
@@ -166,6 +170,9 @@ class MixcdConf:
     rehearsal: RehearsalConf = field(default_factory=RehearsalConf)
     # A sequence: tasks in order after the prior one, each entry filled in from `finetune` (null: `finetune` alone)
     stages: Optional[list[Any]] = _opt(None)  # noqa: UP045
+    logger: Optional[dict[str, Any]] = _opt(None)  # noqa: UP045  (tracking.LOGGER_SCHEMAS)
+    # a metrics.json number `mixcd train` returns, for sweepers (hparams_search=mixcd_optuna)
+    optimized_metric: Optional[str] = _opt(None, choices=(None, *OPTIMIZABLE))  # noqa: UP045
 
 
 @dataclass
@@ -324,7 +331,7 @@ def _describe(value: Any) -> str:
 
 def _check_value(key: str, value: Any, rules: dict[str, Any]) -> None:
     if "choices" in rules and value not in rules["choices"]:
-        shown = [str(c).lower() if isinstance(c, bool) else str(c) for c in rules["choices"]]
+        shown = ["null" if c is None else str(c).lower() if isinstance(c, bool) else str(c) for c in rules["choices"]]
         raise unknown_choice(f"value for {key}", str(value), shown)
     if rules.get("device") and not DEVICE.match(str(value)):
         raise MixcdError(f"{key} must be auto, cpu, cuda or cuda:N, got {value!r}")

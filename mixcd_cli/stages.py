@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from . import console, distributed
 from .artifacts import config_digest, environment_info, file_lock, read_json, write_json
 from .data import Experiment, build_experiment
-from .errors import MixcdError, phase
+from .errors import Interrupted, MixcdError, phase
 from .metrics import Ledger, accuracy, categories, forgetting_metrics, sequence_metrics
 from .models import FINETUNE_ONLY, MixcdNet, create_model, load_model, model_spec, save_model
 from .runtime import derive_seed, peak_memory_mb, resolve_device
@@ -366,7 +366,8 @@ class StageOutcome:
 
 
 def train_stage(ctx: Context, k: int, snap: Snapshot, snap_cached: bool, model: MixcdNet,
-                resume: bool, telemetry_start: int, theta0_correct: torch.Tensor) -> StageOutcome:
+                resume: bool, telemetry_start: int, theta0_correct: torch.Tensor,
+                on_log: Any = None) -> StageOutcome:
     """Fine-tune θ(k−1) (``model``; ``snap``: its snapshot) on stage k with rehearsal from pool k, then
     evaluate on every task seen so far. ``theta0_correct``: θ0 on the prior test set, for the record."""
     cfg, exp, run_dir = ctx.cfg, ctx.experiment, ctx.run_dir
@@ -403,7 +404,7 @@ def train_stage(ctx: Context, k: int, snap: Snapshot, snap_cached: bool, model: 
         rehearsal = Rehearsal(sampler, pool, exp.prior_head(), snap.pool.correct.bool())
         loop = FineTuner(model, stage.train, stage.head, exp.transform, ctx.device, settings, ctx.ledger,
                          rehearsal, telemetry_path=run_dir / "metrics.jsonl", checkpoint_path=checkpoint,
-                         progress=progress).run(resume)
+                         progress=progress, on_log=on_log).run(resume)
     wall = loop.wall_time if loop.resumed_from is None else time.perf_counter() - t0
     ctx.timings["finetune"] = ctx.timings.get("finetune", 0.0) + wall
     if last:
@@ -445,6 +446,34 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     evaluating after each stage on every task seen so far; resumable at any point of any stage."""
     t_start = time.perf_counter()
     ctx = setup(cfg, run_dir)
+    tracking = start_tracking(ctx)
+    try:
+        result = _train(ctx, t_start, tracking)
+    except BaseException as exc:
+        if tracking is not None:
+            interrupted = isinstance(exc, KeyboardInterrupt | Interrupted)
+            tracking.close("KILLED" if interrupted else "FAILED")
+        raise
+    if tracking is not None:
+        tracking.finish(plain(cfg), result, [ctx.run_dir / "metrics.json", ctx.run_dir / "config.yaml"])
+    return result
+
+
+def start_tracking(ctx: Context) -> Any:
+    """The run's trackers (logger=[...]) on rank 0, with the resolved config logged; None when none are chosen."""
+    from . import tracking
+
+    cfg = ctx.cfg
+    if not cfg.get("logger") or distributed.rank() != 0:
+        return None
+    run = tracking.identity_from_hydra(ctx.run_dir, str(cfg.experiment_name), ctx.resume)
+    started = tracking.start(plain(cfg.logger), run, Path(cfg.paths.cache_dir) / "locks")
+    started.log_config(plain(cfg), OmegaConf.to_yaml(cfg, resolve=True))
+    return started
+
+
+def _train(ctx: Context, t_start: float, tracking: Any) -> dict[str, Any]:
+    cfg = ctx.cfg
     exp, run_dir = ctx.experiment, ctx.run_dir
     prior_path, prior_cached = prior_checkpoint(ctx)
     model = load_prior(ctx, prior_path)
@@ -472,8 +501,9 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
             snap, snap_cached = snapshot_for(ctx, model_path, model, k)
         else:
             snap, snap_cached = snap0, snap0_cached
+        on_log = tracking.interval_logger(k, n, sum(int(r["steps"]) for r in records)) if tracking else None
         outcome = train_stage(ctx, k, snap, snap_cached, model, bool(at_stage == k), telemetry_start,
-                              theta0_correct)
+                              theta0_correct, on_log)
         if distributed.rank() != 0:
             if k == n:
                 return {}

@@ -213,12 +213,14 @@ class FineTuner:
     def __init__(self, model: MixcdNet, task: Task, head: str, transform: BatchTransform, device: torch.device,
                  settings: TrainSettings, ledger: Ledger, rehearsal: Rehearsal | None = None,
                  telemetry_path: Path | None = None, checkpoint_path: Path | None = None,
-                 progress: Callable[[int, float], None] | None = None) -> None:
+                 progress: Callable[[int, float], None] | None = None,
+                 on_log: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.model, self.task, self.head, self.transform = model, task, head, transform
         self.device, self.settings, self.ledger = device, settings, ledger
         self.rehearsal = rehearsal if rehearsal is not None and rehearsal.sampler.draws \
             and settings.rehearsal_batch > 0 else None
         self.telemetry_path, self.checkpoint_path, self.progress = telemetry_path, checkpoint_path, progress
+        self.on_log = on_log  # trackers (TensorBoard, MLflow): handed each telemetry record, rank 0 only
         self.rank, self.world = (distributed.rank(), distributed.world()) if settings.distributed else (0, 1)
         self.cuda = device.type == "cuda"
         self.channels_last = settings.channels_last and self.cuda
@@ -475,6 +477,8 @@ class FineTuner:
             if self.writer:
                 record = self._telemetry()
                 self.writer.write(record)
+                if self.on_log is not None:
+                    self.on_log(record)
                 rates = "".join(f", {name.replace('_', ' ')} {record[name]:.3f}"
                                 for name in ("signal_rate", "hit_rate") if record.get(name) is not None)
                 log.info("%s step %d/%d: loss %.4f, lr %.4g, %.0f samples/s%s", s.purpose, done, s.steps,
