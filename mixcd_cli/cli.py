@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -12,7 +13,7 @@ app = typer.Typer(
     help="Rehearsal during fine-tuning: mix-cd (arXiv 2402.08096) and its baselines at equal compute.\n\n"
          "Stages take Hydra overrides (key=value, group=option) and -m for sweeps.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -21,16 +22,60 @@ STAGE_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 OVERRIDES = typer.Argument(None, help="Hydra overrides, e.g. sampler=mixcd trainer.steps=300", show_default=False)
 MULTIRUN = typer.Option(False, "-m", "--multirun", help="Run a Hydra sweep (comma-separated values).")
 # Hydra's own flags, passed through to @hydra.main unchanged.
-CFG = typer.Option(None, "--cfg", "-c", help="Print the config instead of running: job, hydra or all.",
-                   show_default=False)
+
+
+class Stage(str, Enum):
+    """The stages (hydra_app.STAGE_NAMES)."""
+
+    pretrain = "pretrain"
+    snapshot = "snapshot"
+    train = "train"
+    eval = "eval"
+
+
+class ReportStage(str, Enum):
+    """The stages whose run folders `mixcd report` reads."""
+
+    train = "train"
+    eval = "eval"
+
+
+class ListKind(str, Enum):
+    """What `mixcd ls` lists."""
+
+    samplers = "samplers"
+    models = "models"
+    tasks = "tasks"
+    experiments = "experiments"
+    datasets = "datasets"
+    loggers = "loggers"
+
+
+class CfgPart(str, Enum):
+    """Hydra's --cfg choices."""
+
+    job = "job"
+    hydra = "hydra"
+    all = "all"
+
+
+class InfoPart(str, Enum):
+    """Hydra's --info choices."""
+
+    all = "all"
+    config = "config"
+    defaults = "defaults"
+    defaults_tree = "defaults-tree"
+    plugins = "plugins"
+    searchpath = "searchpath"
+
+
+CFG = typer.Option(None, "--cfg", "-c", help="Print the config instead of running.", show_default=False)
 RESOLVE = typer.Option(False, "--resolve", help="With --cfg: resolve interpolations before printing.")
 PACKAGE = typer.Option(None, "--package", "-p", help="With --cfg: print only this package of the config.",
                        show_default=False)
-INFO = typer.Option(None, "--info", "-i", help="Print Hydra information instead of running: all, config, defaults, "
-                    "defaults-tree, plugins or searchpath.", show_default=False)
+INFO = typer.Option(None, "--info", "-i", help="Print Hydra information instead of running.", show_default=False)
 HYDRA_HELP = typer.Option(False, "--hydra-help", help="Hydra's own help (its flags and config groups).")
-CFG_CHOICES = ("job", "hydra", "all")
-INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
 
 
 def _groups_epilog() -> str:
@@ -45,25 +90,21 @@ def _groups_epilog() -> str:
     return "Config groups (group=option):\n\n" + "\n\n".join(lines)
 
 
-def _hydra_args(cfg: str | None, resolve: bool, package: str | None, info: str | None,
+def _hydra_args(cfg: CfgPart | None, resolve: bool, package: str | None, info: InfoPart | None,
                 hydra_help: bool) -> list[str]:
-    from .errors import MixcdError, unknown_choice
+    from .errors import MixcdError
 
-    if cfg is not None and cfg not in CFG_CHOICES:
-        raise unknown_choice("--cfg value", cfg, CFG_CHOICES)
-    if info is not None and info not in INFO_CHOICES:
-        raise unknown_choice("--info value", info, INFO_CHOICES)
     if (resolve or package) and cfg is None:
         raise MixcdError("--resolve and --package only apply with --cfg job|hydra|all")
-    args = ["--cfg", cfg] if cfg else []
+    args = ["--cfg", cfg.value] if cfg else []
     args += ["--resolve"] if resolve else []
     args += ["--package", package] if package else []
-    args += ["--info", info] if info else []
+    args += ["--info", info.value] if info else []
     return args + (["--hydra-help"] if hydra_help else [])
 
 
-def _stage(stage: str, ctx: typer.Context, overrides: list[str] | None, multirun: bool, cfg: str | None,
-           resolve: bool, package: str | None, info: str | None, hydra_help: bool) -> None:
+def _stage(stage: str, ctx: typer.Context, overrides: list[str] | None, multirun: bool, cfg: CfgPart | None,
+           resolve: bool, package: str | None, info: InfoPart | None, hydra_help: bool) -> None:
     from .hydra_app import run_stage
 
     hydra_args = _hydra_args(cfg, resolve, package, info, hydra_help)
@@ -76,29 +117,33 @@ EPILOG = _groups_epilog()
 
 
 @app.command(context_settings=STAGE_CONTEXT, epilog=EPILOG)
-def pretrain(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN, cfg: str = CFG,
-             resolve: bool = RESOLVE, package: str = PACKAGE, info: str = INFO, hydra_help: bool = HYDRA_HELP) -> None:
+def pretrain(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN, cfg: CfgPart = CFG,
+             resolve: bool = RESOLVE, package: str = PACKAGE, info: InfoPart = INFO,
+             hydra_help: bool = HYDRA_HELP) -> None:
     """Train the prior model θ0 on the prior task (cached; skipped when prior_model.checkpoint is set)."""
     _stage("pretrain", ctx, overrides, multirun, cfg, resolve, package, info, hydra_help)
 
 
 @app.command(context_settings=STAGE_CONTEXT, epilog=EPILOG)
-def snapshot(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN, cfg: str = CFG,
-             resolve: bool = RESOLVE, package: str = PACKAGE, info: str = INFO, hydra_help: bool = HYDRA_HELP) -> None:
+def snapshot(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN, cfg: CfgPart = CFG,
+             resolve: bool = RESOLVE, package: str = PACKAGE, info: InfoPart = INFO,
+             hydra_help: bool = HYDRA_HELP) -> None:
     """Record θ0's per-sample loss, prediction, confidence and correctness on the pool (cached)."""
     _stage("snapshot", ctx, overrides, multirun, cfg, resolve, package, info, hydra_help)
 
 
 @app.command(context_settings=STAGE_CONTEXT, epilog=EPILOG)
-def train(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN, cfg: str = CFG,
-          resolve: bool = RESOLVE, package: str = PACKAGE, info: str = INFO, hydra_help: bool = HYDRA_HELP) -> None:
+def train(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN, cfg: CfgPart = CFG,
+          resolve: bool = RESOLVE, package: str = PACKAGE, info: InfoPart = INFO,
+          hydra_help: bool = HYDRA_HELP) -> None:
     """Run the chain: pretrain and snapshot (cached), fine-tune with a rehearsal sampler, evaluate."""
     _stage("train", ctx, overrides, multirun, cfg, resolve, package, info, hydra_help)
 
 
 @app.command("eval", context_settings=STAGE_CONTEXT, epilog=EPILOG)
-def eval_(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN, cfg: str = CFG,
-          resolve: bool = RESOLVE, package: str = PACKAGE, info: str = INFO, hydra_help: bool = HYDRA_HELP) -> None:
+def eval_(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN, cfg: CfgPart = CFG,
+          resolve: bool = RESOLVE, package: str = PACKAGE, info: InfoPart = INFO,
+          hydra_help: bool = HYDRA_HELP) -> None:
     """Re-evaluate a finished run folder (run_dir=PATH) as it was trained; only evaluation settings may change."""
     _stage("eval", ctx, overrides, multirun, cfg, resolve, package, info, hydra_help)
 
@@ -106,48 +151,42 @@ def eval_(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool =
 @app.command()
 def report(paths: list[Path] = typer.Argument(..., help="Run folders or folders holding them (any depth)."),
            out: Path = typer.Option(None, "--out", "-o", help="Where to write CSV/Markdown/PNG (default: first PATH)."),
-           stage: str = typer.Option("train", help="Which runs to read: train or eval."),
+           stage: ReportStage = typer.Option(ReportStage.train, help="Which runs to read."),
            plots: bool = typer.Option(True, help="Write PNG plots."),
            sampler: list[str] = typer.Option(None, "--sampler", "-s",
-                                             help="Only these samplers (repeat the option); default: all.")) -> None:
+                                             help="Only these samplers (repeat the option); default: all."),
+           html: bool = typer.Option(False, "--html", help="Also write report.html: one self-contained page with "
+                                     "the tables and the plots inline, to share.")) -> None:
     """Compare runs: mean ± std over seeds by whole configuration; random-equivalent budgets with bootstrap
-    intervals; CSV, Markdown and plots."""
+    intervals; CSV, Markdown and plots (and --html: one page to share)."""
     from .report import run_report
 
-    run_report(paths, out, stage=stage, plots=plots, samplers=sampler or None)
+    run_report(paths, out, stage=stage.value, plots=plots, samplers=sampler or None, html=html)
 
 
 @app.command("config")
-def config_(stage: str = typer.Argument("train", help="pretrain | snapshot | train | eval"),
+def config_(stage: Stage = typer.Argument(Stage.train, help="The stage whose config to print."),
             overrides: list[str] = typer.Argument(None, show_default=False)) -> None:
     """Print the composed config of a stage with the given overrides."""
     from omegaconf import OmegaConf
 
-    from .errors import unknown_choice
-    from .hydra_app import STAGE_NAMES, check_overrides, compose, normalise_overrides
+    from .hydra_app import check_overrides, compose, normalise_overrides
 
-    if stage not in STAGE_NAMES:
-        raise unknown_choice("stage", stage, STAGE_NAMES)
     overrides = normalise_overrides(list(overrides or []))
     check_overrides(overrides, multirun=False)  # unknown group options are refused here
-    cfg = compose(stage, overrides)
+    cfg = compose(stage.value, overrides)
     typer.echo(OmegaConf.to_yaml(cfg, resolve=True), nl=False)
 
 
-LS_KINDS = ("samplers", "models", "tasks", "experiments", "datasets")
-
-
 @app.command("ls")
-def ls(kind: str = typer.Argument(..., help="samplers | models | tasks | experiments | datasets")) -> None:
-    """List what is registered: samplers, models, tasks, experiments or datasets."""
+def ls(kind: ListKind = typer.Argument(..., help="What to list.")) -> None:
+    """List what is registered: samplers, models, tasks, experiments, datasets or loggers."""
     from rich.table import Table
 
     from .console import console
-    from .errors import unknown_choice
     from .hydra_app import config_dir, group_options
 
-    if kind not in LS_KINDS:
-        raise unknown_choice("kind to list", kind, LS_KINDS)
+    kind = kind.value
     table = Table(title=kind)
     table.add_column("name", style="bold")
     table.add_column("what")
@@ -161,6 +200,11 @@ def ls(kind: str = typer.Argument(..., help="samplers | models | tasks | experim
 
         for name in DATASETS:
             table.add_row(name, DATASETS.help(name))
+    elif kind == "loggers":
+        from .tracking import LOGGERS
+
+        for name in LOGGERS:
+            table.add_row(name, LOGGERS.help(name))
     else:
         group = {"models": "model", "tasks": "task", "experiments": "experiment"}[kind]
         for name in group_options(group):

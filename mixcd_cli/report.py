@@ -32,6 +32,7 @@ METRICS = ("pre_acc", "forgetting", "ft_acc", "hit_rate", "signal_rate", "signal
            "ledger_selection", "training_passes", "wall_time")
 # Config keys (and key prefixes) that cannot change what a run measures: they never split a group.
 NOT_GROUPING = ("seed", "stage", "device", "resume", "threads", "paths", "hydra", "run_dir", "eval", "snapshot",
+                "logger", "optimized_metric",
                 "trainer.log_every", "trainer.audit_every", "trainer.checkpoint_every", "trainer.data_on_device")
 # Multi-stage runs (DESIGN §10) add these columns: final average accuracy over every task, average accuracy on
 # the tasks before the last stage, backward transfer, and average forgetting of the earlier tasks.
@@ -482,33 +483,56 @@ def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+@dataclass
+class Section:
+    """One part of the report: paragraphs, an optional table, an optional list; rendered as Markdown and HTML."""
+
+    text: list[str]
+    head: Sequence[str] = ()
+    rows: Sequence[Sequence[str]] = ()
+    items: Sequence[str] = ()
+
+
+def sections(groups: Sequence[Group], eq: Sequence[dict[str, Any]], skipped: Sequence[tuple[Path, str]],
+             vs: Sequence[dict[str, Any]] = ()) -> list[Section]:
+    """The report's content, in order, once for every format."""
+    notes = ["mean ± std over seeds; a seed run twice in one group counts once (dup). hit rate: audited share "
+             "of drawn rows that were collateral damage; signal: what the training forward pass told the sampler. "
+             f"frontier: no other sampler at the same ratio has both higher {_retention_name(groups)} and higher "
+             "ft_acc."]
+    if is_sequence(groups):
+        notes.append("Multi-stage runs: earlier-task acc = mean accuracy, after the last stage, on every task before "
+                     "it; avg acc = the same over all tasks; BWT = mean of (final − just-learned) accuracy over the "
+                     "earlier tasks; pre_acc is the prior task's alone and ft_acc the last stage's.")
+    out = [Section([], LEAD + [HEADERS[k] for k in metric_keys(groups)], table_rows(groups)), Section(notes)]
+    if eq:
+        out.append(Section(["Random-equivalent rehearsal budget (the budget random rehearsal with the same settings "
+                            f"needs for the same {_retention_name(groups)}), from the means, per seed pair, and a "
+                            f"paired bootstrap 95% interval over seeds ({BOOTSTRAP_SAMPLES} resamples):"],
+                           eq_head(groups), eq_rows(eq)))
+    if vs:
+        out.append(Section([f"Against the paper-faithful mix-cd (the default `mixcd` at the same experiment, settings "
+                            f"and ratio): the mean over seeds of (setting − default), each seed paired with the "
+                            f"default's, with a 95% Student-t interval; Δ retention is in {_retention_name(groups)}. "
+                            "verdict: better / worse when the interval excludes 0, identical when every seed's result "
+                            "is, else within noise. fold: random-equivalent budget over own budget."],
+                           compare.HEAD, compare.rows_of(vs)))
+    if skipped:
+        out.append(Section(["Skipped runs:"], items=[f"`{p}`: {why}" for p, why in skipped]))
+    return out
+
+
 def markdown(groups: Sequence[Group], eq: Sequence[dict[str, Any]], skipped: Sequence[tuple[Path, str]],
              vs: Sequence[dict[str, Any]] = ()) -> str:
-    lines = _md_table(LEAD + [HEADERS[k] for k in metric_keys(groups)], table_rows(groups))
-    lines += ["", "mean ± std over seeds; a seed run twice in one group counts once (dup). hit rate: audited share "
-              "of drawn rows that were collateral damage; signal: what the training forward pass told the sampler. "
-              f"frontier: no other sampler at the same ratio has both higher {_retention_name(groups)} and higher "
-              "ft_acc."]
-    if is_sequence(groups):
-        lines += ["", "Multi-stage runs: earlier-task acc = mean accuracy, after the last stage, on every task before "
-                  "it; avg acc = the same over all tasks; BWT = mean of (final − just-learned) accuracy over the "
-                  "earlier tasks; pre_acc is the prior task's alone and ft_acc the last stage's."]
-    if eq:
-        lines += ["", "Random-equivalent rehearsal budget (the budget random rehearsal with the same settings needs "
-                  f"for the same {_retention_name(groups)}), from the means, per seed pair, and a paired bootstrap 95% "
-                  f"interval over seeds ({BOOTSTRAP_SAMPLES} resamples):", ""]
-        lines += _md_table(eq_head(groups), eq_rows(eq))
-    if vs:
-        lines += ["", f"Against the paper-faithful mix-cd (the default `mixcd` at the same experiment, settings and "
-                  f"ratio): the mean over seeds of (setting − default), each seed paired with the default's, with a "
-                  f"95% Student-t interval; Δ retention is in {_retention_name(groups)}. verdict: better / worse "
-                  "when the interval excludes 0, identical when every seed's result is, else within noise. fold: "
-                  "random-equivalent budget over own budget.",
-                  ""]
-        lines += _md_table(compare.HEAD, compare.rows_of(vs))
-    if skipped:
-        lines += ["", "Skipped runs:", ""] + [f"- `{p}`: {why}" for p, why in skipped]
-    return "\n".join(lines) + "\n"
+    lines: list[str] = []
+    for section in sections(groups, eq, skipped, vs):
+        for paragraph in section.text:
+            lines += [paragraph, ""]
+        if section.head:
+            lines += _md_table(section.head, section.rows) + [""]
+        if section.items:
+            lines += [f"- {item}" for item in section.items] + [""]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def plot(groups: Sequence[Group], out: Path) -> list[Path]:
@@ -620,9 +644,9 @@ def _json_fold(x: float | None) -> float | str | None:
 
 
 def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "train",
-               plots: bool = True, samplers: Sequence[str] | None = None) -> dict[str, Any]:
-    """Collect, aggregate, print, and write report.csv / report.md / report.json (+ PNGs); ``samplers``
-    keeps only those samplers' runs."""
+               plots: bool = True, samplers: Sequence[str] | None = None, html: bool = False) -> dict[str, Any]:
+    """Collect, aggregate, print, and write report.csv / report.md / report.json (+ PNGs, and with ``html``
+    report.html: everything on one self-contained page); ``samplers`` keeps only those samplers' runs."""
     from rich.console import Console
     from rich.table import Table
 
@@ -695,6 +719,12 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
                              if v["default_fold_ci95"] else None} for v in vs],
         "skipped": [[str(p), why] for p, why in skipped], "plots": [p.name for p in pngs]}
     write_json(summary, out / "report.json")
-    console.print(f"wrote {out / 'report.csv'}, report.md, report.json" + (f" and {len(pngs)} plots" if pngs else ""),
-                  highlight=False, soft_wrap=True)
+    if html:
+        from .html_report import write_html
+
+        title = f"mixcd report: {len(runs)} {stage} runs, {len(groups)} groups"
+        write_html(out / "report.html", title, sections(groups, eq, skipped, vs), pngs,
+                   sources=[str(p) for p in paths])
+    console.print(f"wrote {out / 'report.csv'}, report.md, report.json" + (", report.html" if html else "")
+                  + (f" and {len(pngs)} plots" if pngs else ""), highlight=False, soft_wrap=True)
     return summary

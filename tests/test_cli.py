@@ -123,7 +123,7 @@ def test_hydra_flags_pass_through_and_run_nothing(tiny: list[str], out_dir: Path
     assert mixcd("train", "--hydra-help").returncode == 0
     assert not out_dir.exists()  # printing a config runs no stage
     bad = mixcd("train", "--cfg", "jobs", *tiny)
-    assert bad.returncode == 2 and "did you mean 'job'" in bad.stderr
+    assert bad.returncode == 2 and "'jobs' is not one of 'job', 'hydra', 'all'" in bad.stderr
 
 
 def test_stage_help_lists_config_groups() -> None:
@@ -151,3 +151,44 @@ def test_exit_codes_are_2_for_a_mistake_and_3_for_divergence(tiny: list[str], tm
     diverged = mixcd("train", *tiny, "trainer.lr=1e30", "trainer.steps=20", f"hydra.run.dir={tmp_path / 'r'}")
     assert diverged.returncode == 3, diverged.stderr
     assert "loss became" in diverged.stderr and "Traceback" not in diverged.stderr
+
+
+def test_help_lists_each_commands_choices() -> None:
+    for args, choices in ((["ls"], ("samplers", "models", "tasks", "experiments", "datasets", "loggers")),
+                          (["config"], ("pretrain", "snapshot", "train", "eval")),
+                          (["report"], ("train|eval",)),
+                          (["train"], ("job|hydra|all", "defaults-tree"))):
+        # wide enough that rich does not wrap a choice list inside its box
+        result = runner.invoke(app, [*args, "--help"], env={"TERMINAL_WIDTH": "200", "COLUMNS": "200"})
+        assert result.exit_code == 0
+        for choice in choices:
+            assert choice in result.output, (args, choice)
+    assert "logger:" in runner.invoke(app, ["train", "--help"]).output  # the config groups: logger, hparams_search
+    assert "hparams_search:" in runner.invoke(app, ["train", "--help"]).output
+
+
+def complete(words: str) -> list[str]:
+    """What bash completion offers after ``words`` (the shell script `mixcd --install-completion` installs
+    asks the program itself, through these variables)."""
+    import os
+
+    position = len(words.split()) - (0 if words.endswith(" ") else 1)
+    env = {**os.environ, "_MIXCD_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(position)}
+    proc = subprocess.run([sys.executable, "-c", "from mixcd_cli.cli import main; main()"], capture_output=True,
+                          text=True, env=env)
+    return proc.stdout.split()
+
+
+def test_shell_completion_offers_the_choices() -> None:
+    assert complete("mixcd ls ") == ["samplers", "models", "tasks", "experiments", "datasets", "loggers"]
+    assert complete("mixcd config ") == ["pretrain", "snapshot", "train", "eval"]
+    assert complete("mixcd report --stage ") == ["train", "eval"]
+    assert complete("mixcd train --cfg ") == ["job", "hydra", "all"]
+    assert {"train", "report", "ls"} <= set(complete("mixcd "))
+    assert "--install-completion" in runner.invoke(app, ["--help"]).output
+
+
+def test_completion_script_names_the_program() -> None:
+    proc = subprocess.run([sys.executable, "-c", "from mixcd_cli.cli import main; main()", "--show-completion",
+                           "bash"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "_MIXCD_COMPLETE=complete_bash" in proc.stdout

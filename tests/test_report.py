@@ -312,3 +312,61 @@ def test_folds_against_the_default_use_the_seeds_the_pair_shares(tmp_path: Path)
     assert row["default_fold"] == pytest.approx(1.4) and row["fold"] == pytest.approx(1.5)
     own = next(e for e in summary["random_equivalent"] if e["sampler"] == "mixcd")
     assert own["paired_seeds"] == 4 and own["fold"] == pytest.approx((100 + 100 * (0.6625 - 0.5) / 0.3) / 100)
+
+
+def _browser() -> str | None:
+    import os
+    import shutil
+
+    found = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if found is None and os.environ.get("MIXCD_REQUIRE_BROWSER"):
+        pytest.fail("MIXCD_REQUIRE_BROWSER is set (CI) but no headless Chromium is installed")
+    return found
+
+
+def rendered(page: Path) -> str:
+    """The page's DOM after headless Chromium loaded it, with what it could count: tables, table rows, and
+    images that decoded to a picture (naturalWidth > 0: a broken or missing image has none)."""
+    import subprocess
+
+    browser = _browser()
+    if browser is None:
+        pytest.skip("needs headless Chromium (apt-get install chromium)")
+    probe = page.parent / "probe.html"
+    counter = ("<script>addEventListener('load', () => { const d = document.body.dataset;"
+               " d.tables = document.querySelectorAll('table').length;"
+               " d.rows = document.querySelectorAll('tbody tr').length;"
+               " d.images = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length; });</script>")
+    probe.write_text(page.read_text().replace("</body>", counter + "</body>"))
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                           "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_html_report_renders_every_table_and_plot_in_a_browser(runs_dir: Path, tmp_path: Path) -> None:
+    import re
+
+    out = tmp_path / "report"
+    summary = run_report([runs_dir], out, html=True)
+    page = out / "report.html"
+    text = page.read_text()
+    assert "src=\"file:" not in text and "<link" not in text  # self-contained: nothing to fetch
+    dom = rendered(page)
+    counts = dict(re.findall(r'data-(tables|rows|images)="(\d+)"', dom))
+    groups, eq = len(summary["groups"]), len(summary["random_equivalent"])
+    assert int(counts["tables"]) == 1 + (eq > 0) + (len(summary["against_default"]) > 0)
+    assert int(counts["rows"]) == groups + eq + len(summary["against_default"])
+    assert int(counts["images"]) == len(summary["plots"]) >= 2
+    for name in summary["plots"]:
+        assert name in dom
+    assert "mixcd report" in dom and "Skipped runs" in dom
+
+
+def test_html_report_from_the_command_line(runs_dir: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["report", str(runs_dir), "--out", str(tmp_path / "r"), "--html", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert "report.html" in result.output and (tmp_path / "r" / "report.html").is_file()
+    assert not (tmp_path / "r2").exists()
+    result = CliRunner().invoke(app, ["report", str(runs_dir), "--out", str(tmp_path / "r2")])
+    assert result.exit_code == 0 and not (tmp_path / "r2" / "report.html").exists()  # only when asked
