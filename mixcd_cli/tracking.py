@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -204,6 +203,7 @@ class TensorBoardTracker(Tracker):
             if self.histograms:
                 # the per-bin values as a histogram over bin index, weighted by each bin's value
                 self._bin_histogram(f"{series}/{key}_by_bin", values, step)
+        writer.flush()  # on disk at every interval: a killed run keeps its curves up to its last one
 
     def _bin_histogram(self, tag: str, weights: list[float], step: int) -> None:
         import numpy as np
@@ -319,17 +319,18 @@ class MlflowTracker(Tracker):
 class Tracking:
     """The run's trackers behind one background thread; what the stages call.
 
-    ``cost`` keeps, per tracker, the seconds its calls took on the tracking thread and how many
-    log intervals it wrote, and ``queued_s`` the training loop's own time spent handing records
-    over: the two costs of logging (`benchmarks/logger_cost.py`).
+    ``cost`` keeps, per tracker, the seconds it took to start, to write the log intervals (and how
+    many) and to write the rest (config, final metrics, files, closing) on the tracking thread, and
+    ``queued_s`` the training loop's own time spent handing records over: what logging costs
+    (`benchmarks/logger_cost.py`).
     """
 
-    def __init__(self, trackers: list[Tracker], run_dir: Path) -> None:
+    def __init__(self, trackers: list[Tracker], run_dir: Path, start_s: dict[str, float] | None = None) -> None:
         self.trackers = trackers
         self.run_dir = run_dir
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="mixcd-tracking")
-        self.lock = threading.Lock()
-        self.cost = {t.name: {"seconds": 0.0, "intervals": 0, "calls": 0} for t in trackers}
+        self.cost = {t.name: {"start_s": (start_s or {}).get(t.name, 0.0), "interval_s": 0.0, "intervals": 0,
+                              "other_s": 0.0} for t in trackers}
         self.queued_s = 0.0
         self.failed: dict[str, str] = {}
         self._futures: list[Future] = []
@@ -352,8 +353,7 @@ class Tracking:
                      "own files are complete")
                 continue
             cost = self.cost[tracker.name]
-            cost["seconds"] += time.perf_counter() - t0
-            cost["calls"] += 1
+            cost["interval_s" if interval else "other_s"] += time.perf_counter() - t0
             cost["intervals"] += int(interval)
 
     def submit(self, method: str, *args: Any, interval: bool = False) -> None:
@@ -418,17 +418,20 @@ def start(logger_cfg: dict[str, Any] | None, run: RunIdentity, lock_dir: Path) -
     previous = read_json(previous_file, "tracking record").get("loggers", {}) if run.resumed and \
         previous_file.is_file() else {}
     trackers: list[Tracker] = []
+    start_s: dict[str, float] = {}
     try:
         for name in sorted(logger_cfg):  # a fixed order, whatever order the choices were given in
             options = dict(logger_cfg[name] or {})
+            t0 = time.perf_counter()
             if name == "mlflow":
                 trackers.append(MlflowTracker(run, lock_dir=lock_dir, previous=previous.get("mlflow"), **options))
             else:
                 trackers.append(LOGGERS.get(name)(run, **options))
+            start_s[name] = time.perf_counter() - t0
     except TypeError as exc:
         raise MixcdError(f"logger options: {exc}") from exc
     except MixcdError:
         for tracker in trackers:
             tracker.close("FAILED")
         raise
-    return Tracking(trackers, run.run_dir)
+    return Tracking(trackers, run.run_dir, start_s)

@@ -271,3 +271,42 @@ def test_hparams_search_needs_multirun_and_a_known_metric(tiny: list[str]) -> No
     assert proc.returncode != 0 and "add -m" in proc.stderr and "Traceback" not in proc.stderr
     proc = mixcd("train", *tiny, "optimized_metric=accuracy")
     assert proc.returncode != 0 and "optimized_metric" in proc.stderr and "pre_acc" in proc.stderr
+
+
+def test_a_killed_run_resumes_into_the_same_records(tiny: list[str], out_dir: Path) -> None:
+    """SIGKILL after step 30 was logged, last checkpoint at 20: the rerun logs 30 again. MLflow goes on in the
+    same run; TensorBoard drops what the killed process wrote from step 30 on, so each step appears once."""
+    import os
+    import signal
+    import time
+
+    run_dir = out_dir / "run"
+    args = [*tiny, "sampler=mixcd", "logger=[tensorboard,mlflow]", "trainer.steps=60", "trainer.checkpoint_every=20",
+            f"hydra.run.dir={run_dir}"]
+    slow = "import mixcd_cli.training.finetuner as t; f = t.FineTuner.step; " \
+           "t.FineTuner.step = lambda self, i: (time.sleep(0.15 if i >= 30 else 0), f(self, i))[1]"
+    code = f"import sys, time; {slow}; from mixcd_cli.cli import main; sys.argv = ['mixcd', *sys.argv[1:]]; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "train", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "MIXCD_PROGRESS": "0"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "metrics.jsonl").is_file() or \
+            '"step": 30' not in (run_dir / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before step 30"
+        time.sleep(0.05)
+    time.sleep(0.3)  # the tracking thread writes step 30 too
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = json.loads((run_dir / "tracking.json").read_text())["loggers"]
+    done = mixcd("train", *args)
+    assert done.returncode == 0 and "resuming" in done.stderr, done.stderr
+    after = json.loads((run_dir / "tracking.json").read_text())["loggers"]
+    assert after["mlflow"]["run_id"] == before["mlflow"]["run_id"]
+    client = mlflow_client(out_dir)
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert sorted({m.step for m in client.get_metric_history(run.info.run_id, "finetune/loss")}) == \
+        [10, 20, 30, 40, 50, 60]
+    mux = events(Path(after["tensorboard"]["logdir"]))
+    steps = [e.step for r in mux.Runs() if "finetune/loss" in mux.GetAccumulator(r).Tags()["scalars"]
+             for e in mux.GetAccumulator(r).Scalars("finetune/loss")]
+    assert steps == [10, 20, 30, 40, 50, 60]
