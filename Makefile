@@ -204,3 +204,41 @@ norm-choice: install data ## the measurements behind model.norm=group → result
 
 bench: install ## sampler micro-benchmark and whole-step overhead (prints numbers and ratios)
 	$(PY) benchmarks/sampler_bench.py
+
+bench-loggers: install ## what logging costs per log interval: logger none, tensorboard, mlflow, both (~6 min)
+	$(PY) benchmarks/logger_cost.py
+
+# ---------------------------------------------------------------- trackers and hyper-parameter search
+# A sweep watched in TensorBoard and MLflow, and Optuna over mix-cd's K, λ, ε, τ (hparams_search=mixcd_optuna).
+TUNE := $(CURDIR)/outputs/tune
+TUNE_RATIO ?= 0.0625
+TUNE_TRIALS ?= 20
+.PHONY: watch-sweep-quick tune-mixcd tune-mixcd-quick tune-mixcd-confirm
+
+watch-sweep-quick: install data ## random vs mixcd at r=1/16, 2 seeds, logged to TensorBoard and MLflow (~1.5 min)
+	$(MIXCD) train -m experiment=fmnist sampler=random,mixcd trainer.mix_ratio=0.0625 seed=1,2 \
+		'logger=[tensorboard,mlflow]' hydra/launcher=local_parallel hydra.launcher.n_jobs=$(JOBS) threads=1 $(EXTRA)
+	@echo "watch it: $(VENV)/bin/tensorboard --logdir $(CURDIR)/outputs/tensorboard"
+	@echo "      or: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow/mlflow.db"
+
+tune-mixcd: install data ## Optuna (TPE) over mix-cd's K, λ, ε, τ at r=1/16, 600 steps, 20 trials → outputs/tune (~12 min)
+	$(MIXCD) train -m hparams_search=mixcd_optuna experiment=fmnist trainer.mix_ratio=$(TUNE_RATIO) seed=1 threads=2 \
+		hydra.sweeper.n_trials=$(TUNE_TRIALS) hydra.sweep.dir=$(TUNE)/$(STAMP) $(EXTRA)
+	@cat $(TUNE)/$(STAMP)/optimization_results.yaml
+
+# The search picks on seed 1's prior-test accuracy; its winner is then run beside the default mix-cd on seeds it
+# did not see, and `mixcd report` sets the two against each other (paired by seed, 95% t-interval).
+TUNE_RUN ?= $(lastword $(sort $(wildcard $(TUNE)/2*)))
+CONFIRM_SEEDS ?= 2,3,4,5,6
+tune-mixcd-confirm: install data ## the newest tune-mixcd's best setting vs default mix-cd on seeds 2-6 → results/tune_fmnist (~5 min)
+	@test -n "$(TUNE_RUN)" || { echo "run make tune-mixcd first"; exit 1; }
+	$(MIXCD) train -m experiment=fmnist sampler=mixcd trainer.mix_ratio=$(TUNE_RATIO) seed=$(CONFIRM_SEEDS) \
+		$$($(PY) scripts/best_overrides.py $(TUNE_RUN)) $(RUN_ARGS) hydra.sweep.dir=$(TUNE)/confirm-$(STAMP)/best
+	$(MIXCD) train -m experiment=fmnist sampler=mixcd,random trainer.mix_ratio=$(TUNE_RATIO) seed=$(CONFIRM_SEEDS) \
+		$(RUN_ARGS) hydra.sweep.dir=$(TUNE)/confirm-$(STAMP)/default
+	$(MIXCD) report $(TUNE)/confirm-$(STAMP) --out $(CURDIR)/results/tune_fmnist --html
+	cp $(TUNE_RUN)/optimization_results.yaml $(CURDIR)/results/tune_fmnist/
+
+# 4 trials of the full 600 steps: at 200 steps every trial forgets the prior task entirely (pre_acc 0), nothing to rank
+tune-mixcd-quick: install data ## a few trials of tune-mixcd: 4 trials (~2 min)
+	$(MAKE) --no-print-directory tune-mixcd TUNE_TRIALS=4

@@ -3,7 +3,9 @@
 Each setting runs REPEATS times, in turn (none, tb, mlflow, both, none, ...), so drift of the machine
 hits all alike; prior model and snapshot are cached by the first run. Printed per setting:
 
-- fine-tune wall time (median) and its ratio to logging off, and that difference per log interval;
+- fine-tune wall time (median, min-max) and its ratio to logging off, and that difference per log interval
+  (on a shared 2-core VM the run-to-run spread is often larger than the cost at log_every=10: the
+  tracking thread's own time below is the precise number; --log-every 1 makes the wall-clock cost visible);
 - the training loop's own time per interval spent handing the record over (queued);
 - each tracker's time per interval on the tracking thread, its start-up and its closing work
   (config, final metrics, files), from the run folder's tracking.json.
@@ -64,7 +66,7 @@ def main() -> None:
                "threads": args.threads, "identical_results": len(accs) == 1, "settings": {}}
     print(f"\n{args.steps} steps, a log interval every {args.log_every} ({intervals} intervals), "
           f"{args.repeats} runs each, threads={args.threads}")
-    print(f"{'logger':<12} {'fine-tune s':>11} {'ratio':>7} {'Δ ms/interval':>14} {'queued µs/int':>14}  "
+    print(f"{'logger':<12} {'fine-tune s (min-max)':>22} {'ratio':>7} {'Δ ms/interval':>14} {'queued µs/int':>14}  "
           "tracking thread per tracker: ms/interval, start s, closing s")
     for name, rs in results.items():
         wall = statistics.median(r["finetune_s"] for r in rs)
@@ -79,7 +81,8 @@ def main() -> None:
                             "closing_s": statistics.median(c["other_s"] for c in costs)}
         shown = "; ".join(f"{t}: {p['interval_ms']:.2f} ms, {p['start_s']:.2f} s, {p['closing_s']:.2f} s"
                           for t, p in per.items()) or "-"
-        print(f"{name:<12} {wall:>11.2f} {wall / base:>7.3f} {delta_ms:>14.2f} {queued:>14.1f}  {shown}")
+        spread = f"{wall:.2f} ({min(r['finetune_s'] for r in rs):.1f}-{max(r['finetune_s'] for r in rs):.1f})"
+        print(f"{name:<12} {spread:>22} {wall / base:>7.3f} {delta_ms:>14.2f} {queued:>14.1f}  {shown}")
         summary["settings"][name] = {"finetune_s_median": wall, "ratio_to_off": wall / base,
                                      "delta_ms_per_interval": delta_ms, "queued_us_per_interval": queued,
                                      "trackers": per, "finetune_s": [r["finetune_s"] for r in rs]}

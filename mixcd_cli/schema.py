@@ -290,6 +290,23 @@ class MirSamplerConf(OverSamplerConf):
     candidates: int = _opt(0, ge=0)
 
 
+@dataclass
+class TensorboardLoggerConf:
+    dir: str = _req()
+    histograms: bool = _req()
+
+
+@dataclass
+class MlflowLoggerConf:
+    tracking_uri: str = _req()
+    artifact_dir: str = _req()
+    experiment: Optional[str] = _req()  # noqa: UP045
+
+
+# conf/logger/*.yaml, one node each under `logger` (tracking.LOGGERS builds them)
+LOGGER_SCHEMAS: dict[str, type] = {"tensorboard": TensorboardLoggerConf, "mlflow": MlflowLoggerConf}
+
+
 SAMPLER_SCHEMAS: dict[str, type] = {
     "none": NoneSamplerConf, "random": OverSamplerConf, "class_balanced": OverSamplerConf,
     "loss_high": TemperedSamplerConf, "loss_low": TemperedSamplerConf, "mixcd": MixcdSamplerConf,
@@ -488,4 +505,8 @@ def validate(cfg: DictConfig) -> None:
     check_ranges(MODEL_SCHEMAS[backbone], model, "model.")
     check_ranges(SAMPLER_SCHEMAS[sampler.name], sampler, "sampler.")
     resolved.sampler = sampler
+    for name, node in (resolved.get("logger") or {}).items():
+        if name not in LOGGER_SCHEMAS:
+            raise unknown_choice("logger", str(name), LOGGER_SCHEMAS)
+        typed(LOGGER_SCHEMAS[name], node, f"logger.{name}.")
     cross_field_rules(resolved)

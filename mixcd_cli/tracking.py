@@ -217,7 +217,8 @@ class TensorBoardTracker(Tracker):
                                       global_step=step)
 
     def log_final(self, params: dict[str, Any], metrics: dict[str, float], step: int, files: list[Path]) -> None:
-        writer = self._at(step)
+        # resumed after training ended (killed while evaluating): no interval is logged again, keep them all
+        writer = self._at(step + 1)
         for key, value in metrics.items():
             writer.add_scalar(key, value, step)
         # where the run wrote and what it logged to are not hyper-parameters (they would crowd the HParams table)
@@ -225,7 +226,7 @@ class TensorBoardTracker(Tracker):
                    and k.split(".")[0] not in ("paths", "logger")}
         # "." keeps the hparams session in this run's own folder (torch would add a time-stamped one)
         writer.add_hparams(hparams, {k: v for k, v in metrics.items() if k.startswith("final/")}, run_name=".",
-                                global_step=step)
+                           global_step=step)
 
     def close(self, status: str) -> None:
         if self.writer is not None:

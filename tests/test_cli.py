@@ -41,7 +41,7 @@ def test_ls_lists_all_registered_samplers() -> None:
 
 def test_ls_other_kinds() -> None:
     for kind, expect in (("models", "cnn"), ("tasks", "fmnist_0to4"), ("experiments", "tiny"),
-                         ("datasets", "fashion_mnist")):
+                         ("datasets", "fashion_mnist"), ("loggers", "tensorboard")):
         result = runner.invoke(app, ["ls", kind])
         assert result.exit_code == 0 and expect in result.output
 

@@ -255,6 +255,12 @@ def test_optuna_search_runs_trials_and_records_the_returned_metric(tiny: list[st
     assert dict(best.best_params) == {k: v for k, v in zip(
         ("sampler.num_bins", "sampler.decay", "sampler.epsilon", "sampler.tau"),
         (lambda c: (c.num_bins, c.decay, c.epsilon, c.tau))(chosen[values.index(max(values))]), strict=True)}
+    # the best trial's settings as overrides, as `make tune-mixcd-confirm` reruns them
+    script = Path(__file__).resolve().parent.parent / "scripts" / "best_overrides.py"
+    printed = subprocess.run([sys.executable, str(script), str(sweep)], capture_output=True, text=True, check=True)
+    winner = trials[values.index(max(values))]
+    rerun = OmegaConf.merge(OmegaConf.load(winner / "config.yaml"), OmegaConf.from_dotlist(printed.stdout.split()))
+    assert rerun.sampler == OmegaConf.load(winner / "config.yaml").sampler
 
 
 def test_train_returns_the_optimized_metric() -> None:
@@ -310,3 +316,14 @@ def test_a_killed_run_resumes_into_the_same_records(tiny: list[str], out_dir: Pa
     steps = [e.step for r in mux.Runs() if "finetune/loss" in mux.GetAccumulator(r).Tags()["scalars"]
              for e in mux.GetAccumulator(r).Scalars("finetune/loss")]
     assert steps == [10, 20, 30, 40, 50, 60]
+
+
+@pytest.mark.parametrize("overrides, expect", [
+    (["logger=[tensorboard]", "logger.tensorboard.histograms=maybe"], "logger.tensorboard.histograms must be true"),
+    (["logger=[mlflow]", "+logger.mlflow.foo=1"], "unknown config key 'logger.mlflow.foo'"),
+])
+def test_logger_options_are_typed(compose_cfg, overrides: list[str], expect: str) -> None:
+    from mixcd_cli.stages import validate_config
+
+    with pytest.raises(MixcdError, match=expect):
+        validate_config(compose_cfg("train", ["experiment=tiny", *overrides]))
