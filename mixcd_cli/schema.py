@@ -41,9 +41,11 @@ BN_MODES = ("train", "frozen")  # timm models while fine-tuning: MixcdNet.freeze
 
 
 # Settings added after runs were already being made, with the value that behaves as runs before them did:
-# `mixcd report` reads an older run's missing key as this value, so old and new runs of one setting group.
+# `mixcd report` reads an older run's missing key as this value, so old and new runs of one setting group, and
+# `mixcd eval` evaluates an older run with it.
 # (Sampler options need no entry: their schema defaults play that part.) Add a key here when adding one.
-INTRODUCED: dict[str, Any] = {"rehearsal.pool": "all", "stages": None, "prior.transform": None,
+INTRODUCED: dict[str, Any] = {"rehearsal.pool": "all", "stages": None, "logger": None, "optimized_metric": None,
+                              "prior.transform": None,
                               "finetune.transform": None}
 
 

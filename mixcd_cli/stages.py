@@ -593,6 +593,11 @@ def eval_config(cfg: DictConfig, source: Path, overrides: list[str]) -> DictConf
     trained = OmegaConf.load(source / "config.yaml")
     if trained.get("stage") != "train":
         raise MixcdError(f"{source} was written by `mixcd {trained.get('stage')}`, not `mixcd train`")
+    from .schema import INTRODUCED
+
+    for key, value in INTRODUCED.items():  # a run made before a setting existed ran as its "as before" value
+        if OmegaConf.select(trained, key, default="__missing__") == "__missing__":
+            OmegaConf.update(trained, key, value, force_add=True)
     given, have = flatten(plain(cfg)), flatten(plain(trained))
     named = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
     plain_keys = {k for k in named if k not in GROUP_NODES}

@@ -101,3 +101,18 @@ def test_eval_uses_the_runs_own_configuration(compose_cfg, tiny: list[str], tmp_
         run_eval(compose_cfg("eval", bad), tmp_path / "E3", overrides=bad)
     with pytest.raises(MixcdError, match="never into the run it evaluates"):
         run_eval(compose_cfg("eval", [*tiny, f"run_dir={tmp_path / 'R'}"]), tmp_path / "R", overrides=[])
+
+
+def test_eval_reads_a_run_made_before_later_settings_existed(compose_cfg, tiny: list[str], tmp_path: Path) -> None:
+    """A run folder written before rehearsal.pool, stages, logger or optimized_metric existed evaluates as it ran."""
+    from omegaconf import OmegaConf
+
+    trained = run_train(compose_cfg("train", [*tiny, "trainer.steps=10"]), tmp_path / "R")
+    config = OmegaConf.load(tmp_path / "R" / "config.yaml")
+    for key in ("rehearsal", "stages", "logger", "optimized_metric"):
+        config.pop(key)
+    OmegaConf.save(config, tmp_path / "R" / "config.yaml")
+    paths = [o for o in tiny if o.startswith("paths.")]
+    args = [*paths, f"run_dir={tmp_path / 'R'}"]
+    ev = run_eval(compose_cfg("eval", args), tmp_path / "E", overrides=args)
+    assert ev["pre_acc"] == trained["pre_acc"] and ev["ft_acc"] == trained["ft_acc"]
