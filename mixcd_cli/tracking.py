@@ -251,8 +251,9 @@ class MlflowTracker(Tracker):
 
         from .artifacts import file_lock
 
-        # MLflow's store reports its schema migrations at INFO: not a user's business
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        # MLflow's store reports creating and migrating its tables at INFO: not a user's business
+        for name in ("alembic", "mlflow.store"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
         self.experiment_name = experiment or (f"{run.experiment} sweep {run.sweep}" if run.sweep else run.experiment)
         self.tracking_uri = tracking_uri
