@@ -189,6 +189,11 @@ def test_shell_completion_offers_the_choices() -> None:
 
 
 def test_completion_script_names_the_program() -> None:
-    proc = subprocess.run([sys.executable, "-c", "from mixcd_cli.cli import main; main()", "--show-completion",
-                           "bash"], capture_output=True, text=True)
+    # the shell named, not detected: --install-completion/--show-completion detect it from the parent
+    # processes, which under make or CI is sh (not supported), so ask for bash's script the explicit way
+    import os
+
+    proc = subprocess.run([sys.executable, "-c", "from mixcd_cli.cli import main; main()"], capture_output=True,
+                          text=True, env={**os.environ, "_MIXCD_COMPLETE": "source_bash"})
     assert proc.returncode == 0 and "_MIXCD_COMPLETE=complete_bash" in proc.stdout
+    assert "complete -o default -F _mixcd_completion mixcd" in proc.stdout
