@@ -522,10 +522,10 @@ def sections(groups: Sequence[Group], eq: Sequence[dict[str, Any]], skipped: Seq
     return out
 
 
-def markdown(groups: Sequence[Group], eq: Sequence[dict[str, Any]], skipped: Sequence[tuple[Path, str]],
-             vs: Sequence[dict[str, Any]] = ()) -> str:
+def markdown(parts: Sequence[Section]) -> str:
+    """report.md from the report's sections."""
     lines: list[str] = []
-    for section in sections(groups, eq, skipped, vs):
+    for section in parts:
         for paragraph in section.text:
             lines += [paragraph, ""]
         if section.head:
@@ -643,12 +643,58 @@ def _json_fold(x: float | None) -> float | str | None:
     return "> max" if x is not None and math.isinf(x) else x
 
 
+def _rich_table(title: str, head: Sequence[str], rows: Sequence[Sequence[str]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for h in head:
+        table.add_column(h, justify="left" if h in ("experiment", "config", "sampler", "verdict") else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_report(console: Any, runs: Sequence[Run], groups: Sequence[Group], eq: Sequence[dict[str, Any]],
+                 vs: Sequence[dict[str, Any]]) -> None:
+    """The report's tables on the terminal: groups, random-equivalent budgets, against the default mix-cd."""
+    console.print(_rich_table(f"mixcd report: {len(runs)} runs, {len(groups)} groups (mean ± std over seeds)",
+                              LEAD + [HEADERS[k] for k in metric_keys(groups)], table_rows(groups)))
+    if eq:
+        console.print(_rich_table("random-equivalent rehearsal budget (paired bootstrap 95% interval over seeds)",
+                                  eq_head(groups), eq_rows(eq)))
+    if vs:
+        console.print(_rich_table("against the paper-faithful mix-cd (paired by seed, 95% t-interval)",
+                                  compare.HEAD, compare.rows_of(vs)))
+
+
+def summary_of(runs: Sequence[Run], groups: Sequence[Group], eq: Sequence[dict[str, Any]],
+               vs: Sequence[dict[str, Any]], skipped: Sequence[tuple[Path, str]], pngs: Sequence[Path]
+               ) -> dict[str, Any]:
+    """report.json: every group with its statistics, the folds (infinite ones as "> max"), skipped runs, plots."""
+    return {"runs": len(runs), "groups": [
+        {"experiment": g.experiment, "config": g.label, "sampler": g.sampler, "variant": g.variant,
+         "mix_ratio": g.mix_ratio,
+         "settings": dict(g.settings), "sampler_options": dict(g.options), "duplicates": g.duplicates,
+         "frontier": g.frontier, "seeds": sorted(g.seeds()),
+         **{k: dict(zip(("mean", "std", "n"), g.stat(k), strict=True)) for k in metric_keys(groups)},
+         **({"accuracy_matrix": mean_matrix(g)} if mean_matrix(g) else {})} for g in groups],
+        "retention": RETENTION if is_sequence(groups) else "pre_acc",
+        "random_equivalent": [{**e, "fold": _json_fold(e["fold"]),
+                               "fold_per_seed": {str(k): _json_fold(v) for k, v in e["fold_per_seed"].items()},
+                               "fold_ci95": [_json_fold(v) for v in e["fold_ci95"]] if e["fold_ci95"] else None}
+                              for e in eq],
+        "against_default": [{**v, "fold": _json_fold(v["fold"]), "default_fold": _json_fold(v["default_fold"]),
+                             "fold_ci95": [_json_fold(x) for x in v["fold_ci95"]] if v["fold_ci95"] else None,
+                             "default_fold_ci95": [_json_fold(x) for x in v["default_fold_ci95"]]
+                             if v["default_fold_ci95"] else None} for v in vs],
+        "skipped": [[str(p), why] for p, why in skipped], "plots": [p.name for p in pngs]}
+
+
 def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "train",
                plots: bool = True, samplers: Sequence[str] | None = None, html: bool = False) -> dict[str, Any]:
     """Collect, aggregate, print, and write report.csv / report.md / report.json (+ PNGs, and with ``html``
     report.html: everything on one self-contained page); ``samplers`` keeps only those samplers' runs."""
     from rich.console import Console
-    from rich.table import Table
 
     from .artifacts import write_json
     from .console import console, note
@@ -669,26 +715,7 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
     out = Path(out) if out else Path(paths[0])
     out.mkdir(parents=True, exist_ok=True)
 
-    table = Table(title=f"mixcd report: {len(runs)} runs, {len(groups)} groups (mean ± std over seeds)")
-    for h in LEAD + [HEADERS[k] for k in metric_keys(groups)]:
-        table.add_column(h, justify="left" if h in ("experiment", "config", "sampler") else "right")
-    for row in table_rows(groups):
-        table.add_row(*row)
-    console.print(table)
-    if eq:
-        t2 = Table(title="random-equivalent rehearsal budget (paired bootstrap 95% interval over seeds)")
-        for h in eq_head(groups):
-            t2.add_column(h, justify="left" if h in ("experiment", "config", "sampler") else "right")
-        for row in eq_rows(eq):
-            t2.add_row(*row)
-        console.print(t2)
-    if vs:
-        t3 = Table(title="against the paper-faithful mix-cd (paired by seed, 95% t-interval)")
-        for h in compare.HEAD:
-            t3.add_column(h, justify="left" if h in ("experiment", "config", "sampler", "verdict") else "right")
-        for row in compare.rows_of(vs):
-            t3.add_row(*row)
-        console.print(t3)
+    print_report(console, runs, groups, eq, vs)
     if skipped:  # one line, however many folders: the list is in report.md and report.json
         failed = sum(why.startswith("failed:") for _, why in skipped)
         note(f"{len(skipped)} run folder(s) left out ({failed} failed with error.txt, {len(skipped) - failed} "
@@ -697,34 +724,18 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
     if duplicates:
         note(f"{duplicates} run(s) repeat a seed already in their group and count once")
 
+    parts = sections(groups, eq, skipped, vs)
     write_csv(groups, out / "report.csv")
-    (out / "report.md").write_text(markdown(groups, eq, skipped, vs))
+    (out / "report.md").write_text(markdown(parts))
     pngs = (plot(groups, out) + heatmaps(groups, out)
             + compare.plot_against_default(vs, out, _retention_name(groups))) if plots else []
-    summary = {"runs": len(runs), "groups": [
-        {"experiment": g.experiment, "config": g.label, "sampler": g.sampler, "variant": g.variant,
-         "mix_ratio": g.mix_ratio,
-         "settings": dict(g.settings), "sampler_options": dict(g.options), "duplicates": g.duplicates,
-         "frontier": g.frontier, "seeds": sorted(g.seeds()),
-         **{k: dict(zip(("mean", "std", "n"), g.stat(k), strict=True)) for k in metric_keys(groups)},
-         **({"accuracy_matrix": mean_matrix(g)} if mean_matrix(g) else {})} for g in groups],
-        "retention": RETENTION if is_sequence(groups) else "pre_acc",
-        "random_equivalent": [{**e, "fold": _json_fold(e["fold"]),
-                               "fold_per_seed": {str(k): _json_fold(v) for k, v in e["fold_per_seed"].items()},
-                               "fold_ci95": [_json_fold(v) for v in e["fold_ci95"]] if e["fold_ci95"] else None}
-                              for e in eq],
-        "against_default": [{**v, "fold": _json_fold(v["fold"]), "default_fold": _json_fold(v["default_fold"]),
-                             "fold_ci95": [_json_fold(x) for x in v["fold_ci95"]] if v["fold_ci95"] else None,
-                             "default_fold_ci95": [_json_fold(x) for x in v["default_fold_ci95"]]
-                             if v["default_fold_ci95"] else None} for v in vs],
-        "skipped": [[str(p), why] for p, why in skipped], "plots": [p.name for p in pngs]}
+    summary = summary_of(runs, groups, eq, vs, skipped, pngs)
     write_json(summary, out / "report.json")
     if html:
         from .html_report import write_html
 
         title = f"mixcd report: {len(runs)} {stage} runs, {len(groups)} groups"
-        write_html(out / "report.html", title, sections(groups, eq, skipped, vs), pngs,
-                   sources=[str(p) for p in paths])
+        write_html(out / "report.html", title, parts, pngs, sources=[str(p) for p in paths])
     console.print(f"wrote {out / 'report.csv'}, report.md, report.json" + (", report.html" if html else "")
                   + (f" and {len(pngs)} plots" if pngs else ""), highlight=False, soft_wrap=True)
     return summary

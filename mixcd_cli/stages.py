@@ -455,7 +455,7 @@ def run_train(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
             tracking.close("KILLED" if interrupted else "FAILED")
         raise
     if tracking is not None:
-        tracking.finish(plain(cfg), result, [ctx.run_dir / "metrics.json", ctx.run_dir / "config.yaml"])
+        tracking.finish(result, [ctx.run_dir / "metrics.json"])  # config.yaml went with the config at the start
     return result
 
 

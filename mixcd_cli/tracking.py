@@ -17,8 +17,8 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,6 @@ class RunIdentity:
     sweep: str | None = None  # the sweep folder's name: every job of one sweep shares it
     job: int | None = None
     resumed: bool = False
-    tags: dict[str, str] = field(default_factory=dict)
 
 
 def run_name(overrides: Iterable[str], fallback: str) -> str:
@@ -335,7 +334,7 @@ class Tracking:
                               "other_s": 0.0} for t in trackers}
         self.queued_s = 0.0
         self.failed: dict[str, str] = {}
-        self._futures: list[Future] = []
+        self.params: dict[str, Any] = {}  # the flattened config, logged at the start and kept for the end
         self.write_where()
 
     def _call(self, method: str, *args: Any, interval: bool = False) -> None:
@@ -360,12 +359,12 @@ class Tracking:
 
     def submit(self, method: str, *args: Any, interval: bool = False) -> None:
         t0 = time.perf_counter()
-        self._futures = [f for f in self._futures if not f.done()]
-        self._futures.append(self.pool.submit(self._call, method, *args, interval=interval))
+        self.pool.submit(self._call, method, *args, interval=interval)
         self.queued_s += time.perf_counter() - t0
 
     def log_config(self, config: dict[str, Any], config_yaml: str) -> None:
-        self.submit("log_config", flat_params(config), config_yaml)
+        self.params = flat_params(config)
+        self.submit("log_config", self.params, config_yaml)
 
     def interval_logger(self, stage: int, stages: int, step_offset: int) -> Callable[[dict[str, Any]], None]:
         """What the training loop calls with each telemetry record of stage ``stage`` (of ``stages``)."""
@@ -377,9 +376,9 @@ class Tracking:
 
         return log
 
-    def finish(self, config: dict[str, Any], result: dict[str, Any], files: list[Path]) -> None:
+    def finish(self, result: dict[str, Any], files: list[Path]) -> None:
         """Final metrics and ledger, the run's files as artifacts; wait for every record to be written."""
-        self.submit("log_final", flat_params(config), final_scalars(result), int(result.get("steps") or 0), files)
+        self.submit("log_final", self.params, final_scalars(result), int(result.get("steps") or 0), files)
         self.close("FINISHED")
 
     def close(self, status: str) -> None:
@@ -400,13 +399,12 @@ class Tracking:
 
 def check_available(names: Iterable[str]) -> None:
     """Fail fast, before any work, when a chosen logger's package is missing."""
-    for name in names:
-        LOGGERS.get(name)
-        module = {"tensorboard": "tensorboard", "mlflow": "mlflow"}[name]
-        import importlib.util
+    import importlib.util
 
-        if importlib.util.find_spec(module) is None:
-            raise MixcdError(f"logger={name} needs the {module} package; {INSTALL_HINT}")
+    for name in names:
+        LOGGERS.get(name)  # an unknown name lists the valid ones
+        if importlib.util.find_spec(name) is None:  # each logger is the package of its name
+            raise MixcdError(f"logger={name} needs the {name} package; {INSTALL_HINT}")
 
 
 def start(logger_cfg: dict[str, Any] | None, run: RunIdentity, lock_dir: Path) -> Tracking | None:
@@ -415,7 +413,6 @@ def start(logger_cfg: dict[str, Any] | None, run: RunIdentity, lock_dir: Path) -
         return None
     from .artifacts import read_json
 
-    check_available(logger_cfg)
     previous_file = run.run_dir / TRACKING_FILE
     previous = read_json(previous_file, "tracking record").get("loggers", {}) if run.resumed and \
         previous_file.is_file() else {}

@@ -165,7 +165,7 @@ def test_a_logger_failing_mid_run_is_one_line_and_training_goes_on(tmp_path: Pat
     log = hub.interval_logger(1, 1, 0)
     for step in (10, 20, 30):
         log({"step": step, "loss": 1.0, "p": [0.5, 0.5]})
-    hub.finish({"seed": 1}, {"pre_acc": 0.5, "steps": 30}, [])
+    hub.finish({"pre_acc": 0.5, "steps": 30}, [])
     assert flaky.intervals == [10]
     record = json.loads((tmp_path / tracking.TRACKING_FILE).read_text())
     assert record["failed"] == {"flaky": "OSError: disk full"}
