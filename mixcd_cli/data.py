@@ -228,6 +228,22 @@ def make_synthetic(root: str | None = None, train: bool = True, num_classes: int
     return ArraySource(data, targets, (0.5,) * channels, (0.25,) * channels, aux={"style": style})
 
 
+@DATASETS.register("text", help="text classification from JSONL/CSV/Parquet, a saved datasets folder or hub:<name> "
+                                 "(options.train_path/test_path, text, label; needs the text extra)")
+def _load_text(**kwargs: Any) -> Any:
+    from .text import load_text_source
+
+    return load_text_source(**{k: v for k, v in kwargs.items() if k != "download"})
+
+
+@DATASETS.register("topic_text", help="generated text: sentences from topic vocabularies, related topics sharing "
+                                       "words (the shipped text experiment; needs the text extra to tokenise)")
+def _load_topic_text(**kwargs: Any) -> Any:
+    from .text import make_topic_text
+
+    return make_topic_text(**kwargs)
+
+
 # ---------------------------------------------------------------- tasks
 
 
@@ -438,8 +454,41 @@ class BatchTransform:
         return {"mean": list(self.mean), "std": list(self.std), "size": self.size}
 
 
-def make_transform(source: ImageSource, size: int | None = None) -> BatchTransform:
+@dataclass(frozen=True)
+class TokenTransform:
+    """Token batches go to the model as they are: the text backbone reads ids, segments and padding itself."""
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens
+
+    def describe(self) -> dict[str, Any]:
+        return {"tokens": True}
+
+
+def is_text(source: Any) -> bool:
+    """Whether a source holds text (raw or tokenised) rather than images."""
+    return getattr(source, "channels", None) == 0
+
+
+def make_transform(source: ImageSource, size: int | None = None) -> BatchTransform | TokenTransform:
+    if is_text(source):
+        return TokenTransform()
     return BatchTransform(tuple(source.mean), tuple(source.std), size)
+
+
+def _padded(x: torch.Tensor, width: int) -> torch.Tensor:
+    from .text import PAD
+
+    return F.pad(x, (0, width - x.shape[-1]), value=PAD) if x.shape[-1] < width else x
+
+
+def join_batches(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Model inputs of several batches as one: images as they are; token batches (each padded to its own
+    longest row) first padded to the longest of all."""
+    if parts[0].ndim == 3 and not parts[0].is_floating_point():
+        width = max(p.shape[-1] for p in parts)
+        parts = [_padded(p, width) for p in parts]
+    return torch.cat(list(parts))
 
 
 class ConcatSource:
@@ -458,15 +507,16 @@ class ConcatSource:
     def images(self, index: torch.Tensor) -> torch.Tensor:
         index = index.cpu()
         part = torch.searchsorted(self.offsets[1:], index, right=True)
-        out: torch.Tensor | None = None
-        for p in part.unique().tolist():
-            mask = part == p
-            imgs = self.parts[p].images(index[mask] - self.offsets[p])
-            if out is None:
-                out = torch.empty((index.numel(), *imgs.shape[1:]), dtype=imgs.dtype, device=imgs.device)
-            out[mask.to(imgs.device)] = imgs
-        if out is None:
+        pieces = [(part == p, self.parts[p].images(index[part == p] - self.offsets[p])) for p in part.unique().tolist()]
+        if not pieces:
             return self.parts[0].images(index)
+        width = max(imgs.shape[-1] for _, imgs in pieces)
+        if pieces[0][1].ndim == 3:  # token batches: each part padded to its own longest row
+            pieces = [(mask, _padded(imgs, width)) for mask, imgs in pieces]
+        first = pieces[0][1]
+        out = torch.empty((index.numel(), *first.shape[1:]), dtype=first.dtype, device=first.device)
+        for mask, imgs in pieces:
+            out[mask.to(imgs.device)] = imgs
         return out
 
     def __len__(self) -> int:
@@ -528,11 +578,16 @@ class Experiment:
     prior_test: Task
     stages: list[Stage]
     head: str  # 'shared' | 'multi'
-    transform: BatchTransform
+    transform: BatchTransform | TokenTransform
+    vocab_size: int = 0  # text experiments: the tokenizer's, once encoded (text.encode_experiment)
 
     @property
     def channels(self) -> int:
         return self.pool.source.channels
+
+    @property
+    def text(self) -> bool:
+        return is_text(self.pool.source)
 
     @property
     def ft_train(self) -> Task:
@@ -641,6 +696,8 @@ def build_experiment(prior: dict[str, Any], finetune: dict[str, Any], head: str,
         built.append(Stage(str(spec.get("name") or f"stage{k}"), task(spec, "train", "finetune"),
                            task(spec, "test", "finetune"), _stage_head(k, head), trainer, _inputs(spec)))
     for s in built:
+        if is_text(pool.source) != is_text(s.train.source):
+            raise MixcdError(f"the prior task and stage '{s.name}' must both be text or both be images")
         if pool.source.channels != s.train.source.channels:
             raise MixcdError(f"prior and stage '{s.name}' datasets have different channel counts "
                              f"({pool.source.channels} vs {s.train.source.channels})")

@@ -16,7 +16,7 @@ from torch import nn
 
 from .errors import MixcdError, closest, unknown_choice
 from .registry import Registry
-from .schema import NORMS
+from .schema import NORMS, POOLINGS
 
 BACKBONES: Registry = Registry("model")
 # Model options that change how fine-tuning trains, not the architecture: they stay out of the spec a
@@ -149,6 +149,73 @@ def _timm(in_chans: int, name: str = "resnet18", pretrained: bool = False, weigh
     return net, int(net.num_features)
 
 
+class TextBackbone(nn.Module):
+    """A Hugging Face encoder fed mixcd's token batches, (n, 2, L): ids and segment ids, PAD where a row is
+    shorter than the batch's longest. The feature is the first token's last hidden state (``first``, the
+    [CLS] position), the mean over real tokens (``mean``), or the model's own pooler (``pooler``)."""
+
+    def __init__(self, encoder: nn.Module, pooling: str) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise unknown_choice("model.pooling", pooling, POOLINGS)
+        if pooling == "pooler" and getattr(encoder, "pooler", None) is None:
+            raise MixcdError("model.pooling=pooler: this encoder has no pooler; use first or mean")
+        self.encoder, self.pooling = encoder, pooling
+        # segment ids only reach models that embed them (BERT: 2 types; RoBERTa: 1, pairs told apart by [SEP])
+        self.uses_types = int(getattr(encoder.config, "type_vocab_size", 0) or 0) > 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .text import PAD
+
+        ids, types = x[:, 0], x[:, 1]
+        mask = ids != PAD
+        inputs = {"input_ids": ids.clamp(min=0), "attention_mask": mask.long()}
+        if self.uses_types:
+            inputs["token_type_ids"] = types.clamp(min=0)
+        out = self.encoder(**inputs)
+        if self.pooling == "pooler":
+            return out.pooler_output
+        hidden = out.last_hidden_state
+        if self.pooling == "first":
+            return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+@BACKBONES.register("hf", help="a Hugging Face encoder (model.name folder or hub name, or model.config for a "
+                                "small random one) for text tasks; needs the text extra")
+def _hf(in_chans: int, name: str | None = None, config: dict[str, Any] | None = None, pooling: str = "first",
+        vocab_size: int = 0, **_: Any) -> tuple[nn.Module, int]:
+    from .text import hf_location, require_text_extra
+
+    require_text_extra("model=hf")
+    if not vocab_size:
+        raise MixcdError("model=hf reads text: the prior and fine-tune tasks must be text tasks "
+                         "(task@prior=text / task@finetune=text, or experiment=text_topics)")
+    if (name is None) == (config is None):
+        raise MixcdError("model=hf needs exactly one of model.name (a folder or hub name of a pretrained "
+                         "encoder) and model.config (the configuration of a randomly initialised one)")
+    from transformers import AutoConfig, AutoModel
+
+    if config is not None:
+        settings = dict(config)
+        kind = settings.pop("model_type", "bert")
+        try:
+            encoder = AutoModel.from_config(AutoConfig.for_model(kind, **settings, vocab_size=vocab_size))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise MixcdError(f"model.config does not make a Hugging Face model: {str(exc).splitlines()[0]}") from exc
+    else:
+        where, _local = hf_location(name)
+        try:
+            encoder = AutoModel.from_pretrained(where)
+        except (OSError, ValueError) as exc:
+            raise MixcdError(f"could not load the encoder {where}: {str(exc).splitlines()[0]}") from exc
+        if vocab_size > encoder.config.vocab_size:
+            raise MixcdError(f"the tokenizer has {vocab_size} tokens but {where} embeds only "
+                             f"{encoder.config.vocab_size}: give the model's own tokenizer")
+    return TextBackbone(encoder, pooling), int(encoder.config.hidden_size)
+
+
 def load_backbone_weights(net: nn.Module, path: Path) -> None:
     """Load a local timm-style state dict; classifier keys are dropped, shapes must match."""
     if not path.is_file():
@@ -178,9 +245,12 @@ def load_backbone_weights(net: nn.Module, path: Path) -> None:
     net.load_state_dict(kept, strict=False)
 
 
-def create_model(backbone: str, in_chans: int, heads: dict[str, int], **kwargs: Any) -> MixcdNet:
-    """Build backbone ``backbone`` (a registered name) with the given heads."""
-    net, num_features = BACKBONES.get(backbone)(in_chans=in_chans, **kwargs)
+def create_model(backbone: str, in_chans: int, heads: dict[str, int], vocab_size: int = 0,
+                 **kwargs: Any) -> MixcdNet:
+    """Build backbone ``backbone`` (a registered name) with the given heads; ``in_chans`` for image models,
+    ``vocab_size`` (the tokenizer's) for text models."""
+    extra = {"vocab_size": vocab_size} if vocab_size else {}
+    net, num_features = BACKBONES.get(backbone)(in_chans=in_chans, **extra, **kwargs)
     return MixcdNet(net, num_features, heads)
 
 
@@ -196,7 +266,8 @@ def save_model(model: MixcdNet, path: Path, spec: dict[str, Any], extra: dict[st
         n: h.out_features for n, h in model.heads.items()}, **(extra or {})}, path)
 
 
-def load_model(path: Path, spec: dict[str, Any], in_chans: int, yours: bool = False) -> tuple[MixcdNet, dict[str, Any]]:
+def load_model(path: Path, spec: dict[str, Any], in_chans: int, yours: bool = False,
+               vocab_size: int = 0) -> tuple[MixcdNet, dict[str, Any]]:
     """Load a mixcd checkpoint; refuses one made for another architecture (``yours``: a file the user named)."""
     from .artifacts import safe_torch_load
 
@@ -206,7 +277,7 @@ def load_model(path: Path, spec: dict[str, Any], in_chans: int, yours: bool = Fa
     if ckpt["spec"] != spec:
         raise MixcdError(f"checkpoint {path} was made for model {ckpt['spec']}, not {spec}")
     args = {k: v for k, v in spec.items() if k != "backbone"}
-    model = create_model(spec["backbone"], in_chans, ckpt["heads"], **args)
+    model = create_model(spec["backbone"], in_chans, ckpt["heads"], vocab_size, **args)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:

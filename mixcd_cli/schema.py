@@ -202,7 +202,21 @@ class TimmModelConf:
     bn: str = _req(choices=BN_MODES)
 
 
-MODEL_SCHEMAS = {"cnn": CnnModelConf, "timm": TimmModelConf}
+POOLINGS = ("first", "mean", "pooler")  # text models: models.TextBackbone
+
+
+@dataclass
+class HfModelConf:
+    backbone: str = _req()
+    name: Optional[str] = _req()  # noqa: UP045
+    config: Optional[dict[str, Any]] = _req()  # noqa: UP045
+    tokenizer: Optional[str] = _req()  # noqa: UP045
+    pooling: str = _req(choices=POOLINGS)
+    max_length: int = _req(ge=2)
+    lowercase: bool = _req()
+
+
+MODEL_SCHEMAS = {"cnn": CnnModelConf, "timm": TimmModelConf, "hf": HfModelConf}
 
 
 # ----------------------------------------------------------------------------------- samplers

@@ -114,8 +114,19 @@ def setup(cfg: DictConfig, run_dir: Path | None = None) -> Context:
 def experiment_of(cfg: DictConfig) -> Experiment:
     """The prior task and the stages of ``cfg`` (``finetune`` alone when it lists no ``stages``)."""
     stages = plain(cfg.stages) if cfg.get("stages") is not None else None
-    return build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
-                            cfg.image_size, stages)
+    exp = build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
+                           cfg.image_size, stages)
+    model = plain(cfg.model)
+    if exp.text != (model["backbone"] == "hf"):
+        raise MixcdError("text tasks need a text model (model=hf)" if exp.text else
+                         f"model={model['backbone']} reads images; model=hf reads text tasks only")
+    if exp.text:
+        from .text import encode_experiment, model_position_limit
+
+        encode_experiment(exp, model.get("name"), model.get("tokenizer"), int(model["max_length"]),
+                          model_position_limit(model.get("name"), model.get("config")), Path(cfg.paths.cache_dir),
+                          bool(model.get("lowercase", True)))
+    return exp
 
 
 def place_data(exp: Experiment, device: torch.device, mode: Any) -> None:
@@ -194,7 +205,7 @@ def _prior_locked(ctx: Context, cache: Path, key: str, path: Path, spec: dict[st
                              "or give prior_model.checkpoint=PATH")
         pre = cfg.pretrain
         torch.manual_seed(derive_seed(int(pre.seed), "prior-init"))
-        model = create_model(spec["backbone"], exp.channels, heads, **model_args(cfg))
+        model = create_model(spec["backbone"], exp.channels, heads, exp.vocab_size, **model_args(cfg))
         batch = min(int(pre.batch_size), len(exp.pool))
         steps = int(pre.epochs) * max(1, len(exp.pool) // batch)
         settings = settings_from(pre, steps, int(pre.seed), "pretrain", int(cfg.eval.batch_size),
@@ -211,7 +222,7 @@ def _prior_locked(ctx: Context, cache: Path, key: str, path: Path, spec: dict[st
 
 def load_prior(ctx: Context, path: Path) -> MixcdNet:
     exp = ctx.experiment
-    model, _ = load_model(path, model_spec(plain(ctx.cfg.model)), exp.channels,
+    model, _ = load_model(path, model_spec(plain(ctx.cfg.model)), exp.channels, vocab_size=exp.vocab_size,
                           yours=bool(ctx.cfg.prior_model.checkpoint))
     expected = exp.head_sizes()[exp.prior_head()]
     head = model.heads[exp.prior_head()] if exp.prior_head() in model.heads else None
@@ -496,7 +507,7 @@ def _train(ctx: Context, t_start: float, tracking: Any) -> dict[str, Any]:
             ctx.ledger.load_state_dict(records[-1]["ledger_state"])
             continue
         if k > 1:
-            model, _ = load_model(model_path, spec, exp.channels)
+            model, _ = load_model(model_path, spec, exp.channels, vocab_size=exp.vocab_size)
             model.to(ctx.device)
             snap, snap_cached = snapshot_for(ctx, model_path, model, k)
         else:
@@ -638,7 +649,8 @@ def run_eval(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] 
     ctx = setup(cfg, target)
     prior_path, _ = prior_checkpoint(ctx, allow_train=False)
     snap, _ = snapshot_for(ctx, prior_path)
-    model, _ = load_model(source / "model.pt", model_spec(plain(cfg.model)), ctx.experiment.channels)
+    model, _ = load_model(source / "model.pt", model_spec(plain(cfg.model)), ctx.experiment.channels,
+                          vocab_size=ctx.experiment.vocab_size)
     model.to(ctx.device)
     with phase("evaluation", "nothing of this evaluation was written; rerun to evaluate again"):
         metrics = evaluate(ctx, model, snap)

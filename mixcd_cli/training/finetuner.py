@@ -24,7 +24,7 @@ from torch import nn
 
 from .. import distributed
 from ..artifacts import JsonlWriter, atomic_torch_save, safe_torch_load
-from ..data import BatchTransform, Task
+from ..data import BatchTransform, Task, join_batches
 from ..errors import Interrupted, MixcdError, TrainingDiverged, phase_kept
 from ..metrics import Ledger
 from ..models import MixcdNet
@@ -184,7 +184,8 @@ class _Pending:
 
 
 def host_batch(task: Task, rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images and labels of task rows; pinned when bound for a GPU so the copy is asynchronous."""
+    """uint8 images (or token batches) and labels of task rows; pinned when bound for a GPU so the copy is
+    asynchronous."""
     images = task.images(rows)
     if device.type == "cuda" and images.device.type == "cpu":
         images = images.pin_memory()
@@ -195,7 +196,7 @@ def to_device(images: torch.Tensor, labels: torch.Tensor, transform: BatchTransf
               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised model inputs and labels on ``device``."""
     x = transform(images.to(device, non_blocking=True))
-    if channels_last:
+    if channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, labels.to(device, non_blocking=True)
 
@@ -360,7 +361,7 @@ class FineTuner:
             # like telemetry, the last (possibly shorter) interval is audited too
             audit_now = s.audit_every and ((step + 1) % s.audit_every == 0 or step + 1 == s.steps)
             audit_wrong = self.audit(pool_rows, pool_x, pool_y) if audit_now else None
-            x = torch.cat([ft_x, pool_x])
+            x = join_batches([ft_x, pool_x])
             splits = [(self.head, 0, n_ft)] + [(h, n_ft + int(at[0]), n_ft + int(at[-1]) + 1)
                                                for h, at in r.pool.head_groups(pool_rows, r.head)]
         else:
