@@ -9,7 +9,7 @@ MIXCD := $(VENV)/bin/mixcd
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: help install install-track data demo test test-all lint bench norm-choice
+.PHONY: help install install-track install-text data demo test test-all lint bench norm-choice
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-24s %s\n", $$1, $$2}'
@@ -18,12 +18,14 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 'setuptools>=68'
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[dev,track]'
+	$(PY) -m pip install -q -e '.[dev,track,text]'
 	touch $@
 
-install: $(VENV)/.installed ## create .venv and install mixcd with its dev tools and trackers (TensorBoard, MLflow, Optuna)
+install: $(VENV)/.installed ## create .venv and install mixcd with its dev tools, trackers (TensorBoard, MLflow, Optuna) and text extra
 
 install-track: install ## the trackers alone are the `track` extra: pip install -e '.[track]' (part of install here)
+
+install-text: install ## text tasks alone are the `text` extra: pip install -e '.[text]' (part of install here)
 
 data: ## install Fashion-MNIST from Debian's dataset-fashion-mnist (needs root/apt)
 	@if [ -f $(FMNIST) ]; then echo "Fashion-MNIST present: $(FMNIST)"; \
@@ -114,6 +116,16 @@ reproduce-fmnist-foundation-quick: install data ## small version: random, mixcd 
 	$(MAKE) --no-print-directory _reproduce NAME=fmnist_foundation-quick EXP=fmnist_foundation SAMPLERS=random,mixcd \
 		ORACLE= RATIOS=0.015625,0.0625 SEEDS=1 EXTRA=trainer.steps=200 \
 		OUT=$(REPRO)/fmnist_foundation-quick/latest-report
+
+# Text (issue 15): the generated topic corpus and a tiny random BERT (experiment=text_topics), no download.
+TEXT_RATIOS ?= 0.03125,0.0625,0.125,0.25
+.PHONY: reproduce-text reproduce-text-quick
+reproduce-text: install ## none, random, mixcd, oracle_cd on generated text, 4 ratios, 5 seeds → results/text_topics (~9 min)
+	$(MAKE) --no-print-directory _reproduce NAME=text_topics EXP=text_topics SAMPLERS=random,mixcd \
+		RATIOS=$(TEXT_RATIOS) SEEDS=1,2,3,4,5 OUT=$(CURDIR)/results/text_topics
+reproduce-text-quick: install ## small version: none, random, mixcd, oracle_cd at 1/16 and 1/4, 1 seed (~1 min)
+	$(MAKE) --no-print-directory _reproduce NAME=text_topics-quick EXP=text_topics SAMPLERS=random,mixcd \
+		RATIOS=0.0625,0.25 SEEDS=1 OUT=$(REPRO)/text_topics-quick/latest-report
 
 # Multi-stage sequences (DESIGN §10): every rehearsal sampler, and mix-cd partitioned by the task a pool
 # row came from (SOURCE), at three ratios and three seeds; `mixcd report` adds the accuracy matrices.

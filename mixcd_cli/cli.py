@@ -185,8 +185,10 @@ def ls(kind: ListKind = typer.Argument(..., help="What to list.")) -> None:
 
     from .console import console
     from .hydra_app import config_dir, group_options
+    from .text import text_extra_installed
 
     kind = kind.value
+    show_text = text_extra_installed()
     table = Table(title=kind)
     table.add_column("name", style="bold")
     table.add_column("what")
@@ -199,7 +201,8 @@ def ls(kind: ListKind = typer.Argument(..., help="What to list.")) -> None:
         from .data import DATASETS
 
         for name in DATASETS:
-            table.add_row(name, DATASETS.help(name))
+            if show_text or name not in TEXT_DATASETS:
+                table.add_row(name, DATASETS.help(name))
     elif kind == "loggers":
         from .tracking import LOGGERS
 
@@ -211,10 +214,28 @@ def ls(kind: ListKind = typer.Argument(..., help="What to list.")) -> None:
             text = (config_dir() / group / f"{name}.yaml").read_text().splitlines()
             comment = next((line.lstrip("# ").strip() for line in text
                             if line.startswith("#") and "@package" not in line), "")
-            table.add_row(name, comment)
+            if show_text or not _is_text_config(text):
+                table.add_row(name, comment)
         if kind == "models":
             table.add_row("<timm name>", "any timm.list_models() entry: model=convnext_atto")
     console.print(table)
+    if not show_text and kind in ("models", "tasks", "experiments", "datasets"):
+        from .text import TEXT_EXTRA
+
+        console.print(f"text {kind} (Hugging Face encoders, text files, the generated text experiment) need the "
+                      f"text extra: {TEXT_EXTRA}", highlight=False)
+
+
+TEXT_DATASETS = ("text", "topic_text")
+
+
+def _is_text_config(lines: list[str]) -> bool:
+    """A model, task or experiment config that needs the text extra (an hf backbone, a text dataset, or an
+    experiment built on them)."""
+    keys = {line.split(":", 1)[0].strip(" -"): line.split(":", 1)[1].strip() for line in lines if ":" in line}
+    return keys.get("backbone") == "hf" or keys.get("dataset") in TEXT_DATASETS or \
+        any(line.strip().startswith(("- hf", "- override /model: hf", "- /task@prior: topics", "- /task@prior: text"))
+            for line in lines)
 
 
 def main() -> None:
