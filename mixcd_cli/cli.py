@@ -223,7 +223,7 @@ def ls(kind: ListKind = typer.Argument(..., help="What to list.")) -> None:
         from .text import TEXT_EXTRA
 
         console.print(f"text {kind} (Hugging Face encoders, text files, the generated text experiment) need the "
-                      f"text extra: {TEXT_EXTRA}", highlight=False)
+                      f"text extra: {TEXT_EXTRA}", highlight=False, markup=False)
 
 
 TEXT_DATASETS = ("text", "topic_text")
