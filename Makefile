@@ -127,6 +127,16 @@ reproduce-text-quick: install ## small version: none, random, mixcd, oracle_cd a
 	$(MAKE) --no-print-directory _reproduce NAME=text_topics-quick EXP=text_topics SAMPLERS=random,mixcd \
 		RATIOS=0.0625,0.25 SEEDS=1 OUT=$(REPRO)/text_topics-quick/latest-report
 
+# Which mix-cd settings find the text task's damage: one knob at a time beside the newest `make reproduce-text`
+# (its none / random / default-mixcd runs are the reference), the two free-signal rivals, r = 1/16 and 1/8.
+TEXT_RUNS ?= $(lastword $(sort $(wildcard $(REPRO)/text_topics/2*)))
+.PHONY: ablate-text
+ablate-text: install ## mix-cd's partitions and variants on the text task → results/ablate_text (~7 min; after reproduce-text)
+	$(MAKE) --no-print-directory _ablate NAME=ablate_text EXP=text_topics RATIOS=0.0625,0.125 ABLATE_SEEDS=1,2,3,4,5 \
+		BASE="$(TEXT_RUNS)" BASE_TARGET=reproduce-text OUT=$(CURDIR)/results/ablate_text \
+		ABLATE_KNOBS="sampler.partition=kmeans,class sampler.num_bins=1,50 sampler.tau=0.9 sampler.memory=recent \
+		sampler.estimate=thompson"
+
 # Multi-stage sequences (DESIGN §10): every rehearsal sampler, and mix-cd partitioned by the task a pool
 # row came from (SOURCE), at three ratios and three seeds; `mixcd report` adds the accuracy matrices.
 SEQ_SAMPLERS ?= random,class_balanced,mixcd,mir
