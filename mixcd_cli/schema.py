@@ -84,7 +84,9 @@ class TaskConf:
     name: str = _req()
     dataset: str = _req()
     classes: Optional[list[int]] = _req(nonempty=True)  # noqa: UP045
-    label_map: Optional[dict[int, int]] = _req()  # noqa: UP045
+    # a mapping of integer labels, or null: checked by check_label_map, because Hydra cannot assign a
+    # mapping on the command line (finetune.label_map={4:1}) to a key typed Optional[dict] while it is null
+    label_map: Any = _req()
     download: bool = _req()
     root: Optional[str] = _req()  # noqa: UP045
     options: dict[str, Any] = _req()
@@ -386,6 +388,15 @@ def _check_value(key: str, value: Any, rules: dict[str, Any]) -> None:
             raise MixcdError(f"{key} must be {word} {rules[name]}, got {value}")
 
 
+def check_label_map(value: Any, key: str) -> None:
+    """A task's label_map: null, or a mapping from integer labels to integer labels."""
+    if value is None:
+        return
+    pairs = value.items() if isinstance(value, dict | DictConfig) else None
+    if pairs is None or not all(isinstance(x, int) and not isinstance(x, bool) for kv in pairs for x in kv):
+        raise MixcdError(f"{key} must be a mapping of integer labels, e.g. {{0: 1}}, got {_describe(value)}")
+
+
 def check_ranges(schema: type, node: Any, prefix: str = "") -> None:
     """Every field of ``node`` against the range rules of its dataclass (recursively)."""
     for f in fields(schema):
@@ -477,6 +488,7 @@ def stage_rules(cfg: DictConfig) -> None:
     for i, (spec, trainer) in enumerate(specs):
         where = f"stages[{i}]." if stages is not None else "finetune."
         check_ranges(TaskConf, typed(TaskConf, spec, where), where)
+        check_label_map(spec.get("label_map"), f"{where}label_map")
         check_task_transform(spec.get("transform"))
         for key, value in trainer.items():
             rules = {f.name: dict(f.metadata) for f in fields(TrainerConf)}[key]
@@ -518,6 +530,7 @@ def validate(cfg: DictConfig) -> None:
         raise unknown_choice("sampler", str(sampler.get("name")), SAMPLER_SCHEMAS)
     sampler = typed(SAMPLER_SCHEMAS[sampler.name], sampler, "sampler.")
     check_ranges(schema, resolved)
+    check_label_map(resolved.prior.label_map, "prior.label_map")
     check_ranges(MODEL_SCHEMAS[backbone], model, "model.")
     check_ranges(SAMPLER_SCHEMAS[sampler.name], sampler, "sampler.")
     resolved.sampler = sampler

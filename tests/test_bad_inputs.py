@@ -75,6 +75,7 @@ BEFORE_WORK = [
     (["prior.classes=[]"], "prior.classes must not be empty"),
     (["prior.classes=[a]"], "must be an integer, got 'a'"),
     (["prior.label_map=3"], "prior.label_map must be a mapping"),
+    (["finetune.label_map={a:1}"], "finetune.label_map must be a mapping of integer labels, e.g. {0: 1}, got {'a': 1}"),
     (["sampler=none", "trainer.mix_ratio=0.25"], "sampler=none mixes nothing"),
     (["trainer.mix_ratio=0.01"], "mixes in no sample"),
     (["sampler=mixcd", "sampler.num_bins=0"], "sampler.num_bins must be ≥ 1"),

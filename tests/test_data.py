@@ -211,3 +211,15 @@ def test_a_domain_shift_and_a_relabelling_make_another_task() -> None:
     assert coarse.num_classes == 2 and plain.num_classes == 4
     assert torch.equal(coarse.targets, plain.targets // 2)  # label_map holds with one head per task too
     assert coarse.fingerprint() != plain.fingerprint()
+
+
+def test_a_label_map_can_be_set_on_the_command_line(compose_cfg) -> None:
+    """A mapping assigned to a task's null label_map from the shell composes and relabels (Hydra refuses that
+    assignment to a key typed Optional[dict], hence the schema's Any plus its own check)."""
+    from mixcd_cli.stages import experiment_of, validate_config
+
+    cfg = compose_cfg("train", ["experiment=tiny", "finetune.label_map={3: 0, 4: 1, 5: 2}", "head=multi"])
+    validate_config(cfg)
+    exp = experiment_of(cfg)
+    assert sorted(exp.ft_train.targets.unique().tolist()) == [0, 1, 2]
+    assert exp.ft_train.definition["label_map"] == {3: 0, 4: 1, 5: 2}
