@@ -305,3 +305,20 @@ def test_ls_shows_text_entries_only_with_the_extra(monkeypatch: pytest.MonkeyPat
         out = runner.invoke(app, ["ls", kind]).output
         assert hidden not in out and "pip install -e '.[text]'" in out, out
     assert "fmnist_0to4" in runner.invoke(app, ["ls", "tasks"]).output
+
+
+def test_a_text_sequence_rehearses_rows_of_earlier_stages(tmp_path: Path) -> None:
+    """Two text stages on one head each: stage 2's pool joins the prior pool and stage 1's rows, whose token
+    batches have their own widths."""
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", *TINY_TEXT, *paths(tmp_path), "head=multi", "sampler=random",
+                                 "trainer.mix_ratio=0.5",
+                                 "stages=[{name: a, classes: [4, 5]}, {name: b, classes: [6, 7]}]",
+                                 f"hydra.run.dir={run}"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["stage_names"] == ["a", "b"]
+    pool = metrics["stages"][1]["pool"]
+    assert set(pool["by_source"]) == {"0", "1"} and pool["by_source"]["1"] > 0  # stage 1's rows are in the pool
+    assert metrics["ledger"]["forward"]["rehearsal"] == 2 * 20 * 8
+    assert len(metrics["stages"][1]["accuracy"]) == 3  # prior, a, b: every earlier text task evaluated
