@@ -145,7 +145,7 @@ def read_table(location: str, root: Path, split: str, hub_config: str | None = N
 
         try:
             return _from_datasets(datasets.load_dataset(name, hub_config, split=split), split, location), location
-        except (ValueError, FileNotFoundError) as exc:
+        except Exception as exc:  # unknown name, configuration or split, or the hub failing midway: all user-facing
             raise MixcdError(f"hub dataset '{name}' ({hub_config or 'default'}, split {split}) could not be "
                              f"loaded: {str(exc).splitlines()[0]}") from exc
     path = Path(location).expanduser()
@@ -444,7 +444,10 @@ def make_encoder(name: str | None, tokenizer: str | None, max_length: int, model
     elif name:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(name, use_fast=True)
+        try:
+            tok = AutoTokenizer.from_pretrained(name, use_fast=True)
+        except (OSError, ValueError) as exc:  # no such repository, or no tokenizer in it
+            raise MixcdError(f"no tokenizer for hub model '{name}': {str(exc).splitlines()[0]}") from exc
         digest = hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()[:16]
         origin = f"hub {name}"
     else:
