@@ -185,7 +185,7 @@ def ls(kind: ListKind = typer.Argument(..., help="What to list.")) -> None:
 
     from .console import console
     from .hydra_app import config_dir, group_options
-    from .text import text_extra_installed
+    from .text import TEXT_DATASETS, text_extra_installed
 
     kind = kind.value
     show_text = text_extra_installed()
@@ -214,7 +214,7 @@ def ls(kind: ListKind = typer.Argument(..., help="What to list.")) -> None:
             text = (config_dir() / group / f"{name}.yaml").read_text().splitlines()
             comment = next((line.lstrip("# ").strip() for line in text
                             if line.startswith("#") and "@package" not in line), "")
-            if show_text or not _is_text_config(text):
+            if show_text or not _needs_text(config_dir(), group, name):
                 table.add_row(name, comment)
         if kind == "models":
             table.add_row("<timm name>", "any timm.list_models() entry: model=convnext_atto")
@@ -226,16 +226,26 @@ def ls(kind: ListKind = typer.Argument(..., help="What to list.")) -> None:
                       f"text extra: {TEXT_EXTRA}", highlight=False, markup=False)
 
 
-TEXT_DATASETS = ("text", "topic_text")
+def _needs_text(config_dir: Path, group: str, name: str) -> bool:
+    """Whether config ``group/name`` needs the text extra: an hf backbone, a text dataset, or a defaults entry
+    (a model's base, an experiment's tasks and model) that does."""
+    import yaml
 
+    from .text import TEXT_DATASETS
 
-def _is_text_config(lines: list[str]) -> bool:
-    """A model, task or experiment config that needs the text extra (an hf backbone, a text dataset, or an
-    experiment built on them)."""
-    keys = {line.split(":", 1)[0].strip(" -"): line.split(":", 1)[1].strip() for line in lines if ":" in line}
-    return keys.get("backbone") == "hf" or keys.get("dataset") in TEXT_DATASETS or \
-        any(line.strip().startswith(("- hf", "- override /model: hf", "- /task@prior: topics", "- /task@prior: text"))
-            for line in lines)
+    node = yaml.safe_load((config_dir / group / f"{name}.yaml").read_text()) or {}
+    if node.get("backbone") == "hf" or node.get("dataset") in TEXT_DATASETS:
+        return True
+    for entry in node.get("defaults") or []:
+        if isinstance(entry, dict):  # "/task@prior: topics_prior", "override /model: hf_tiny"
+            key, ref = next(iter(entry.items()))
+            ref_group = key.split()[-1].strip("/").split("@")[0]
+        else:  # "hf" (a model's base) or "_self_"
+            ref_group, ref = group, entry
+        if isinstance(ref, str) and (config_dir / ref_group / f"{ref}.yaml").is_file() and \
+                _needs_text(config_dir, ref_group, ref):
+            return True
+    return False
 
 
 def main() -> None:

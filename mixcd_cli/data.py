@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from .errors import MixcdError
 from .registry import Registry
 from .schema import HEAD_MODES
+from .text import PAD
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -477,8 +478,6 @@ def make_transform(source: ImageSource, size: int | None = None) -> BatchTransfo
 
 
 def _padded(x: torch.Tensor, width: int) -> torch.Tensor:
-    from .text import PAD
-
     return F.pad(x, (0, width - x.shape[-1]), value=PAD) if x.shape[-1] < width else x
 
 
@@ -507,11 +506,12 @@ class ConcatSource:
     def images(self, index: torch.Tensor) -> torch.Tensor:
         index = index.cpu()
         part = torch.searchsorted(self.offsets[1:], index, right=True)
-        pieces = [(part == p, self.parts[p].images(index[part == p] - self.offsets[p])) for p in part.unique().tolist()]
+        masks = [(p, part == p) for p in part.unique().tolist()]
+        pieces = [(mask, self.parts[p].images(index[mask] - self.offsets[p])) for p, mask in masks]
         if not pieces:
             return self.parts[0].images(index)
-        width = max(imgs.shape[-1] for _, imgs in pieces)
         if pieces[0][1].ndim == 3:  # token batches: each part padded to its own longest row
+            width = max(imgs.shape[-1] for _, imgs in pieces)
             pieces = [(mask, _padded(imgs, width)) for mask, imgs in pieces]
         first = pieces[0][1]
         out = torch.empty((index.numel(), *first.shape[1:]), dtype=first.dtype, device=first.device)

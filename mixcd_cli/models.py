@@ -17,6 +17,7 @@ from torch import nn
 from .errors import MixcdError, closest, unknown_choice
 from .registry import Registry
 from .schema import NORMS, POOLINGS
+from .text import PAD
 
 BACKBONES: Registry = Registry("model")
 # Model options that change how fine-tuning trains, not the architecture: they stay out of the spec a
@@ -165,8 +166,6 @@ class TextBackbone(nn.Module):
         self.uses_types = int(getattr(encoder.config, "type_vocab_size", 0) or 0) > 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .text import PAD
-
         ids, types = x[:, 0], x[:, 1]
         mask = ids != PAD
         inputs = {"input_ids": ids.clamp(min=0), "attention_mask": mask.long()}

@@ -27,6 +27,7 @@ import torch
 from .errors import MixcdError
 
 PAD = -1  # the padding value of token batches: never a token id, so the mask is `ids != PAD`
+TEXT_DATASETS = ("text", "topic_text")  # the registered datasets that hold text (data.DATASETS)
 TEXT_EXTRA = "pip install -e '.[text]'  (transformers, tokenizers, datasets)"
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
@@ -55,7 +56,6 @@ class TextSource:
     targets: torch.Tensor
     description: str  # where it came from, for messages
     fingerprint: str  # hash of the content (segments and labels), the token cache's key
-    label_names: list[str] | None = None
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
     channels: int = 0  # not images: experiments check that all their tasks are of one kind
     mean: tuple[float, ...] = ()
@@ -166,7 +166,7 @@ def read_table(location: str, root: Path, split: str, hub_config: str | None = N
     return _read_file(path), str(path)
 
 
-def label_ids(values: list[Any], labels: list[Any] | None, where: str) -> tuple[torch.Tensor, list[str] | None]:
+def label_ids(values: list[Any], labels: list[Any] | None, where: str) -> torch.Tensor:
     """Integer labels: positions in ``labels`` (the class list) when given, else the values themselves
     (which must then be non-negative integers). A value outside the class list is an error."""
     if labels is not None:
@@ -177,7 +177,7 @@ def label_ids(values: list[Any], labels: list[Any] | None, where: str) -> tuple[
                 raise MixcdError(f"{where}: row {row} has label {v!r}, which is not in the class list "
                                  f"options.labels={list(labels)}")
             ids.append(lookup[str(v)])
-        return torch.tensor(ids, dtype=torch.int64), [str(v) for v in labels]
+        return torch.tensor(ids, dtype=torch.int64)
     out = []
     for row, v in enumerate(values):
         if isinstance(v, str) and v.strip().lstrip("-").isdigit():
@@ -190,7 +190,7 @@ def label_ids(values: list[Any], labels: list[Any] | None, where: str) -> tuple[
             raise MixcdError(f"{where}: row {row} has label {v}, outside the class list (unlabelled rows, as in "
                              "GLUE test splits, must be dropped; or list the classes as options.labels)")
         out.append(int(v))
-    return torch.tensor(out, dtype=torch.int64), None
+    return torch.tensor(out, dtype=torch.int64)
 
 
 def load_text_source(root: str, train: bool, train_path: str | None = None, test_path: str | None = None,
@@ -223,8 +223,8 @@ def load_text_source(root: str, train: bool, train_path: str | None = None, test
                              "options.text / options.label")
     segments = [[("" if v is None else str(v)) for v in columns[f]] for f in fields]
     rows = list(zip(*segments, strict=True))
-    targets, names = label_ids(columns[label], labels, where)
-    return TextSource(rows, targets, where, content_fingerprint(rows, targets), names)
+    targets = label_ids(columns[label], labels, where)
+    return TextSource(rows, targets, where, content_fingerprint(rows, targets))
 
 
 # ---------------------------------------------------------------- generated corpus
@@ -341,21 +341,31 @@ _WORDS = re.compile(r"\w+|[^\w\s]")
 
 
 def word_level_tokenizer(corpus: Callable[[], list[tuple[str, ...]]], lowercase: bool = True,
-                         min_count: int = 1) -> tuple[Any, str]:
+                         min_count: int = 1, vocab_file: Path | None = None) -> tuple[Any, str]:
     """A word-level tokenizer (``tokenizers`` WordLevel, [CLS] a [SEP] b [SEP] template) whose vocabulary is
     every word of ``corpus`` seen ``min_count`` times, ordered by count then spelling, so the same text
-    always gives the same ids (the library's trainer breaks count ties in hash order). → (tokenizer, digest)."""
+    always gives the same ids (the library's trainer breaks count ties in hash order). Counting reads the whole
+    corpus, so the word list is kept in ``vocab_file`` (named by the corpus's fingerprint) and read from there
+    next time. → (tokenizer, digest)."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
     norm = normalizers.Sequence([normalizers.NFKC(), *([normalizers.Lowercase()] if lowercase else [])])
     split = pre_tokenizers.Whitespace()
-    counts: Counter[str] = Counter()
-    for row in corpus():
-        for segment in row:
-            counts.update(w for w, _ in split.pre_tokenize_str(norm.normalize_str(segment)))
-    words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+    words = _cached_words(vocab_file)
+    if words is None:
+        counts: Counter[str] = Counter()
+        for row in corpus():
+            for segment in row:
+                counts.update(w for w, _ in split.pre_tokenize_str(norm.normalize_str(segment)))
+        words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+        if vocab_file is not None:
+            from .artifacts import atomic_path
+
+            vocab_file.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(vocab_file) as tmp:
+                tmp.write_text(json.dumps(words))
     vocab = {s: i for i, s in enumerate(SPECIALS)} | {w: len(SPECIALS) + i for i, w in enumerate(words)}
     tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
     tok.normalizer = norm
@@ -368,6 +378,16 @@ def word_level_tokenizer(corpus: Callable[[], list[tuple[str, ...]]], lowercase:
                                    sep_token="[SEP]")
     digest = hashlib.sha256(json.dumps([lowercase, words]).encode()).hexdigest()[:16]
     return fast, digest
+
+
+def _cached_words(vocab_file: Path | None) -> list[str] | None:
+    if vocab_file is None or not vocab_file.is_file():
+        return None
+    try:
+        words = json.loads(vocab_file.read_text())
+    except (OSError, ValueError):  # a damaged entry is counted again
+        return None
+    return words if isinstance(words, list) and all(isinstance(w, str) for w in words) else None
 
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model",
@@ -429,7 +449,8 @@ def model_position_limit(name: str | None, config: dict[str, Any] | None) -> int
 
 
 def make_encoder(name: str | None, tokenizer: str | None, max_length: int, model_max: int | None,
-                 corpus: Callable[[], list[tuple[str, ...]]], lowercase: bool = True) -> TextEncoder:
+                 corpus: Callable[[], list[tuple[str, ...]]], lowercase: bool = True,
+                 vocab_file: Path | None = None) -> TextEncoder:
     """The experiment's tokenizer: ``tokenizer`` (a folder) if given, else the one in the model folder
     ``name`` (or the hub model's), else — a randomly initialised model — a word-level one built on ``corpus``.
     Rows are cut at ``max_length`` tokens, and never beyond what the model can position (``model_max``)."""
@@ -451,7 +472,7 @@ def make_encoder(name: str | None, tokenizer: str | None, max_length: int, model
         digest = hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()[:16]
         origin = f"hub {name}"
     else:
-        tok, digest = word_level_tokenizer(corpus, lowercase)
+        tok, digest = word_level_tokenizer(corpus, lowercase, vocab_file=vocab_file)
         origin = "word-level, built on the experiment's training text"
     own_max = getattr(tok, "model_max_length", None)
     if own_max and own_max < 1_000_000:
@@ -467,15 +488,13 @@ class TokenSource:
     the longest of those rows (not of the split), so a batch of short sentences stays short."""
 
     def __init__(self, ids: torch.Tensor, types: torch.Tensor, offsets: torch.Tensor, targets: torch.Tensor,
-                 fingerprint: str, label_names: list[str] | None = None) -> None:
+                 fingerprint: str) -> None:
         self.ids, self.types, self.offsets, self.targets = ids, types, offsets, targets
         self.fingerprint = fingerprint
-        self.label_names = label_names
         self.channels = 0
         self.mean: tuple[float, ...] = ()
         self.std: tuple[float, ...] = ()
         self.aux: dict[str, torch.Tensor] = {}
-        self.tokens = True
 
     def images(self, index: torch.Tensor) -> torch.Tensor:
         index = index.cpu()
@@ -513,30 +532,28 @@ def tokenise(source: TextSource, encoder: TextEncoder, cache_dir: Path | None,
     from .artifacts import atomic_torch_save, file_lock
 
     key = hashlib.sha256(f"{source.fingerprint}|{encoder.fingerprint}|{encoder.max_length}".encode()).hexdigest()[:16]
-    path = cache_dir / "tokens" / f"{key}.pt" if cache_dir is not None else None
-
-    def truncation_note(truncated: int) -> None:
-        if truncated and note is not None:
-            note(f"{truncated} of {len(source)} rows of {source.description} are longer than {encoder.max_length} "
-                 "tokens and were truncated (model.max_length, or the model's own limit)")
-
-    if path is not None:
-        with file_lock(path.with_suffix(".lock")):
-            cached = _read_token_cache(path, key, note)
-            if cached is not None:
-                truncation_note(int(cached["truncated"]))
-                return TokenSource(cached["ids"], cached["types"], cached["offsets"], source.targets, key,
-                                   source.label_names), True
-            ids, types, offsets, truncated = encoder.encode(source.texts)
-            arrays = (torch.from_numpy(ids), torch.from_numpy(types), torch.from_numpy(offsets))
-            atomic_torch_save({"key": key, "ids": arrays[0], "types": arrays[1], "offsets": arrays[2],
-                               "truncated": truncated, "digest": _arrays_digest(*arrays),
-                               "encoder": encoder.origin}, path)
+    if cache_dir is None:
+        entry, cached = _encoded(source, encoder, key), False
     else:
-        ids, types, offsets, truncated = encoder.encode(source.texts)
-        arrays = (torch.from_numpy(ids), torch.from_numpy(types), torch.from_numpy(offsets))
-    truncation_note(truncated)
-    return TokenSource(*arrays, source.targets, key, source.label_names), False
+        path = cache_dir / "tokens" / f"{key}.pt"
+        with file_lock(path.with_suffix(".lock")):
+            entry = _read_token_cache(path, key, note)
+            cached = entry is not None
+            if entry is None:
+                entry = _encoded(source, encoder, key)
+                atomic_torch_save(entry, path)
+    if entry["truncated"] and note is not None:
+        note(f"{entry['truncated']} of {len(source)} rows of {source.description} are longer than "
+             f"{encoder.max_length} tokens and were truncated (model.max_length, or the model's own limit)")
+    return TokenSource(entry["ids"], entry["types"], entry["offsets"], source.targets, key), cached
+
+
+def _encoded(source: TextSource, encoder: TextEncoder, key: str) -> dict[str, Any]:
+    """A token cache entry: the encoded arrays, how many rows were cut, and the digest that verifies them."""
+    ids, types, offsets, truncated = encoder.encode(source.texts)
+    arrays = (torch.from_numpy(ids), torch.from_numpy(types), torch.from_numpy(offsets))
+    return {"key": key, "ids": arrays[0], "types": arrays[1], "offsets": arrays[2], "truncated": truncated,
+            "digest": _arrays_digest(*arrays), "encoder": encoder.origin}
 
 
 def _read_token_cache(path: Path, key: str, note: Callable[[str], None] | None) -> dict[str, Any] | None:
@@ -573,7 +590,9 @@ def encode_experiment(exp: Any, name: str | None, tokenizer: str | None, max_len
     def corpus() -> list[tuple[str, ...]]:
         return [row for s in train_sources.values() for row in s.texts]
 
-    encoder = make_encoder(name, tokenizer, max_length, model_max, corpus, lowercase)
+    corpus_key = hashlib.sha256(json.dumps([lowercase, *(s.fingerprint for s in train_sources.values())]).encode())
+    vocab_file = cache_dir / "vocab" / f"{corpus_key.hexdigest()[:16]}.json" if cache_dir is not None else None
+    encoder = make_encoder(name, tokenizer, max_length, model_max, corpus, lowercase, vocab_file)
     encoded = {key: tokenise(s, encoder, cache_dir, note)[0] for key, s in sources.items()}
 
     def swap(task: Any) -> Any:

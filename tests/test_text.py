@@ -154,6 +154,17 @@ def test_token_cache_is_reused_and_verified(tmp_path: Path, monkeypatch: pytest.
     assert tokenise(src, other, tmp_path, None)[0].fingerprint != first.fingerprint
 
 
+def test_word_level_vocabulary_is_counted_once_per_corpus(tmp_path: Path) -> None:
+    rows = small_corpus().texts
+    vocab_file = tmp_path / "vocab" / "corpus.json"
+    first, digest = word_level_tokenizer(lambda: rows, vocab_file=vocab_file)
+    assert vocab_file.is_file()
+    again, again_digest = word_level_tokenizer(lambda: pytest.fail("counted the corpus again"), vocab_file=vocab_file)
+    assert again_digest == digest and again.get_vocab() == first.get_vocab()
+    vocab_file.write_text("{not json")  # damaged: counted again
+    assert word_level_tokenizer(lambda: rows, vocab_file=vocab_file)[1] == digest
+
+
 def test_word_level_vocabulary_is_deterministic() -> None:
     rows = small_corpus().texts
     (a, da), (b, db) = word_level_tokenizer(lambda: rows), word_level_tokenizer(lambda: list(reversed(rows)))
