@@ -5,8 +5,13 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
+from typer.core import TyperCommand
+
+if TYPE_CHECKING:  # the samplers import torch: only when `ls samplers` runs
+    from .samplers import SamplerSpec
 
 app = typer.Typer(
     name="mixcd",
@@ -113,10 +118,17 @@ def _stage(stage: str, ctx: typer.Context, overrides: list[str] | None, multirun
         raise typer.Exit(code)
 
 
-EPILOG = _groups_epilog()
+class StageCommand(TyperCommand):
+    """A stage's command: its help ends with the config groups and their options, gathered when the help is
+    shown (group sampler's options are the registered samplers, whose import loads torch: not on every start)."""
+
+    def format_help(self, ctx: typer.Context, formatter: Any) -> None:  # Any: click's HelpFormatter, vendored
+        if self.epilog is None:
+            self.epilog = _groups_epilog()
+        super().format_help(ctx, formatter)
 
 
-@app.command(context_settings=STAGE_CONTEXT, epilog=EPILOG)
+@app.command(cls=StageCommand, context_settings=STAGE_CONTEXT)
 def pretrain(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN, cfg: CfgPart = CFG,
              resolve: bool = RESOLVE, package: str = PACKAGE, info: InfoPart = INFO,
              hydra_help: bool = HYDRA_HELP) -> None:
@@ -124,7 +136,7 @@ def pretrain(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: boo
     _stage("pretrain", ctx, overrides, multirun, cfg, resolve, package, info, hydra_help)
 
 
-@app.command(context_settings=STAGE_CONTEXT, epilog=EPILOG)
+@app.command(cls=StageCommand, context_settings=STAGE_CONTEXT)
 def snapshot(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN, cfg: CfgPart = CFG,
              resolve: bool = RESOLVE, package: str = PACKAGE, info: InfoPart = INFO,
              hydra_help: bool = HYDRA_HELP) -> None:
@@ -132,7 +144,7 @@ def snapshot(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: boo
     _stage("snapshot", ctx, overrides, multirun, cfg, resolve, package, info, hydra_help)
 
 
-@app.command(context_settings=STAGE_CONTEXT, epilog=EPILOG)
+@app.command(cls=StageCommand, context_settings=STAGE_CONTEXT)
 def train(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN, cfg: CfgPart = CFG,
           resolve: bool = RESOLVE, package: str = PACKAGE, info: InfoPart = INFO,
           hydra_help: bool = HYDRA_HELP) -> None:
@@ -140,7 +152,7 @@ def train(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool =
     _stage("train", ctx, overrides, multirun, cfg, resolve, package, info, hydra_help)
 
 
-@app.command("eval", context_settings=STAGE_CONTEXT, epilog=EPILOG)
+@app.command("eval", cls=StageCommand, context_settings=STAGE_CONTEXT)
 def eval_(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool = MULTIRUN, cfg: CfgPart = CFG,
           resolve: bool = RESOLVE, package: str = PACKAGE, info: InfoPart = INFO,
           hydra_help: bool = HYDRA_HELP) -> None:
@@ -182,6 +194,7 @@ def config_(stage: Stage = typer.Argument(Stage.train, help="The stage whose con
 def ls(kind: ListKind = typer.Argument(..., help="What to list.")) -> None:
     """List what is registered: samplers, models, tasks, experiments, datasets or loggers."""
     from rich.table import Table
+    from rich.text import Text
 
     from .console import console
     from .hydra_app import config_dir, group_options
@@ -195,8 +208,8 @@ def ls(kind: ListKind = typer.Argument(..., help="What to list.")) -> None:
     if kind == "samplers":
         from .samplers import SAMPLERS
 
-        for name in SAMPLERS:
-            table.add_row(name, SAMPLERS.help(name))
+        for spec in SAMPLERS.specs():
+            table.add_row(spec.name, Text(_sampler_text(spec)))
     elif kind == "datasets":
         from .data import DATASETS
 
@@ -224,6 +237,17 @@ def ls(kind: ListKind = typer.Argument(..., help="What to list.")) -> None:
 
         console.print(f"text {kind} (Hugging Face encoders, text files, the generated text experiment) need the "
                       f"text extra: {TEXT_EXTRA}", highlight=False, markup=False)
+
+
+def _sampler_text(spec: SamplerSpec) -> str:
+    """A sampler's help, then each of its declared options as ``key=default (choices): help``."""
+    from .options import docs, shown
+
+    lines = [spec.help]
+    for doc in docs(spec.options):
+        choices = f" ({' | '.join(shown(c) for c in doc.choices)})" if doc.choices else ""
+        lines.append(f"  {doc.name}={shown(doc.default)}{choices}" + (f": {doc.help}" if doc.help else ""))
+    return "\n".join(lines)
 
 
 def _needs_text(config_dir: Path, group: str, name: str) -> bool:

@@ -3,50 +3,50 @@
 The dataclasses are registered in Hydra's ConfigStore and named first in every primary config's
 defaults list (``mixcd_schema``, ``mixcd_eval_schema``), so a value of the wrong type fails while
 the configuration is composed, before any work. Values come from the YAML files in conf/ (fields
-here are MISSING: one source of defaults), except the samplers' options: their defaults live in
-the per-sampler dataclasses below, which both conf/sampler/*.yaml (through its defaults list)
-and `create_sampler` read. Ranges are field metadata checked by `check_ranges`; rules that tie
-fields together are in `cross_field_rules`. `validate` runs both and is called before any work.
+here are MISSING: one source of defaults), except the samplers' options: each sampler declares them
+beside its class (mixcd_cli/samplers, ``@register_sampler``), and `register` stores every declared
+sampler in the ConfigStore as group ``sampler``'s option of its name — no YAML file. Ranges are field
+metadata (mixcd_cli/options.py) checked by `check_ranges`; rules that tie fields together are in
+`cross_field_rules`. `validate` runs both and is called before any work.
 """
 
 from __future__ import annotations
 
-import math
-import re
+from collections.abc import Iterator, Mapping
 from dataclasses import MISSING as NO_FACTORY
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
+from functools import cache
 from typing import Any, Optional  # noqa: UP035  (OmegaConf reads these annotations at run time)
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from .data import HEAD_MODES, POOL_MODES, check_task_transform, stage_specs
 from .errors import MixcdError, unknown_choice
+from .models import BN_MODES, NORMS, POOLINGS
+from .options import check_value, opt
+from .runtime import AMP_MODES
+from .samplers import SAMPLERS, RunFacts, SamplerSpec, rehearsal_batch, sampler_options
+from .training.optim import OPTIMIZERS, SCHEDULES
 
-HEAD_MODES = ("shared", "multi")
-OPTIMIZERS = ("sgd", "adamw", "adam")
-SCHEDULES = ("constant", "cosine", "linear")
-AMP_MODES = ("auto", "bf16", "off")
-OVER = ("pool", "eligible")
-PARTITIONS = ("loss", "class", "class_loss", "aux", "aux_loss", "kmeans")
-ESTIMATES = ("mean", "thompson")  # mixcd: the posterior mean α̂_k, or a draw from each bin's Beta posterior
-MEMORIES = ("none", "recent")  # mixcd: recent = a queue of rows seen as collateral damage, redrawn with priority
 RESUME_MODES = ("auto", True, False)
 # What `mixcd train` can return to a sweeper (optimized_metric): metrics.json numbers, higher or lower is better
 # as the sweeper's direction says.
 OPTIMIZABLE = ("pre_acc", "forgetting", "ft_acc", "earlier_acc", "avg_acc", "bwt", "avg_forgetting", "hit_rate",
                "signal_rate", "final_loss")
 STAGES = ("pretrain", "snapshot", "train", "eval")
-POOL_MODES = ("all", "prior", "previous")  # rehearsal pool of stage k (DESIGN §10): data.Experiment.pool_at
-NORMS = ("batch", "group", "layer", "none")  # built-in CNN: models.norm_layer
-BN_MODES = ("train", "frozen")  # timm models while fine-tuning: MixcdNet.freeze_batchnorm
 
 
 # Settings added after runs were already being made, with the value that behaves as runs before them did:
 # `mixcd report` reads an older run's missing key as this value, so old and new runs of one setting group, and
 # `mixcd eval` evaluates an older run with it.
-# (Sampler options need no entry: their schema defaults play that part.) Add a key here when adding one.
+# (Sampler options need no entry: their declared defaults play that part.) Add a key here when adding one.
 INTRODUCED: dict[str, Any] = {"rehearsal.pool": "all", "stages": None, "logger": None, "optimized_metric": None,
                               "prior.transform": None,
                               "finetune.transform": None}
+
+# Keys older runs' configurations carry that now live elsewhere (old key → its home now): dropped when such a
+# configuration is validated (`mixcd eval` of an older run), so it reads as it ran.
+RETIRED: dict[str, str] = {"sampler.mix_ratio": "trainer.mix_ratio"}
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -62,10 +62,6 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 def _req(**rules: Any) -> Any:
     """A field with no default here (its value comes from conf/) and range rules as metadata."""
     return field(default=MISSING, metadata=rules)
-
-
-def _opt(default: Any, **rules: Any) -> Any:
-    return field(default=default, metadata=rules)
 
 
 # ----------------------------------------------------------------------------------- nodes
@@ -92,7 +88,7 @@ class TaskConf:
     options: dict[str, Any] = _req()
     limit_train: Optional[int] = _req(ge=1)  # noqa: UP045
     limit_test: Optional[int] = _req(ge=1)  # noqa: UP045
-    transform: Optional[dict[str, Any]] = _opt(None)  # noqa: UP045  (data.TASK_TRANSFORMS: rotate, permute)
+    transform: Optional[dict[str, Any]] = opt(None)  # noqa: UP045  (data.TASK_TRANSFORMS: rotate, permute)
 
 
 @dataclass
@@ -173,15 +169,15 @@ class MixcdConf:
     finetune: TaskConf = field(default_factory=TaskConf)
     rehearsal: RehearsalConf = field(default_factory=RehearsalConf)
     # A sequence: tasks in order after the prior one, each entry filled in from `finetune` (null: `finetune` alone)
-    stages: Optional[list[Any]] = _opt(None)  # noqa: UP045
-    logger: Optional[dict[str, Any]] = _opt(None)  # noqa: UP045  (tracking.LOGGER_SCHEMAS)
+    stages: Optional[list[Any]] = opt(None)  # noqa: UP045
+    logger: Optional[dict[str, Any]] = opt(None)  # noqa: UP045  (tracking.LOGGER_SCHEMAS)
     # a metrics.json number `mixcd train` returns, for sweepers (hparams_search=mixcd_optuna)
-    optimized_metric: Optional[str] = _opt(None, choices=(None, *OPTIMIZABLE))  # noqa: UP045
+    optimized_metric: Optional[str] = opt(None, choices=(None, *OPTIMIZABLE))  # noqa: UP045
 
 
 @dataclass
 class MixcdEvalConf(MixcdConf):
-    run_dir: Optional[str] = _opt(None)  # noqa: UP045
+    run_dir: Optional[str] = opt(None)  # noqa: UP045
 
 
 # ----------------------------------------------------------------------------------- models
@@ -204,9 +200,6 @@ class TimmModelConf:
     bn: str = _req(choices=BN_MODES)
 
 
-POOLINGS = ("first", "mean", "pooler")  # text models: models.TextBackbone
-
-
 @dataclass
 class HfModelConf:
     backbone: str = _req()
@@ -219,93 +212,6 @@ class HfModelConf:
 
 
 MODEL_SCHEMAS = {"cnn": CnnModelConf, "timm": TimmModelConf, "hf": HfModelConf}
-
-
-# ----------------------------------------------------------------------------------- samplers
-# The one source of each sampler's defaults: conf/sampler/<name>.yaml extends these, and
-# create_sampler fills what a caller leaves out from them.
-
-
-@dataclass
-class SamplerConf:
-    name: str = _req()
-    mix_ratio: float = _opt(0.25, ge=0)
-
-
-@dataclass
-class NoneSamplerConf(SamplerConf):
-    mix_ratio: float = _opt(0.0, ge=0)
-
-
-@dataclass
-class OverSamplerConf(SamplerConf):
-    over: str = _opt("pool", choices=OVER)
-
-
-@dataclass
-class TemperedSamplerConf(OverSamplerConf):
-    temperature: float = _opt(1.0, gt=0)
-
-
-@dataclass
-class PartitionedSamplerConf(SamplerConf):
-    """How a sampler splits its rows into bins (or arms): mixcd_cli.samplers.mixcd.partition_rows."""
-
-    partition: str = _opt("loss", choices=PARTITIONS)
-    num_bins: int = _opt(10, ge=1)
-    aux_column: Optional[str] = _opt(None)  # noqa: UP045
-    kmeans_seed: int = _opt(0, ge=0)
-
-
-@dataclass
-class BinRateSamplerConf(PartitionedSamplerConf):
-    """mix-cd's machinery: bins of the eligible set, decayed per-bin counts, a Beta prior, a uniform floor."""
-
-    tau: float = _opt(0.0, ge=0, le=1)
-    decay: float = _opt(0.99, gt=0, le=1)
-    prior_a: float = _opt(1.0, gt=0)
-    prior_b: float = _opt(1.0, gt=0)
-    epsilon: float = _opt(0.05, ge=0, le=1)
-
-
-@dataclass
-class MixcdSamplerConf(BinRateSamplerConf):
-    estimate: str = _opt("mean", choices=ESTIMATES)
-    memory: str = _opt("none", choices=MEMORIES)
-    memory_size: int = _opt(64, ge=1)
-    memory_share: float = _opt(0.25, ge=0, le=1)
-    memory_ttl: int = _opt(100, ge=1)
-    adaptive_bins: bool = _opt(False)
-    split_every: int = _opt(50, ge=1)
-    split_ratio: float = _opt(1.5, gt=1)
-    max_bins: int = _opt(0, ge=0)
-
-
-@dataclass
-class MixcdPlusSamplerConf(MixcdSamplerConf):
-    """mix-cd with the one variant the ablation kept (README "The mix-cd ablation"): the recent-damage memory."""
-
-    memory: str = _opt("recent", choices=MEMORIES)
-
-
-@dataclass
-class AmrSamplerConf(PartitionedSamplerConf):
-    partition: str = _opt("kmeans", choices=PARTITIONS)  # AMR's arms: clusters of θ0's features
-    temperature: float = _opt(1.0, gt=0)
-    decay: float = _opt(0.99, gt=0, le=1)
-    over: str = _opt("pool", choices=OVER)
-
-
-@dataclass
-class OracleSamplerConf(SamplerConf):
-    refresh_every: int = _opt(50, ge=1)
-    subset: int = _opt(0, ge=0)
-    tau: float = _opt(0.0, ge=0, le=1)
-
-
-@dataclass
-class MirSamplerConf(OverSamplerConf):
-    candidates: int = _opt(0, ge=0)
 
 
 @dataclass
@@ -325,67 +231,83 @@ class MlflowLoggerConf:
 LOGGER_SCHEMAS: dict[str, type] = {"tensorboard": TensorboardLoggerConf, "mlflow": MlflowLoggerConf}
 
 
-SAMPLER_SCHEMAS: dict[str, type] = {
-    "none": NoneSamplerConf, "random": OverSamplerConf, "class_balanced": OverSamplerConf,
-    "loss_high": TemperedSamplerConf, "loss_low": TemperedSamplerConf, "mixcd": MixcdSamplerConf,
-    "oracle_cd": OracleSamplerConf, "mir": MirSamplerConf, "loss_ema": BinRateSamplerConf, "amr": AmrSamplerConf,
-    "mixcd_plus": MixcdPlusSamplerConf,
-}
+# ----------------------------------------------------------------------------------- samplers
+# Each sampler's node is built from its declaration (mixcd_cli/samplers: class, options, help in one place).
+
+
+@dataclass
+class _SamplerName:
+    name: str = MISSING
+
+
+@cache
+def sampler_node(spec: SamplerSpec) -> type:
+    """The config node of a sampler: ``name`` (set to the sampler's, first) and its declared options, typed."""
+    # _SamplerName last among the bases comes first in the MRO's reverse: `name` leads the node's fields.
+    return make_dataclass(f"{spec.options.__name__}Node", [("name", str, field(default=spec.name))],
+                          bases=(spec.options, _SamplerName))
+
+
+class _SamplerSchemas(Mapping[str, type]):
+    """Sampler name → its node's dataclass, asked of the registry each time (a sampler registered later
+    is in it too)."""
+
+    def __getitem__(self, name: str) -> type:
+        if name not in SAMPLERS:
+            raise KeyError(name)
+        return sampler_node(SAMPLERS.spec(name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SAMPLERS.names())
+
+    def __len__(self) -> int:
+        return len(SAMPLERS.names())
+
+
+SAMPLER_SCHEMAS: Mapping[str, type] = _SamplerSchemas()
 
 
 def sampler_defaults(name: str) -> dict[str, Any]:
-    """A sampler's options with their defaults (name and mix_ratio excluded)."""
-    schema = SAMPLER_SCHEMAS[name]
-    return {f.name: f.default for f in fields(schema) if f.name not in ("name", "mix_ratio")}
+    """A sampler's declared options with their defaults (``name`` excluded)."""
+    return SAMPLERS.spec(name).defaults()
+
+
+def sampler_ratio(name: Any, ratio: float) -> float:
+    """``${sampler_ratio:${sampler.name},r}``, trainer.mix_ratio's default: r, or 0 for a sampler that draws
+    nothing (an unknown name keeps r: `validate` refuses the name itself)."""
+    return float(ratio) if str(name) not in SAMPLERS or SAMPLERS.spec(str(name)).draws else 0.0
 
 
 # ----------------------------------------------------------------------------------- registration
 
+_STORED_SAMPLERS: set[str] = set()
+
 
 def register() -> None:
-    """Put the schemas in Hydra's ConfigStore (idempotent)."""
+    """Put the schemas, and a node per registered sampler (group ``sampler``), in Hydra's ConfigStore, and the
+    ``sampler_ratio`` resolver in OmegaConf (idempotent; a sampler registered since is added, one gone is
+    dropped)."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     cs.store(name="mixcd_schema", node=MixcdConf)
     cs.store(name="mixcd_eval_schema", node=MixcdEvalConf)
-    for name, schema in SAMPLER_SCHEMAS.items():
-        cs.store(group="sampler", name=f"{name}_schema", node=schema)
+    for spec in SAMPLERS.specs():
+        cs.store(group="sampler", name=spec.name, node=sampler_node(spec))
+    for gone in _STORED_SAMPLERS - set(SAMPLERS.names()):
+        cs.repo.get("sampler", {}).pop(f"{gone}.yaml", None)
+    _STORED_SAMPLERS.clear()
+    _STORED_SAMPLERS.update(SAMPLERS.names())
+    if not OmegaConf.has_resolver("sampler_ratio"):
+        OmegaConf.register_new_resolver("sampler_ratio", sampler_ratio)
 
 
 # ----------------------------------------------------------------------------------- checks
-
-DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
-
 
 def _describe(value: Any) -> str:
     if isinstance(value, ListConfig | DictConfig):
         value = OmegaConf.to_container(value)
     return repr(value)
-
-
-def _check_value(key: str, value: Any, rules: dict[str, Any]) -> None:
-    if "choices" in rules and value not in rules["choices"]:
-        shown = ["null" if c is None else str(c).lower() if isinstance(c, bool) else str(c) for c in rules["choices"]]
-        raise unknown_choice(f"value for {key}", str(value), shown)
-    if rules.get("device") and not DEVICE.match(str(value)):
-        raise MixcdError(f"{key} must be auto, cpu, cuda or cuda:N, got {value!r}")
-    if "auto_or_ge" in rules:
-        if value == "auto":
-            return
-        if not isinstance(value, int) or isinstance(value, bool) or value < rules["auto_or_ge"]:
-            raise MixcdError(f"{key} must be auto or an integer ≥ {rules['auto_or_ge']}, got {value!r}")
-        return
-    if value is None:
-        return
-    if rules.get("nonempty") and len(value) == 0:
-        raise MixcdError(f"{key} must not be empty; leave it null for all classes")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise MixcdError(f"{key} must be a finite number, got {value}")
-    for name, ok, word in (("ge", lambda v, b: v >= b, "≥"), ("gt", lambda v, b: v > b, ">"),
-                           ("le", lambda v, b: v <= b, "≤"), ("lt", lambda v, b: v < b, "<")):
-        if name in rules and isinstance(value, int | float) and not ok(value, rules[name]):
-            raise MixcdError(f"{key} must be {word} {rules[name]}, got {value}")
 
 
 def check_label_map(value: Any, key: str) -> None:
@@ -408,7 +330,7 @@ def check_ranges(schema: type, node: Any, prefix: str = "") -> None:
         if f.default_factory is not NO_FACTORY and is_dataclass(f.default_factory):
             check_ranges(f.default_factory, value, key + ".")
         else:
-            _check_value(key, value, dict(f.metadata))
+            check_value(key, value, dict(f.metadata))
 
 
 def typed(schema: type, node: Any, prefix: str) -> DictConfig:
@@ -442,49 +364,35 @@ def type_error(exc: Exception, prefix: str = "") -> MixcdError:
 
 def cross_field_rules(cfg: DictConfig) -> None:
     """Rules that tie fields together."""
-    t, s = cfg.trainer, cfg.sampler
-    if s.name == "none" and t.mix_ratio > 0:
-        raise MixcdError(f"sampler=none mixes nothing, but trainer.mix_ratio={t.mix_ratio}; drop the ratio or "
-                         "pick a sampler")
-    if s.name != "none" and round(t.mix_ratio * t.batch_size) < 1:
-        raise MixcdError(f"trainer.mix_ratio={t.mix_ratio} with batch_size={t.batch_size} mixes in no sample; "
-                         "raise the ratio")
-    sampler_rules(cfg)
-    if s.name in ("mixcd", "mixcd_plus", "loss_ema", "amr") and s.partition.startswith("aux") and not s.aux_column:
-        raise MixcdError(f"sampler.partition={s.partition} needs sampler.aux_column (a per-sample column of the "
-                         "pool's dataset)")
-    if s.name == "mir" and s.candidates and s.candidates < round(t.mix_ratio * t.batch_size):
-        raise MixcdError(f"sampler.candidates={s.candidates} must be ≥ the rehearsal batch "
-                         f"({round(t.mix_ratio * t.batch_size)})")
+    t = cfg.trainer
+    rehearsal_batch(str(cfg.sampler.name), t.mix_ratio, t.batch_size)
     if t.warmup_steps > t.steps:
         raise MixcdError(f"trainer.warmup_steps={t.warmup_steps} exceeds trainer.steps={t.steps}")
     if cfg.stage == "eval" and not cfg.get("run_dir"):
         raise MixcdError("mixcd eval needs run_dir=PATH (a folder written by `mixcd train`)")
-    stage_rules(cfg)
+    batches = stage_rules(cfg)
+    sampler_rules(cfg, max(batches))
     if cfg.trainer.devices > 1 and str(cfg.device).startswith("cuda:"):
         raise MixcdError(f"trainer.devices={cfg.trainer.devices} uses GPUs 0..N-1; give device=auto or cuda, "
                          f"not {cfg.device}")
 
 
-def sampler_rules(cfg: DictConfig) -> None:
-    """mix-cd's variants: the settings they need, refused before any work."""
-    s = cfg.sampler
-    if s.name not in ("mixcd", "mixcd_plus"):
-        return
-    if s.adaptive_bins and s.partition != "loss":
-        raise MixcdError(f"sampler.adaptive_bins=true splits loss bins (their neighbours are the bins of adjacent "
-                         f"loss); it needs sampler.partition=loss, not {s.partition}")
-    if s.estimate == "thompson" and cfg.trainer.devices > 1:
-        raise MixcdError("sampler.estimate=thompson draws each rank's rates from its own generator, so ranks would "
-                         "sample from different distributions; use trainer.devices=1 or estimate=mean")
+def sampler_rules(cfg: DictConfig, batch: int) -> None:
+    """The sampler's own rules against the run (declared with its options: ``check``), before any work;
+    ``batch``: the largest rehearsal batch of any stage."""
+    options = OmegaConf.to_container(cfg.sampler) if isinstance(cfg.sampler, DictConfig) else dict(cfg.sampler)
+    spec = SAMPLERS.spec(str(options["name"]))
+    spec.check(sampler_options(options), RunFacts(rehearsal_batch=batch, devices=int(cfg.trainer.devices)))
 
 
-def stage_rules(cfg: DictConfig) -> None:
-    """A sequence's stage list: each entry a task that types as one, its trainer overrides in range."""
-    from .data import check_task_transform, stage_specs
+def stage_rules(cfg: DictConfig) -> list[int]:
+    """A sequence's stage list: each entry a task that types as one, its trainer overrides in range.
 
+    Returns each stage's rehearsal batch (its mix_ratio checked by `samplers.rehearsal_batch`).
+    """
     stages = OmegaConf.to_container(cfg.stages) if cfg.stages is not None else None
     specs = stage_specs(OmegaConf.to_container(cfg.finetune), stages)
+    batches = []
     for i, (spec, trainer) in enumerate(specs):
         where = f"stages[{i}]." if stages is not None else "finetune."
         check_ranges(TaskConf, typed(TaskConf, spec, where), where)
@@ -494,13 +402,10 @@ def stage_rules(cfg: DictConfig) -> None:
             rules = {f.name: dict(f.metadata) for f in fields(TrainerConf)}[key]
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise MixcdError(f"{where}trainer.{key} must be a number, got {value!r}")
-            _check_value(f"{where}trainer.{key}", value, rules)
-        ratio = trainer.get("mix_ratio", cfg.trainer.mix_ratio)
-        if cfg.sampler.name != "none" and round(ratio * cfg.trainer.batch_size) < 1:
-            raise MixcdError(f"{where}trainer.mix_ratio={ratio} with batch_size={cfg.trainer.batch_size} mixes in "
-                             "no sample; raise the ratio")
-        if cfg.sampler.name == "none" and trainer.get("mix_ratio"):
-            raise MixcdError(f"sampler=none mixes nothing, but {where}trainer.mix_ratio={ratio}")
+            check_value(f"{where}trainer.{key}", value, rules)
+        key = f"{where}trainer.mix_ratio" if "mix_ratio" in trainer else "trainer.mix_ratio"
+        batches.append(rehearsal_batch(str(cfg.sampler.name), trainer.get("mix_ratio", cfg.trainer.mix_ratio),
+                                       cfg.trainer.batch_size, key))
     if len(specs) > 1 and cfg.trainer.devices > 1:
         raise MixcdError(f"a sequence of {len(specs)} stages runs in one process; trainer.devices="
                          f"{cfg.trainer.devices} is for a single fine-tuning (drop it)")
@@ -508,6 +413,18 @@ def stage_rules(cfg: DictConfig) -> None:
         raise MixcdError("sampler.aux_column=source partitions the pool by the task each row came from, and a "
                          "one-stage run's pool has a single source; use it with a sequence (an experiment with "
                          "stages, e.g. experiment=fmnist_split)")
+    return batches
+
+
+def _drop_retired(node: dict[str, Any]) -> None:
+    """Remove `RETIRED` keys from a plain configuration (in place)."""
+    for key in RETIRED:
+        *parents, leaf = key.split(".")
+        at: Any = node
+        for part in parents:
+            at = at.get(part) if isinstance(at, dict) else None
+        if isinstance(at, dict):
+            at.pop(leaf, None)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -515,9 +432,11 @@ def validate(cfg: DictConfig) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        plain = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:
         raise MixcdError(f"invalid configuration: {str(exc).splitlines()[0]}") from exc
+    _drop_retired(plain)
+    resolved = OmegaConf.create(plain)
     schema = MixcdEvalConf if resolved.get("stage") == "eval" else MixcdConf
     resolved = typed(schema, resolved, "")
     model = resolved.model
@@ -526,16 +445,17 @@ def validate(cfg: DictConfig) -> None:
         raise unknown_choice("model backbone", str(backbone), MODEL_SCHEMAS)
     model = typed(MODEL_SCHEMAS[backbone], model, "model.")
     sampler = resolved.sampler
-    if sampler.get("name") not in SAMPLER_SCHEMAS:
-        raise unknown_choice("sampler", str(sampler.get("name")), SAMPLER_SCHEMAS)
-    sampler = typed(SAMPLER_SCHEMAS[sampler.name], sampler, "sampler.")
+    if sampler.get("name") not in SAMPLERS:
+        raise unknown_choice("sampler", str(sampler.get("name")), SAMPLERS.names())
+    node = sampler_node(SAMPLERS.spec(str(sampler.name)))
+    sampler = typed(node, sampler, "sampler.")
     check_ranges(schema, resolved)
     check_label_map(resolved.prior.label_map, "prior.label_map")
     check_ranges(MODEL_SCHEMAS[backbone], model, "model.")
-    check_ranges(SAMPLER_SCHEMAS[sampler.name], sampler, "sampler.")
+    check_ranges(node, sampler, "sampler.")
     resolved.sampler = sampler
-    for name, node in (resolved.get("logger") or {}).items():
+    for name, settings in (resolved.get("logger") or {}).items():
         if name not in LOGGER_SCHEMAS:
             raise unknown_choice("logger", str(name), LOGGER_SCHEMAS)
-        typed(LOGGER_SCHEMAS[name], node, f"logger.{name}.")
+        typed(LOGGER_SCHEMAS[name], settings, f"logger.{name}.")
     cross_field_rules(resolved)

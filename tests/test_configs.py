@@ -6,8 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from mixcd_cli.hydra_app import STAGE_NAMES, compose, group_options
+from mixcd_cli.recipes import validate_config
 from mixcd_cli.samplers import SAMPLERS
-from mixcd_cli.stages import validate_config
 
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)
@@ -59,32 +59,62 @@ def test_none_sampler_defaults_to_no_mixing() -> None:
 
 
 def test_sampler_defaults_have_one_source() -> None:
-    """The schema holds each sampler's defaults; the composed config, create_sampler and the YAML's
-    comments all say the same."""
-    import re
-
+    """Each sampler's declaration holds its defaults; the composed config, the schema and create_sampler all
+    say the same, and no YAML file under conf/sampler/ sets an option."""
     import torch
 
     from mixcd_cli.hydra_app import config_dir
     from mixcd_cli.samplers import PoolInfo, create_sampler
     from mixcd_cli.schema import SAMPLER_SCHEMAS, sampler_defaults
 
-    pool = PoolInfo(torch.arange(100) % 5, torch.ones(100, dtype=torch.bool), torch.rand(100), torch.rand(100),
-                    clusters=lambda k, seed: torch.arange(100) % k)
-    for name in SAMPLER_SCHEMAS:
-        defaults = sampler_defaults(name)
+    pool = PoolInfo(correct0=torch.ones(100, dtype=torch.bool), loss0=torch.rand(100), conf0=torch.rand(100),
+                    classes=torch.arange(100) % 5, clusters=lambda k, seed: torch.arange(100) % k)
+    assert set(SAMPLER_SCHEMAS) == set(SAMPLERS.names())
+    for name in SAMPLERS.names():
+        defaults = SAMPLERS.spec(name).defaults()
+        assert sampler_defaults(name) == defaults
         composed = OmegaConf.to_container(compose("train", [f"sampler={name}"]).sampler)
-        assert {k: v for k, v in composed.items() if k not in ("name", "mix_ratio")} == defaults, name
+        assert composed == {"name": name, **defaults}, name
         sampler = create_sampler(name, pool, 4, seed=0)
         for key, value in defaults.items():
             if key == "candidates":  # 0 means 4·b, resolved by the sampler
                 value = value or 4 * 4
             if hasattr(sampler, key) and not isinstance(getattr(sampler, key), torch.Tensor):
                 assert getattr(sampler, key) == value, (name, key)
-        text = (config_dir() / "sampler" / f"{name}.yaml").read_text()
-        for key, shown in re.findall(r"(\w+)=([\w\-]+(?:\.\d+)?)", "\n".join(
-                line for line in text.splitlines() if line.startswith("#"))):
-            if key in defaults:
-                value = defaults[key]
-                assert shown == ("null" if value is None else str(value).lower() if isinstance(value, bool)
-                                 else str(value)), (name, key)
+    folder = config_dir() / "sampler"
+    for path in folder.glob("*.yaml") if folder.is_dir() else []:
+        node = OmegaConf.load(path)
+        assert set(node) <= {"defaults", "name"}, f"{path} sets options: they belong to the declaration"
+
+
+def test_mix_ratio_has_one_home() -> None:
+    """trainer.mix_ratio alone: 0.25 for a sampler that draws, 0 for none, and a sweep over samplers keeps that."""
+    for name in SAMPLERS.names():
+        cfg = compose("train", [f"sampler={name}"])
+        assert "mix_ratio" not in cfg.sampler
+        assert cfg.trainer.mix_ratio == (0.25 if SAMPLERS.spec(name).draws else 0.0), name
+    assert compose("train", ["sampler=none", "trainer.mix_ratio=0"]).trainer.mix_ratio == 0
+    assert compose("train", ["sampler=mixcd", "trainer.mix_ratio=0.125"]).trainer.mix_ratio == 0.125
+
+
+def test_an_older_runs_sampler_mix_ratio_still_validates() -> None:
+    """A run made when the ratio lived in the sampler node (sampler.mix_ratio) still reads as it ran."""
+    cfg = compose("train", ["sampler=mixcd", "trainer.mix_ratio=0.125"])
+    old = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    old.sampler.mix_ratio = 0.125
+    validate_config(old)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["sampler=none", "trainer.mix_ratio=0.5"], "sampler=none mixes nothing, but trainer.mix_ratio=0.5"),
+    (["sampler=random", "trainer.mix_ratio=0.001"], "trainer.mix_ratio=0.001 with batch_size=64 mixes in no sample"),
+    (["sampler=none", "stages=[{classes: [4], trainer: {mix_ratio: 0.5}}]"],
+     r"sampler=none mixes nothing, but stages\[0\].trainer.mix_ratio=0.5"),
+    (["sampler=mixcd", "stages=[{classes: [4]}, {classes: [5], trainer: {mix_ratio: 0.001}}]"],
+     r"stages\[1\].trainer.mix_ratio=0.001 with batch_size=64 mixes in no sample"),
+])
+def test_every_ratio_is_checked_by_one_rule(overrides: list[str], message: str) -> None:
+    from mixcd_cli.errors import MixcdError
+
+    with pytest.raises(MixcdError, match=message):
+        validate_config(compose("train", overrides))

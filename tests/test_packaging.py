@@ -36,7 +36,7 @@ def _run(target: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_installed_package_ships_its_configs_and_runs_elsewhere(installed: Path, tmp_path: Path) -> None:
     assert (installed / "mixcd_cli" / "conf" / "train.yaml").is_file()
-    assert (installed / "mixcd_cli" / "conf" / "sampler" / "mixcd.yaml").is_file()
+    assert (installed / "mixcd_cli" / "conf" / "experiment" / "fmnist.yaml").is_file()
     work = tmp_path / "elsewhere"
     work.mkdir()
     where = subprocess.run([sys.executable, "-c", "import mixcd_cli; print(mixcd_cli.__file__)"], cwd=work,

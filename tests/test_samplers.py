@@ -22,7 +22,7 @@ def make_pool(n: int = 10_000, classes: int = 5, correct_frac: float = 0.8, seed
     loss = torch.rand(n, generator=g) * 3
     conf = torch.rand(n, generator=g)
     style = torch.randint(0, 3, (n,), generator=g)
-    return PoolInfo(targets, correct, loss, conf, {"style": style})
+    return PoolInfo(correct0=correct, loss0=loss, conf0=conf, classes=targets, aux={"style": style})
 
 
 def simulate(sampler, true_rate: torch.Tensor, bin_of: torch.Tensor, steps: int, seed: int = 1) -> None:
@@ -132,7 +132,7 @@ def test_partitions(partition: str, expected: int) -> None:
     elig = pool.eligible()
     for k in range(s.num_bins):  # every bin is pure in its label
         members = s.index.rows[s.index.offsets[k]:s.index.offsets[k + 1]]
-        column = pool.targets if partition.startswith("class") else pool.aux["style"]
+        column = pool.classes if partition.startswith("class") else pool.aux["style"]
         assert column[members].unique().numel() == 1
     assert int(s.sizes.sum()) == elig.numel()
 
@@ -163,7 +163,7 @@ def test_static_baselines_follow_their_weights() -> None:
     lo = create_sampler("loss_low", pool, 50_000, seed=0).draw(0)
     assert pool.loss0[hi].mean() > pool.loss0.mean() + 0.3 > pool.loss0[lo].mean() + 0.6
     cb = create_sampler("class_balanced", make_pool(classes=5), 100_000, seed=0)
-    counts = torch.bincount(pool.targets[cb.draw(0)], minlength=5).double()
+    counts = torch.bincount(pool.classes[cb.draw(0)], minlength=5).double()
     assert chi_square(counts, torch.full((5,), 0.2, dtype=torch.float64)) < CHI2_999[4]
     elig = create_sampler("random", pool, 4096, seed=0, over="eligible").draw(0)
     assert bool(pool.correct0[elig].all())
@@ -171,22 +171,22 @@ def test_static_baselines_follow_their_weights() -> None:
 
 
 class FakeContext(SelectionContext):
-    """Predicts from a fixed table; counts the passes asked of it."""
+    """Says which rows the live model gets wrong from a fixed table; counts the passes asked of it."""
 
-    def __init__(self, preds: torch.Tensor) -> None:
-        self.preds, self.calls = preds, 0
+    def __init__(self, wrong: torch.Tensor) -> None:
+        self.table, self.calls = wrong, 0
 
-    def predict(self, rows: torch.Tensor) -> torch.Tensor:
+    def wrong(self, rows: torch.Tensor) -> torch.Tensor:
         self.calls += rows.numel()
-        return self.preds[rows]
+        return self.table[rows]
 
 
 def test_oracle_draws_only_true_cd_and_refreshes_every_m() -> None:
     pool = make_pool(n=3000)
-    preds = pool.targets.clone()
     cd_rows = pool.eligible()[::7]
-    preds[cd_rows] = (preds[cd_rows] + 1) % 5
-    ctx = FakeContext(preds)
+    wrong = torch.zeros(len(pool), dtype=torch.bool)
+    wrong[cd_rows] = True
+    ctx = FakeContext(wrong)
     s = create_sampler("oracle_cd", pool, 64, seed=0, refresh_every=10)
     early = torch.cat([s.draw(step, ctx) for step in range(10)])
     # no refresh before step M: at step 0 the model is θ0 and has no collateral damage to find
@@ -196,7 +196,7 @@ def test_oracle_draws_only_true_cd_and_refreshes_every_m() -> None:
     assert bool(torch.isin(drawn, cd_rows).all())
     assert s.refreshes == 2 and ctx.calls == 2 * pool.eligible().numel()  # steps 10 and 20
     sub = create_sampler("oracle_cd", pool, 64, seed=0, refresh_every=10, subset=500)
-    ctx2 = FakeContext(preds)
+    ctx2 = FakeContext(wrong)
     sub.draw(0, ctx2)
     assert ctx2.calls == 0
     sub.draw(10, ctx2)
@@ -249,6 +249,7 @@ def test_mir_picks_largest_loss_increase_by_hand() -> None:
     from mixcd_cli.data import ArraySource, BatchTransform, Task
     from mixcd_cli.metrics import Ledger
     from mixcd_cli.models import MixcdNet
+    from mixcd_cli.objectives import Batch
     from mixcd_cli.training import ModelSelection
 
     torch.manual_seed(0)
@@ -262,9 +263,9 @@ def test_mir_picks_largest_loss_increase_by_hand() -> None:
     lr = 0.5
     ctx = ModelSelection(model, task, transform, torch.device("cpu"), "shared", "shared", ledger, lr)
     ft_x, ft_y = torch.randn(8, 1, 2, 2), torch.randint(0, classes, (8,))
-    ctx.ft_x, ctx.ft_y = ft_x, ft_y
+    ctx.ft_batch = Batch(ft_x, ft_y)
 
-    pool_info = PoolInfo(targets, torch.ones(n, dtype=torch.bool), torch.zeros(n), torch.ones(n))
+    pool_info = PoolInfo(correct0=torch.ones(n, dtype=torch.bool), loss0=torch.zeros(n), conf0=torch.ones(n))
     s = create_sampler("mir", pool_info, 5, seed=0, candidates=20)
     gen_state = s.generator.get_state()
     chosen = s.draw(0, ctx)
@@ -294,7 +295,8 @@ def test_mir_picks_largest_loss_increase_by_hand() -> None:
 @pytest.mark.parametrize("name", ["random", "mixcd", "oracle_cd", "mir"])
 def test_ledger_matches_passes_counted_by_hooks(name: str, compose_cfg, tiny, tmp_path, monkeypatch) -> None:
     """Count every sample through the backbone (forward and backward) and compare with the ledger."""
-    from mixcd_cli.stages import run_train
+    from as_json import run_train
+
     from mixcd_cli.training import FineTuner
 
     seen = {"forward": 0, "backward": 0}
@@ -358,7 +360,8 @@ def test_every_member_of_every_bin_is_drawn_and_draws_stay_in_their_bin() -> Non
     """Tiny bins (1 to 4 rows): an off-by-one in the within-bin draw skips the last member or leaks."""
     targets = torch.tensor([0] * 1 + [1] * 2 + [2] * 3 + [3] * 4)
     n = targets.numel()
-    pool = PoolInfo(targets, torch.ones(n, dtype=torch.bool), torch.rand(n), torch.ones(n))
+    pool = PoolInfo(correct0=torch.ones(n, dtype=torch.bool), loss0=torch.rand(n), conf0=torch.ones(n),
+                    classes=targets)
     s = create_sampler("mixcd", pool, 20_000, seed=0, partition="class")
     rows = s.draw(0)
     assert sorted(rows.unique().tolist()) == list(range(n))
@@ -366,3 +369,34 @@ def test_every_member_of_every_bin_is_drawn_and_draws_stay_in_their_bin() -> Non
     bins = torch.multinomial(torch.from_numpy(s.probs()), 4000, replacement=True, generator=torch.Generator())
     drawn = s.index.draw_within(bins, torch.Generator().manual_seed(1))
     assert all(int(r) in members[int(b)] for b, r in zip(bins, drawn, strict=True))
+
+
+def test_oracle_uses_no_label_only_what_the_context_says_is_wrong() -> None:
+    """No class column at all: oracle_cd's CD set is exactly the rows ``ctx.wrong`` names, never a label."""
+    pool = make_pool(n=600)
+    pool.classes = None
+    wrong = torch.zeros(len(pool), dtype=torch.bool)
+    wrong[pool.eligible()[:5]] = True
+    s = create_sampler("oracle_cd", pool, 256, seed=0, refresh_every=1)
+    drawn = s.draw(1, FakeContext(wrong))
+    assert set(drawn.tolist()) == set(pool.eligible()[:5].tolist())
+
+
+@pytest.mark.parametrize("name,options", [("class_balanced", {}), ("mixcd", {"partition": "class"}),
+                                          ("mixcd", {"partition": "class_loss"}),
+                                          ("amr", {"partition": "class"})])
+def test_class_samplers_refuse_a_pool_without_classes(name: str, options: dict) -> None:
+    pool = make_pool(n=500)
+    pool.classes = None
+    with pytest.raises(MixcdError, match="needs a class column, and this task kind has none; use"):
+        create_sampler(name, pool, 8, seed=0, **options)
+
+
+@pytest.mark.parametrize("name,options", [("random", {}), ("mixcd", {}), ("mixcd", {"partition": "aux",
+                                                                                    "aux_column": "style"}),
+                                          ("loss_high", {}), ("oracle_cd", {}), ("amr", {"partition": "loss"})])
+def test_samplers_that_read_no_class_run_without_one(name: str, options: dict) -> None:
+    pool = make_pool(n=500)
+    pool.classes = None
+    sampler = create_sampler(name, pool, 8, seed=0, **options)
+    assert sampler.draw(0, FakeContext(torch.zeros(500, dtype=torch.bool))).numel() == 8

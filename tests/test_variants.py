@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from as_json import run_train
 from test_resume import stable, start, telemetry
 
 from mixcd_cli.clustering import kmeans
 from mixcd_cli.errors import MixcdError
 from mixcd_cli.samplers import PoolInfo, create_sampler
-from mixcd_cli.stages import run_train
 
 
 def chi2_pvalue(counts: np.ndarray, expected: np.ndarray) -> float:
@@ -40,7 +40,7 @@ def blob_pool(n: int = 6000, seed: int = 0) -> PoolInfo:
     loss = torch.rand(n, generator=g) * 3
     conf = torch.rand(n, generator=g)
     feats = torch.randn(n, 8, generator=g) * 0.1 + torch.arange(n).remainder(3).unsqueeze(1).float() * 5
-    pool = PoolInfo(targets, correct, loss, conf)
+    pool = PoolInfo(correct0=correct, loss0=loss, conf0=conf, classes=targets)
     pool.clusters = lambda k, s: kmeans(feats, k, s)[0]
     return pool
 
@@ -294,11 +294,11 @@ def test_no_extra_pass_is_charged(variant: str, compose_cfg, tiny: list[str], tm
 
 def test_kmeans_clusters_are_computed_once_per_snapshot(compose_cfg, tiny: list[str], tmp_path: Path,
                                                         monkeypatch) -> None:
-    import mixcd_cli.clustering as clustering
+    import mixcd_cli.snapshot as snapshot
 
     calls = []
-    real = clustering.kmeans
-    monkeypatch.setattr(clustering, "kmeans", lambda *a, **k: calls.append(a[1:]) or real(*a, **k))
+    real = snapshot.kmeans
+    monkeypatch.setattr(snapshot, "kmeans", lambda *a, **k: calls.append(a[1:]) or real(*a, **k))
     args = [*tiny, "sampler=mixcd", "sampler.partition=kmeans", "sampler.num_bins=4", "trainer.steps=6"]
     first = run_train(compose_cfg("train", [*args, "seed=1"]), tmp_path / "a")
     second = run_train(compose_cfg("train", [*args, "seed=2"]), tmp_path / "b")

@@ -7,6 +7,7 @@ explores through a Boltzmann distribution rather than a uniform floor.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,20 +15,33 @@ import torch
 
 from .. import distributed
 from ..errors import MixcdError
-from .base import SAMPLERS, BinnedIndex, PoolInfo, RehearsalSampler, SelectionContext
-from .mixcd import partition_rows, per_bin
+from ..options import opt
+from .base import OVER, BinnedIndex, PoolInfo, RehearsalSampler, SelectionContext, register_sampler
+from .mixcd import PARTITIONS, PartitionOptions, partition_rows, per_bin
 from .static import _support
 
 
-@SAMPLERS.register("amr", help="adaptive memory replay: pool clusters as bandit arms, rewarded by their rows' "
-                               "training loss, drawn by a Boltzmann distribution with temperature T")
+@dataclass
+class AmrOptions(PartitionOptions):
+    partition: str = opt("kmeans", choices=PARTITIONS,  # AMR's arms: clusters of θ0's features
+                         help="arms: k-means clusters of θ0's features, or any of mix-cd's partitions")
+    temperature: float = opt(1.0, gt=0, help="T: p = softmax(Q / T) over the arms' mean training losses")
+    decay: float = opt(0.99, gt=0, le=1, help="per-step decay of the per-arm loss averages")
+    over: str = opt("pool", choices=OVER, help="draw from the whole pool, or from the eligible set (prior-correct)")
+
+
+def _amr_reads_snapshot(options: AmrOptions) -> bool:
+    return options.over == "eligible" or options.uses_loss()
+
+
+@register_sampler("amr", help="adaptive memory replay: pool clusters as bandit arms, rewarded by their rows' "
+                              "training loss, drawn by a Boltzmann distribution with temperature T",
+                  options=AmrOptions, needs_snapshot=_amr_reads_snapshot, needs_classes=PartitionOptions.uses_classes,
+                  observes_loss=True)
 class AMRSampler(RehearsalSampler):
     """Q_k = L_k / M_k, the decayed mean training loss of arm k's replayed rows (an arm never replayed
     takes the largest Q seen, so it stays worth trying); p_k = softmax(Q / T); rows uniform within the arm.
     """
-
-    name = "amr"
-    wants_loss = True
 
     def __init__(self, pool: PoolInfo, batch_size: int, seed: int, *, partition: str, num_bins: int,
                  aux_column: str | None, kmeans_seed: int, temperature: float, decay: float, over: str) -> None:

@@ -1,4 +1,4 @@
-"""mix-cd (arXiv 2402.08096) as DESIGN §4, its variants, and ``loss_ema``: per-bin rates estimated for free.
+"""mix-cd (arXiv 2402.08096) as docs/design.md §4, its variants, and ``loss_ema``: per-bin rates estimated for free.
 
 The paper-faithful rule is the default of every option; each variant is one option away from it:
 ``estimate=thompson`` (a Beta posterior draw instead of its mean), ``memory=recent`` (a short queue of
@@ -9,15 +9,98 @@ is split in two).
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Optional  # noqa: UP035  (OmegaConf reads these annotations at run time)
 
 import numpy as np
 import torch
 
 from .. import distributed
 from ..errors import MixcdError, unknown_choice
-from ..schema import ESTIMATES, MEMORIES, PARTITIONS
-from .base import SAMPLERS, BinnedIndex, PoolInfo, RehearsalSampler, SelectionContext
+from ..options import opt
+from .base import BinnedIndex, PoolInfo, RehearsalSampler, RunFacts, SelectionContext, register_sampler
+
+PARTITIONS = ("loss", "class", "class_loss", "aux", "aux_loss", "kmeans")
+CLASS_PARTITIONS = ("class", "class_loss")  # bins by the pool's class column
+LOSS_PARTITIONS = ("loss", "class_loss", "aux_loss")  # bins by θ0's loss (quantiles within each group)
+ESTIMATES = ("mean", "thompson")  # the posterior mean α̂_k, or a draw from each bin's Beta posterior
+MEMORIES = ("none", "recent")  # recent: a queue of rows seen as collateral damage, redrawn with priority
+
+
+@dataclass
+class PartitionOptions:
+    """How a sampler splits its rows into bins (or arms): `partition_rows`."""
+
+    partition: str = opt("loss", choices=PARTITIONS,
+                         help="bins: loss quantiles, class, class × loss, aux column, aux × loss, or k-means")
+    num_bins: int = opt(10, ge=1, help="K: quantile bins of the prior loss (or the number of k-means clusters)")
+    aux_column: Optional[str] = opt(None, help="per-sample integer column for partition=aux / aux_loss")  # noqa: UP045
+    kmeans_seed: int = opt(0, ge=0, help="seed of the k-means clustering (computed once per snapshot, cached)")
+
+    def uses_classes(self) -> bool:
+        """Whether the bins read the pool's class column."""
+        return self.partition in CLASS_PARTITIONS
+
+    def uses_loss(self) -> bool:
+        """Whether the bins read θ0's per-sample loss."""
+        return self.partition in LOSS_PARTITIONS
+
+    def check(self, facts: RunFacts) -> None:
+        """An aux partition names its column."""
+        if self.partition.startswith("aux") and not self.aux_column:
+            raise MixcdError(f"sampler.partition={self.partition} needs sampler.aux_column (a per-sample column "
+                             "of the pool's dataset)")
+
+
+@dataclass
+class BinRateOptions(PartitionOptions):
+    """mix-cd's machinery: bins of the eligible set, decayed per-bin counts, a Beta prior, a uniform floor."""
+
+    tau: float = opt(0.0, ge=0, le=1, help="τ: eligible = prior-correct with confidence ≥ τ")
+    decay: float = opt(0.99, gt=0, le=1, help="λ, per-step decay of the counts (forgets after ~1/(1-λ) steps)")
+    prior_a: float = opt(1.0, gt=0, help="a of the Beta(a, b0) prior")
+    prior_b: float = opt(1.0, gt=0, help="b0 of the Beta(a, b0) prior")
+    epsilon: float = opt(0.05, ge=0, le=1, help="ε, the uniform floor")
+
+
+@dataclass
+class MixcdOptions(BinRateOptions):
+    """mix-cd's options and its variants, each off by default (README "Beyond mix-cd")."""
+
+    estimate: str = opt("mean", choices=ESTIMATES,
+                        help="thompson: draw each bin's rate from its Beta posterior every step")
+    memory: str = opt("none", choices=MEMORIES,
+                      help="recent: rows seen as collateral damage wait in a queue and fill a share of the slots")
+    memory_size: int = opt(64, ge=1, help="rows the recent-damage queue holds")
+    memory_share: float = opt(0.25, ge=0, le=1, help="share of the slots drawn from the queue")
+    memory_ttl: int = opt(100, ge=1, help="steps a row stays in the queue")
+    adaptive_bins: bool = opt(False, help="split a loss bin whose α̂ stays ≥ split_ratio × its neighbours'")
+    split_every: int = opt(50, ge=1, help="steps between split checks (two checks in a row split)")
+    split_ratio: float = opt(1.5, gt=1, help="how far above its neighbours' α̂ a bin must be to split")
+    max_bins: int = opt(0, ge=0, help="most bins splits may make (0: 4·K)")
+
+    def check(self, facts: RunFacts) -> None:
+        """The variants' needs, refused before any work."""
+        super().check(facts)
+        if self.adaptive_bins and self.partition != "loss":
+            raise MixcdError(f"sampler.adaptive_bins=true splits loss bins (their neighbours are the bins of "
+                             f"adjacent loss); it needs sampler.partition=loss, not {self.partition}")
+        if self.estimate == "thompson" and facts.devices > 1:
+            raise MixcdError("sampler.estimate=thompson draws each rank's rates from its own generator, so ranks "
+                             "would sample from different distributions; use trainer.devices=1 or estimate=mean")
+
+
+@dataclass
+class MixcdPlusOptions(MixcdOptions):
+    """mix-cd with the one variant the ablation kept (README "The mix-cd ablation"): the recent-damage memory."""
+
+    memory: str = opt("recent", choices=MEMORIES,
+                      help="recent: rows seen as collateral damage wait in a queue and fill a share of the slots")
+
+
+# mix-cd's variants as loss_ema runs them: off, which is what their declared defaults are
+VARIANTS_OFF = {f.name: f.default for f in fields(MixcdOptions)
+                if f.name not in {g.name for g in fields(BinRateOptions)}}
 
 
 def quantile_bins(groups: torch.Tensor, loss: torch.Tensor, k: int) -> torch.Tensor:
@@ -51,7 +134,9 @@ def partition_rows(pool: PoolInfo, rows: torch.Tensor, partition: str, num_bins:
         raise MixcdError(f"num_bins must be ≥ 1, got {num_bins}")
     loss = pool.loss0[rows]
     zeros = torch.zeros(rows.numel(), dtype=torch.int64)
-    if partition == "kmeans":
+    if partition == "loss":  # reads no label: a task kind without classes can bin by loss
+        label = zeros
+    elif partition == "kmeans":
         if pool.clusters is None:
             raise MixcdError("partition=kmeans needs the snapshot model's features, which this pool does not carry")
         label = pool.clusters(int(num_bins), int(kmeans_seed))[rows].long()
@@ -63,7 +148,8 @@ def partition_rows(pool: PoolInfo, rows: torch.Tensor, partition: str, num_bins:
             raise unknown_choice("aux column", aux_column, list(pool.aux) or ["(dataset has none)"])
         label = pool.aux[aux_column][rows].long()
     else:
-        label = pool.targets[rows].long()
+        label = pool.class_column(f"partition={partition}", "partition=loss, aux (with aux_column) or kmeans")
+        label = label[rows].long()
     if partition == "loss":
         raw = quantile_bins(zeros, loss, num_bins)
     elif partition in ("class", "aux", "kmeans"):
@@ -115,21 +201,19 @@ class _RecentMemory:
         self.rows, self.expiry = state["rows"].numpy().copy(), state["expiry"].numpy().copy()
 
 
-@SAMPLERS.register("mixcd", help="mix-cd: draw bins by estimated collateral-damage rate (DESIGN §4); variants: "
-                                 "estimate=thompson, memory=recent, partition=kmeans, adaptive_bins=true")
+@register_sampler("mixcd", help="mix-cd: draw bins by estimated collateral-damage rate (docs/design.md §4); variants: "
+                               "estimate=thompson, memory=recent, partition=kmeans, adaptive_bins=true",
+                  options=MixcdOptions, needs_classes=PartitionOptions.uses_classes)
 class MixCDSampler(RehearsalSampler):
     """Decayed per-bin counts m_k (seen) and s_k (CD) from the training forward pass.
 
     α̂_k = (s_k + a) / (m_k + a + b0);  p_k = (1-ε)·n_k α̂_k / Σ n_j α̂_j + ε·n_k/|E|.
     """
 
-    name = "mixcd"
-
     def __init__(self, pool: PoolInfo, batch_size: int, seed: int, *, partition: str, num_bins: int, tau: float,
                  decay: float, prior_a: float, prior_b: float, epsilon: float, aux_column: str | None,
-                 kmeans_seed: int = 0, estimate: str = "mean", memory: str = "none", memory_size: int = 64,
-                 memory_share: float = 0.25, memory_ttl: int = 100, adaptive_bins: bool = False,
-                 split_every: int = 50, split_ratio: float = 2.0, max_bins: int = 0) -> None:
+                 kmeans_seed: int, estimate: str, memory: str, memory_size: int, memory_share: float,
+                 memory_ttl: int, adaptive_bins: bool, split_every: int, split_ratio: float, max_bins: int) -> None:
         super().__init__(pool, batch_size, seed)
         if not 0.0 <= epsilon <= 1.0:
             raise MixcdError(f"{self.name}: epsilon must be in [0, 1], got {epsilon}")
@@ -330,29 +414,22 @@ class MixCDSampler(RehearsalSampler):
             self._step = int(state["step"])
 
 
-@SAMPLERS.register("mixcd_plus", help="mix-cd with its recent-damage memory on (memory=recent): better than mix-cd "
-                                      "beyond the seeds' noise on two of three experiments, never worse (README)")
+@register_sampler("mixcd_plus", help="mix-cd with its recent-damage memory on (memory=recent): better than mix-cd "
+                                    "beyond the seeds' noise on two of three experiments, never worse (README)",
+                  options=MixcdPlusOptions, needs_classes=PartitionOptions.uses_classes)
 class MixCDPlusSampler(MixCDSampler):
-    """mix-cd with ``memory=recent`` by default (its schema, MixcdPlusSamplerConf); every option as mixcd's."""
-
-    name = "mixcd_plus"
+    """mix-cd with ``memory=recent`` by default (MixcdPlusOptions); every option as mixcd's."""
 
 
-@SAMPLERS.register("loss_ema", help="mix-cd's machinery observing the training loss of replayed rows (a decayed "
-                                    "per-bin mean) instead of the 0/1 collateral-damage indicator")
+@register_sampler("loss_ema", help="mix-cd's machinery observing the training loss of replayed rows (a decayed "
+                                  "per-bin mean) instead of the 0/1 collateral-damage indicator",
+                  options=BinRateOptions, needs_classes=PartitionOptions.uses_classes, observes_loss=True)
 class LossEMASampler(MixCDSampler):
     """ℓ̂_k = (L_k + a) / (m_k + a + b0), L_k the decayed sum of replayed rows' training losses;
     p_k = (1-ε)·n_k ℓ̂_k / Σ n_j ℓ̂_j + ε·n_k/|E|. Telemetry's ``alpha`` holds ℓ̂_k."""
 
-    name = "loss_ema"
-    wants_loss = True
-
-    def __init__(self, pool: PoolInfo, batch_size: int, seed: int, *, partition: str, num_bins: int, tau: float,
-                 decay: float, prior_a: float, prior_b: float, epsilon: float, aux_column: str | None,
-                 kmeans_seed: int = 0) -> None:
-        super().__init__(pool, batch_size, seed, partition=partition, num_bins=num_bins, tau=tau, decay=decay,
-                         prior_a=prior_a, prior_b=prior_b, epsilon=epsilon, aux_column=aux_column,
-                         kmeans_seed=kmeans_seed)
+    def __init__(self, pool: PoolInfo, batch_size: int, seed: int, **options: Any) -> None:
+        super().__init__(pool, batch_size, seed, **options, **VARIANTS_OFF)
 
     def _value(self, wrong_now: torch.Tensor, loss_now: torch.Tensor | None) -> np.ndarray:
         if loss_now is None:

@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..errors import MixcdError
-from .base import SAMPLERS, PoolInfo, RehearsalSampler, SelectionContext, distinct_rows, uniform_rows
-from .static import _support
+from ..options import opt
+from .base import (
+    OverOptions,
+    PoolInfo,
+    RehearsalSampler,
+    RunFacts,
+    SelectionContext,
+    distinct_rows,
+    register_sampler,
+    uniform_rows,
+)
+from .static import _support, reads_eligible
+
+
+@dataclass
+class OracleOptions:
+    refresh_every: int = opt(50, ge=1, help="M: refresh the collateral-damage set at steps M, 2M, ...")
+    subset: int = opt(0, ge=0, help="rows of the eligible set each refresh checks (0: all of it)")
+    tau: float = opt(0.0, ge=0, le=1, help="τ: eligible = prior-correct with confidence ≥ τ")
+
+
+@dataclass
+class MirOptions(OverOptions):
+    candidates: int = opt(0, ge=0, help="C: uniform candidates scored per step (0: 4·b)")
+
+    def check(self, facts: RunFacts) -> None:
+        """The candidates cover the rehearsal batch."""
+        if self.candidates and self.candidates < facts.rehearsal_batch:
+            raise MixcdError(f"sampler.candidates={self.candidates} must be ≥ the rehearsal batch "
+                             f"({facts.rehearsal_batch})")
 
 
 def _need(ctx: SelectionContext | None, name: str) -> SelectionContext:
@@ -17,8 +46,9 @@ def _need(ctx: SelectionContext | None, name: str) -> SelectionContext:
     return ctx
 
 
-@SAMPLERS.register("oracle_cd", help="uniform over the true CD set, refreshed every M steps by a forward pass "
-                                     "(from step M: at step 0 there is none)")
+@register_sampler("oracle_cd", help="uniform over the true CD set, refreshed every M steps by a forward pass "
+                                   "(from step M: at step 0 there is none)",
+                  options=OracleOptions, needs_selection=True)
 class OracleCDSampler(RehearsalSampler):
     """Knows the true collateral damage, at the price of forward passes over E (or a subset) every M steps.
 
@@ -26,8 +56,6 @@ class OracleCDSampler(RehearsalSampler):
     sample is wrong by construction, so a refresh there would be charged and find nothing.
     Until the first refresh the draws are uniform over E.
     """
-
-    name = "oracle_cd"
 
     def __init__(self, pool: PoolInfo, batch_size: int, seed: int, *, refresh_every: int,
                  subset: int, tau: float) -> None:
@@ -47,8 +75,7 @@ class OracleCDSampler(RehearsalSampler):
         if 0 < self.subset < rows.numel():
             pick = torch.randperm(rows.numel(), generator=self.generator)[: self.subset]
             rows = rows[pick]
-        preds = ctx.predict(rows)
-        self.cd_rows = rows[preds != self.pool.targets[rows]]
+        self.cd_rows = rows[ctx.wrong(rows)]
         self.refreshes += 1
 
     def draw(self, step: int, ctx: SelectionContext | None = None) -> torch.Tensor:
@@ -72,11 +99,10 @@ class OracleCDSampler(RehearsalSampler):
         self.refreshes = int(state["refreshes"])
 
 
-@SAMPLERS.register("mir", help="Maximally Interfered Retrieval: top-b loss increase under a virtual SGD step")
+@register_sampler("mir", help="Maximally Interfered Retrieval: top-b loss increase under a virtual SGD step",
+                  options=MirOptions, needs_snapshot=reads_eligible, needs_selection=True)
 class MIRSampler(RehearsalSampler):
     """Aljundi et al. 2019: C uniform candidates, loss before/after a virtual step on the fine-tune batch."""
-
-    name = "mir"
 
     def __init__(self, pool: PoolInfo, batch_size: int, seed: int, *, candidates: int,
                  over: str) -> None:

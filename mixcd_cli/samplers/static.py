@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..errors import MixcdError, unknown_choice
-from ..schema import OVER
-from .base import SAMPLERS, BinnedIndex, PoolInfo, RehearsalSampler, SelectionContext, uniform_rows
+from ..options import opt
+from .base import (
+    OVER,
+    BinnedIndex,
+    NoOptions,
+    OverOptions,
+    PoolInfo,
+    RehearsalSampler,
+    SelectionContext,
+    register_sampler,
+    uniform_rows,
+)
+
+
+def reads_eligible(options: OverOptions) -> bool:
+    """Whether a sampler over ``options.over`` reads θ0's correctness (the eligible set)."""
+    return options.over == "eligible"
+
+
+@dataclass
+class TemperedOptions(OverOptions):
+    temperature: float = opt(1.0, gt=0, help="T: weights exp(±z(loss0)/T); lower is sharper")
 
 
 def _support(pool: PoolInfo, over: str) -> torch.Tensor:
@@ -19,18 +41,16 @@ def _support(pool: PoolInfo, over: str) -> torch.Tensor:
     return rows
 
 
-@SAMPLERS.register("none", help="no rehearsal: plain fine-tuning")
+@register_sampler("none", help="no rehearsal: plain fine-tuning", options=NoOptions, draws=False, needs_snapshot=False)
 class NoneSampler(RehearsalSampler):
-    name = "none"
-    draws = False
 
     def draw(self, step: int, ctx: SelectionContext | None = None) -> torch.Tensor:
         return torch.empty(0, dtype=torch.int64)
 
 
-@SAMPLERS.register("random", help="uniform over the pool (or the eligible set, over=eligible)")
+@register_sampler("random", help="uniform over the pool (or the eligible set, over=eligible)", options=OverOptions,
+                  needs_snapshot=reads_eligible)
 class RandomSampler(RehearsalSampler):
-    name = "random"
 
     def __init__(self, pool: PoolInfo, batch_size: int, seed: int, over: str) -> None:
         super().__init__(pool, batch_size, seed)
@@ -43,14 +63,15 @@ class RandomSampler(RehearsalSampler):
         return uniform_rows(self.rows, self.batch_size, self.generator)
 
 
-@SAMPLERS.register("class_balanced", help="uniform class, then uniform within the class")
+@register_sampler("class_balanced", help="uniform class, then uniform within the class", options=OverOptions,
+                  needs_snapshot=reads_eligible, needs_classes=True)
 class ClassBalancedSampler(RehearsalSampler):
-    name = "class_balanced"
-
     def __init__(self, pool: PoolInfo, batch_size: int, seed: int, over: str) -> None:
         super().__init__(pool, batch_size, seed)
+        column = pool.class_column(f"sampler {self.name}", "sampler=random, or a sampler with "
+                                   "partition=loss, aux or kmeans (e.g. sampler=mixcd)")
         rows = _support(pool, over)
-        classes, bins = torch.unique(pool.targets[rows], return_inverse=True)
+        classes, bins = torch.unique(column[rows], return_inverse=True)
         self.num_classes = int(classes.numel())
         self.index = BinnedIndex(rows, bins, self.num_classes)
 
@@ -83,13 +104,13 @@ class _LossWeighted(RehearsalSampler):
         return self.rows[pos]
 
 
-@SAMPLERS.register("loss_high", help="static weights favouring high prior loss (hardest first), tempered")
+@register_sampler("loss_high", help="static weights favouring high prior loss (hardest first), tempered",
+                  options=TemperedOptions)
 class LossHighSampler(_LossWeighted):
-    name = "loss_high"
     sign = 1.0
 
 
-@SAMPLERS.register("loss_low", help="static weights favouring low prior loss (most confident first), tempered")
+@register_sampler("loss_low", help="static weights favouring low prior loss (most confident first), tempered",
+                  options=TemperedOptions)
 class LossLowSampler(_LossWeighted):
-    name = "loss_low"
     sign = -1.0
