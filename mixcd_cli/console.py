@@ -1,4 +1,4 @@
-"""Console output: rich progress bars and result tables (the report command lives in report.py).
+"""Console output: rich progress bars and result tables (the report command lives in the report package).
 
 Everything printed here is also logged to the ``mixcd`` logger, which Hydra's job logging
 (conf/hydra/job_logging/mixcd.yaml) writes to the run folder's <stage>.log.
@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -23,6 +23,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+if TYPE_CHECKING:  # results load torch: only when a result is printed
+    from .results import EvalResult, LedgerSummary, RunResult
 
 console = Console()
 err_console = Console(stderr=True)
@@ -107,49 +110,16 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
-def print_run(result: dict[str, Any], run_dir: Path) -> None:
+def print_run(result: RunResult | EvalResult, run_dir: Path) -> None:
     """The result table of one run: accuracies, forgetting, categories, ledger, wall time."""
-    title = f"mixcd {result.get('stage', '')}: {result.get('experiment')} · sampler={result.get('sampler')}"
-    if result.get("mix_ratio"):
-        title += f" · r={result['mix_ratio']}"
+    title = f"mixcd {result.STAGE}: {result.experiment} · sampler={result.sampler}"
+    if result.mix_ratio:
+        title += f" · r={result.mix_ratio}"
     table = Table(title=title, show_header=True)
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
-    rows = [
-        ("prior-test acc before (pre_acc0, %)", _pct(result.get("pre_acc0"))),
-        ("prior-test acc after (pre_acc, %)", _pct(result.get("pre_acc"))),
-        ("forgetting (points)", _pct(result.get("forgetting"))),
-        ("fine-tune-test acc (ft_acc, %)", _pct(result.get("ft_acc"))),
-    ]
-    if (result.get("num_stages") or 1) > 1:
-        rows += [("stages", " → ".join(result.get("stage_names") or [])),
-                 ("earlier-task acc after the last stage (%)", _pct(result.get("earlier_acc"))),
-                 ("average acc over all tasks (%)", _pct(result.get("avg_acc"))),
-                 ("backward transfer, BWT (points)", _pct(result.get("bwt"))),
-                 ("average forgetting of earlier tasks (points)", _pct(result.get("avg_forgetting")))]
-        for k, row in enumerate(result.get("accuracy_matrix") or []):
-            rows.append((f"accuracy after {'θ0' if k == 0 else f'stage {k}'} (%, task 0..)",
-                         " ".join("-" if v is None else f"{100 * v:.1f}" for v in row)))
-    cats = result.get("categories") or {}
-    rows += [(f"prior test: {k.replace('_', ' ')}", str(cats.get(k, "-")))
-             for k in ("retained", "collateral_damage", "unlearned", "gained")]
-    rows.append(("prior test: CD rate (%)", _pct(cats.get("cd_rate"))))
-    if result.get("hit_rate") is not None:
-        rows.append(("rehearsal hit rate, audited (%)", _pct(result["hit_rate"])))
-    if result.get("signal_rate") is not None:
-        rows.append(("rehearsal CD signal rate, what the sampler saw (%)", _pct(result["signal_rate"])))
-    if result.get("signal_precision") is not None or result.get("signal_recall") is not None:
-        rows.append(("CD signal precision / recall vs audit (%)",
-                     f"{_pct(result.get('signal_precision'))} / {_pct(result.get('signal_recall'))}"))
-    ledger = result.get("ledger") or {}
-    fwd, bwd = ledger.get("forward", {}), ledger.get("backward", {})
-    for purpose in ("finetune", "rehearsal", "selection", "snapshot", "pretrain", "eval", "audit"):
-        if fwd.get(purpose) or bwd.get(purpose):
-            rows.append((f"ledger {purpose} (fwd / bwd samples)", f"{fwd.get(purpose, 0):,} / {bwd.get(purpose, 0):,}"))
-    if "training_passes" in ledger:
-        rows.append(("ledger fine-tuning total passes", f"{ledger['training_passes']:,}"))
-    times = result.get("wall_time") or {}
-    rows.append(("wall time (s)", " · ".join(f"{k} {v:.1f}" for k, v in times.items())))
+    rows = _accuracy_rows(result) + _signal_rows(result) + _ledger_rows(result.ledger)
+    rows.append(("wall time (s)", " · ".join(f"{k} {v:.1f}" for k, v in result.wall_time.items())))
     for row in rows:
         table.add_row(*row)
     log.info("%s: %s", title, "; ".join(f"{k}={v}" for k, v in rows))
@@ -157,3 +127,55 @@ def print_run(result: dict[str, Any], run_dir: Path) -> None:
     console.print(table)
     console.print(f"run folder: {run_dir}", highlight=False, soft_wrap=True)
 
+
+def _accuracy_rows(result: RunResult | EvalResult) -> list[tuple[str, str]]:
+    """The prior task before and after, the new task, a sequence's summary and matrix, the categories."""
+    kept = result.retention
+    rows = [
+        ("prior-test acc before (pre_acc0, %)", _pct(kept.pre_acc0)),
+        ("prior-test acc after (pre_acc, %)", _pct(kept.pre_acc)),
+        ("forgetting (points)", _pct(kept.forgetting)),
+        ("fine-tune-test acc (ft_acc, %)", _pct(kept.ft_acc)),
+    ]
+    if result.STAGE == "train" and result.num_stages > 1:
+        seq = result.sequence
+        rows += [("stages", " → ".join(result.stage_names)),
+                 ("earlier-task acc after the last stage (%)", _pct(seq.earlier_acc)),
+                 ("average acc over all tasks (%)", _pct(seq.avg_acc)),
+                 ("backward transfer, BWT (points)", _pct(seq.bwt)),
+                 ("average forgetting of earlier tasks (points)", _pct(seq.avg_forgetting))]
+        for k, row in enumerate(result.accuracy_matrix or []):
+            rows.append((f"accuracy after {'θ0' if k == 0 else f'stage {k}'} (%, task 0..)",
+                         " ".join("-" if v is None else f"{100 * v:.1f}" for v in row)))
+    cats = kept.categories
+    counts = {k: getattr(cats, k) if cats else None for k in ("retained", "collateral_damage", "unlearned", "gained")}
+    rows += [(f"prior test: {k.replace('_', ' ')}", "-" if n is None else str(n)) for k, n in counts.items()]
+    rows.append(("prior test: CD rate (%)", _pct(cats.cd_rate if cats else None)))
+    return rows
+
+
+def _signal_rows(result: RunResult | EvalResult) -> list[tuple[str, str]]:
+    """The audited hit rate and what the sampler's own signal saw, where measured."""
+    signal = result.signal
+    rows = []
+    if signal.hit_rate is not None:
+        rows.append(("rehearsal hit rate, audited (%)", _pct(signal.hit_rate)))
+    if signal.signal_rate is not None:
+        rows.append(("rehearsal CD signal rate, what the sampler saw (%)", _pct(signal.signal_rate)))
+    if signal.signal_precision is not None or signal.signal_recall is not None:
+        rows.append(("CD signal precision / recall vs audit (%)",
+                     f"{_pct(signal.signal_precision)} / {_pct(signal.signal_recall)}"))
+    return rows
+
+
+def _ledger_rows(ledger: LedgerSummary | None) -> list[tuple[str, str]]:
+    """Sample passes by purpose (those with any), and the fine-tuning total."""
+    if ledger is None:
+        return []
+    fwd, bwd = ledger.forward, ledger.backward
+    rows = [(f"ledger {purpose} (fwd / bwd samples)", f"{fwd.get(purpose, 0):,} / {bwd.get(purpose, 0):,}")
+            for purpose in ("finetune", "rehearsal", "selection", "snapshot", "pretrain", "eval", "audit")
+            if fwd.get(purpose) or bwd.get(purpose)]
+    if ledger.training_passes is not None:
+        rows.append(("ledger fine-tuning total passes", f"{ledger.training_passes:,}"))
+    return rows

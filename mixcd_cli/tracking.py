@@ -20,10 +20,15 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .artifacts import file_lock, read_json, write_json
+from .console import note
 from .errors import MixcdError
 from .registry import Registry
+
+if TYPE_CHECKING:  # results load torch: not when only the loggers are listed
+    from .results import RunResult
 
 INSTALL_HINT = "install the tracking extra: pip install -e '.[track]' (or make install-track)"
 # Telemetry lists that are not per-bin estimates worth a series (sizes change only when a bin splits).
@@ -96,8 +101,9 @@ def split_record(record: dict[str, Any]) -> tuple[dict[str, float], dict[str, li
     return scalars, vectors
 
 
-# metrics.json numbers that restate the configuration: hyper-parameters already, not results
-SETTINGS_IN_RESULT = ("seed", "batch_size", "rehearsal_batch", "mix_ratio", "num_stages", "world_size", "steps")
+# metrics.json numbers that restate the configuration (hyper-parameters already) or the file's format: not results
+SETTINGS_IN_RESULT = ("seed", "batch_size", "rehearsal_batch", "mix_ratio", "num_stages", "world_size", "steps",
+                      "format")
 
 
 def final_scalars(result: dict[str, Any]) -> dict[str, float]:
@@ -248,8 +254,6 @@ class MlflowTracker(Tracker):
         check_available(["mlflow"])
         from mlflow.tracking import MlflowClient
 
-        from .artifacts import file_lock
-
         # MLflow's store reports creating and migrating its tables at INFO: not a user's business
         for name in ("alembic", "mlflow.store"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -347,8 +351,6 @@ class Tracking:
             except Exception as exc:  # a logger must never take the run down with it
                 if tracker.name in self.failed:
                     continue  # closing what already failed: said once
-                from .console import note
-
                 self.failed[tracker.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 note(f"logger {tracker.name} stopped ({self.failed[tracker.name]}); training goes on and the run's "
                      "own files are complete")
@@ -376,9 +378,9 @@ class Tracking:
 
         return log
 
-    def finish(self, result: dict[str, Any], files: list[Path]) -> None:
+    def finish(self, result: RunResult, files: list[Path]) -> None:
         """Final metrics and ledger, the run's files as artifacts; wait for every record to be written."""
-        self.submit("log_final", self.params, final_scalars(result), int(result.get("steps") or 0), files)
+        self.submit("log_final", self.params, final_scalars(result.to_dict()), int(result.steps or 0), files)
         self.close("FINISHED")
 
     def close(self, status: str) -> None:
@@ -391,8 +393,6 @@ class Tracking:
         self.write_where()
 
     def write_where(self) -> None:
-        from .artifacts import write_json
-
         write_json({"loggers": {t.name: t.where() for t in self.trackers}, "failed": self.failed,
                     "cost": self.cost, "queued_seconds": self.queued_s}, self.run_dir / TRACKING_FILE)
 
@@ -411,8 +411,6 @@ def start(logger_cfg: dict[str, Any] | None, run: RunIdentity, lock_dir: Path) -
     """Start the chosen trackers (none: None); one that cannot start raises one clear MixcdError."""
     if not logger_cfg:
         return None
-    from .artifacts import read_json
-
     previous_file = run.run_dir / TRACKING_FILE
     previous = read_json(previous_file, "tracking record").get("loggers", {}) if run.resumed and \
         previous_file.is_file() else {}

@@ -285,7 +285,7 @@ def test_each_setting_against_the_default_mixcd_paired_by_seed(tmp_path: Path) -
     assert v["retention"]["hi"] == pytest.approx(0.05 + 4.303 * 0.01 / 3 ** 0.5)
     assert v["ft_acc"]["mean"] == pytest.approx(-0.02) and v["verdict"] == "better"
     assert rows["mixcd (memory=recent)"]["verdict"] == "within noise"
-    from mixcd_cli.compare import verdict
+    from mixcd_cli.report.folds import verdict
 
     assert verdict({"mean": 0.0, "lo": 0.0, "hi": 0.0, "n": 3}) == "identical"
     assert verdict({"mean": 0.01, "lo": -0.01, "hi": 0.03, "n": 3}) == "within noise"
@@ -369,3 +369,147 @@ def test_html_report_from_the_command_line(runs_dir: Path, tmp_path: Path) -> No
     assert "report.html" in result.output and (tmp_path / "r" / "report.html").is_file()
     result = CliRunner().invoke(app, ["report", str(runs_dir), "--out", str(tmp_path / "r2")])
     assert result.exit_code == 0 and not (tmp_path / "r2" / "report.html").exists()  # only when asked
+
+
+# ------------------------------------------------------------------ the report of old-format runs, byte for byte
+
+DATA = Path(__file__).parent / "data"
+EXPECTED = DATA / "report_expected"
+REPORT_FILES = ("report.md", "report.csv", "report.json", "report.html")
+# case → (the folders reported, relative to the inputs' root, and the options)
+REPORT_CASES: dict[str, tuple[list[str], list[str]]] = {
+    "old_train": (["old_runs"], ["--stage", "train", "--html", "--no-plots"]),
+    "old_eval": (["old_runs"], ["--stage", "eval", "--no-plots"]),
+    "synthetic": (["synthetic"], ["--html", "--no-plots"]),
+    "sequences": (["sequences"], ["--no-plots"]),
+}
+
+
+def _old_runs(root: Path) -> None:
+    """tests/data/old_runs: real runs of today's format and of older ones (before DDP, sequences, signal)."""
+    import shutil
+
+    shutil.copytree(DATA / "old_runs", root)
+
+
+def _synthetic_runs(root: Path) -> None:
+    """Format-1 runs of every kind the report tells apart: seeds with shared noise, random at two budgets,
+    mix-cd under, within and above random's curve, variants of it, a setting apart, samplers shown after the
+    listed ones, a seed run twice, and folders skipped for each reason."""
+    import random as rnd
+
+    for s in (1, 2, 3):
+        noise = rnd.Random(s).gauss(0, 0.03)
+        fake_run(root / "none" / str(s), "none", 0.0, s, 0.05 + noise / 3)
+        fake_run(root / "random" / f"a{s}", "random", 0.25, s, 0.50 + noise, rehearsal=100, hit_rate=0.1)
+        fake_run(root / "random" / f"b{s}", "random", 0.5, s, 0.80 + noise, rehearsal=200, hit_rate=0.1)
+        fake_run(root / "mixcd" / f"a{s}", "mixcd", 0.25, s, 0.62 + noise + rnd.Random(100 + s).gauss(0, 0.02),
+                 rehearsal=100, hit_rate=0.4)
+        fake_run(root / "mixcd" / f"b{s}", "mixcd", 0.5, s, 0.85 + noise, rehearsal=200, hit_rate=0.5)
+        fake_run(root / "thompson" / str(s), "mixcd", 0.25, s, 0.66 + noise, ft_acc=0.88, rehearsal=100,
+                 hit_rate=0.45)
+        fake_run(root / "balanced" / str(s), "class_balanced", 0.25, s, 0.55 + noise, rehearsal=100)
+        fake_run(root / "short" / str(s), "random", 0.25, s, 0.3 + noise, rehearsal=100, steps=200)
+    for s in (1, 2):
+        fake_run(root / "recent" / str(s), "mixcd", 0.25, s, 0.60 + s / 100, rehearsal=100, hit_rate=0.3)
+    for folder, extra in (("thompson", "  estimate: thompson\n"), ("recent", "  memory: recent\n")):
+        for cfg in (root / folder).glob("*/config.yaml"):
+            cfg.write_text(cfg.read_text() + extra)
+    fake_run(root / "custom" / "z", "zz_custom", 0.25, 1, 0.58, rehearsal=100)  # no such sampler registered
+    fake_run(root / "custom" / "a", "aa_custom", 0.25, 1, 0.57, rehearsal=100)
+    fake_run(root / "again" / "1", "mixcd", 0.25, 1, 0.99, rehearsal=100)  # seed 1 again
+    _skipped_runs(root / "skipped")
+
+
+def _skipped_runs(root: Path) -> None:
+    """A folder for every reason a run is left out, and another stage's run (not a skip: not this report's)."""
+    for name, metrics in (("broken", "{not json"), ("partial", json.dumps({"stage": "train", "sampler": "random"})),
+                          ("nulls", json.dumps({"stage": "train", "sampler": "random", "mix_ratio": 0.25, "seed": 1,
+                                                "pre_acc": None, "forgetting": None, "ft_acc": 0.5,
+                                                "ledger": {}})),
+                          ("listed", "[1, 2]"), ("unfinished", None), ("failed", None)):
+        (root / name).mkdir(parents=True)
+        (root / name / "config.yaml").write_text("stage: train\n")
+        if metrics is not None:
+            (root / name / "metrics.json").write_text(metrics)
+    (root / "failed" / "error.txt").write_text("MixcdError: out of memory\n")
+    fake_run(root / "evaluated", "mixcd", 0.25, 1, 0.5, rehearsal=100)
+    metrics = json.loads((root / "evaluated" / "metrics.json").read_text())
+    (root / "evaluated" / "metrics.json").write_text(json.dumps({**metrics, "stage": "eval"}))
+
+
+def _sequence_runs(root: Path) -> None:
+    """Three-task runs at two ratios and two seeds, mix-cd with two partitions, and one run of one stage from
+    before sequences (no sequence keys at all) in the default mix-cd's group."""
+    def matrix(prior: float, stage1: float) -> list[list[float | None]]:
+        return [[0.9, None, None], [0.5, 0.9, None], [prior, stage1, 0.9]]
+
+    for s in (1, 2):
+        fake_sequence(root / f"n{s}", "none", 0.0, s, matrix(0.0, 0.05 * s))
+        fake_sequence(root / f"r1-{s}", "random", 0.25, s, matrix(0.2, 0.2 + 0.02 * s), rehearsal=100)
+        fake_sequence(root / f"r2-{s}", "random", 0.5, s, matrix(0.4, 0.4 + 0.01 * s), rehearsal=200)
+        fake_sequence(root / f"m-{s}", "mixcd", 0.25, s, matrix(0.2, 0.4 - 0.01 * s), rehearsal=100,
+                      partition="loss")
+        fake_sequence(root / f"a-{s}", "mixcd", 0.25, s, matrix(0.2, 0.6), rehearsal=100, partition="aux")
+    fake_run(root / "single", "mixcd", 0.25, 3, 0.3, rehearsal=100)
+
+
+INPUTS = {"old_runs": _old_runs, "synthetic": _synthetic_runs, "sequences": _sequence_runs}
+
+
+def build_report_inputs(root: Path, folders: list[str]) -> None:
+    """The run folders of a case under ``root``, each metrics.json given its own fixed modification time (which
+    run of a seed counts is the latest: a checkout's times must not decide it)."""
+    import os
+
+    for folder in folders:
+        INPUTS[folder](root / folder)
+        for i, path in enumerate(sorted((root / folder).rglob("metrics.json"))):
+            os.utime(path, (1_600_000_000 + i, 1_600_000_000 + i))
+
+
+def normalised(path: Path) -> str:
+    """A report file's text with the time the HTML page was made left out."""
+    import re
+
+    return re.sub(r"made \d{4}-\d\d-\d\d \d\d:\d\d UTC", "made <time>", path.read_text())
+
+
+@pytest.mark.parametrize("case", sorted(REPORT_CASES))
+def test_a_report_of_old_format_run_folders_equals_todays(case: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report of old-format run folders is, byte for byte, what the report wrote before it read typed
+    results (tests/data/report_expected/<case>, made by the code of the commit before, as below).
+
+    To make them again (the code under /work/base, this repository's tests on the path)::
+
+        cd "$(mktemp -d)" && for case in old_train old_eval synthetic sequences; do PYTHONPATH=/work/base:$REPO/tests \\
+          python -c "import sys, test_report as t; t.make_expected(sys.argv[1])" $case; done
+
+    """
+    folders, options = REPORT_CASES[case]
+    build_report_inputs(tmp_path, folders)
+    monkeypatch.chdir(tmp_path)  # relative folders: the paths in the report do not depend on where tmp_path is
+    result = CliRunner().invoke(app, ["report", *folders, *options, "--out", "out"])
+    assert result.exit_code == 0, result.output
+    for name in REPORT_FILES:
+        expected = EXPECTED / case / name
+        assert (tmp_path / "out" / name).exists() == expected.exists(), name
+        if expected.exists():
+            assert normalised(tmp_path / "out" / name) == expected.read_text(), f"{case}/{name}"
+
+
+def make_expected(case: str) -> None:
+    """Write tests/data/report_expected/<case> from the report code on the path, run in the current folder
+    (empty) the way the test runs it: `mixcd report` as a command."""
+    import subprocess
+    import sys
+
+    folders, options = REPORT_CASES[case]
+    build_report_inputs(Path.cwd() / case, folders)
+    subprocess.run([sys.executable, "-m", "mixcd_cli.cli", "report", *folders, *options, "--out", "out"],
+                   cwd=case, check=True)
+    (EXPECTED / case).mkdir(parents=True, exist_ok=True)
+    for name in REPORT_FILES:
+        if (Path(case) / "out" / name).exists():
+            (EXPECTED / case / name).write_text(normalised(Path(case) / "out" / name))

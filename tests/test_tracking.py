@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from mixcd_cli import tracking
 from mixcd_cli.errors import MixcdError
+from mixcd_cli.results import LedgerSummary, Retention, RunResult, read_result
 
 pytest.importorskip("tensorboard")
 pytest.importorskip("mlflow")
@@ -165,12 +166,46 @@ def test_a_logger_failing_mid_run_is_one_line_and_training_goes_on(tmp_path: Pat
     log = hub.interval_logger(1, 1, 0)
     for step in (10, 20, 30):
         log({"step": step, "loss": 1.0, "p": [0.5, 0.5]})
-    hub.finish({"pre_acc": 0.5, "steps": 30}, [])
+    hub.finish(RunResult(sampler="random", mix_ratio=0.25, seed=0, steps=30,
+                         retention=Retention(pre_acc=0.5, forgetting=0.4, ft_acc=0.9), ledger=LedgerSummary()), [])
     assert flaky.intervals == [10]
     record = json.loads((tmp_path / tracking.TRACKING_FILE).read_text())
     assert record["failed"] == {"flaky": "OSError: disk full"}
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "logger flaky stopped" in err[0] and "training goes on" in err[0]
+
+
+OLD_RUNS = Path(__file__).parent / "data" / "old_runs"
+
+
+def test_final_scalars_of_a_result_are_its_file_s_numbers_without_settings_or_format(tmp_path: Path) -> None:
+    """A run's typed result gives the trackers what its metrics.json holds: results, the wall time by phase
+    and the ledger, never its settings nor the file's format."""
+    path = OLD_RUNS / "train_mixcd_2stage" / "metrics.json"
+    result = read_result(path, RunResult)
+    scalars = tracking.final_scalars(result.to_dict())
+    assert scalars == tracking.final_scalars(json.loads(path.read_text()))
+    assert "final/format" not in scalars and "final/seed" not in scalars and "final/steps" not in scalars
+    assert scalars["final/bwt"] == pytest.approx(result.sequence.bwt)
+    assert scalars["ledger/forward/rehearsal"] == result.ledger.forward["rehearsal"]
+    assert scalars["wall_time/finetune"] == result.wall_time["finetune"]
+
+    class Keeper(tracking.Tracker):
+        name = "keeper"
+        final: tuple[dict[str, float], int] | None = None
+
+        def log_config(self, params, config_yaml):
+            pass
+
+        def log_final(self, params, metrics, step, files):
+            self.final = (metrics, step)
+
+        def close(self, status):
+            pass
+
+    keeper = Keeper()
+    tracking.Tracking([keeper], tmp_path).finish(result, [])
+    assert keeper.final == (scalars, result.steps)
 
 
 def test_the_training_loop_only_queues_records(tmp_path: Path) -> None:
@@ -266,10 +301,14 @@ def test_optuna_search_runs_trials_and_records_the_returned_metric(tiny: list[st
 def test_train_returns_the_optimized_metric() -> None:
     from mixcd_cli.hydra_app import returned
 
+    def result(pre_acc: float | None) -> RunResult:
+        return RunResult(sampler="mixcd", mix_ratio=0.25, seed=0, ledger=LedgerSummary(),
+                         retention=Retention(pre_acc=pre_acc, forgetting=None, ft_acc=0.5))
+
     cfg = OmegaConf.create({"optimized_metric": "pre_acc"})
-    assert returned(cfg, {"pre_acc": 0.75, "ft_acc": 0.5}) == 0.75
-    assert returned(cfg, {"pre_acc": None}) is None  # Optuna records a failed trial
-    assert returned(OmegaConf.create({"optimized_metric": None}), {"pre_acc": 0.75}) == {"pre_acc": 0.75}
+    assert returned(cfg, result(0.75)) == 0.75
+    assert returned(cfg, result(None)) is None  # Optuna records a failed trial
+    assert returned(OmegaConf.create({"optimized_metric": None}), result(0.75)) == result(0.75).to_dict()
 
 
 def test_hparams_search_needs_multirun_and_a_known_metric(tiny: list[str]) -> None:
@@ -323,7 +362,7 @@ def test_a_killed_run_resumes_into_the_same_records(tiny: list[str], out_dir: Pa
     (["logger=[mlflow]", "+logger.mlflow.foo=1"], "unknown config key 'logger.mlflow.foo'"),
 ])
 def test_logger_options_are_typed(compose_cfg, overrides: list[str], expect: str) -> None:
-    from mixcd_cli.stages import validate_config
+    from mixcd_cli.recipes import validate_config
 
     with pytest.raises(MixcdError, match=expect):
         validate_config(compose_cfg("train", ["experiment=tiny", *overrides]))

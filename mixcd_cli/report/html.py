@@ -12,7 +12,9 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+
+from ..artifacts import atomic_path
+from .render import Section
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1400px;
@@ -57,7 +59,7 @@ def _figure(path: Path) -> str:
             f"<figcaption>{name}</figcaption></figure>")
 
 
-def render(title: str, sections: Sequence[Any], images: Sequence[Path], sources: Sequence[str] = ()) -> str:
+def render(title: str, sections: Sequence[Section], images: Sequence[Path], sources: Sequence[str] = ()) -> str:
     """The page: title, where the runs came from, every section (text, table, list), then every plot."""
     body = [f"<h1>{html.escape(title)}</h1>",
             f'<p class="meta">made {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} by <code>mixcd report'
@@ -76,11 +78,9 @@ def render(title: str, sections: Sequence[Any], images: Sequence[Path], sources:
             + "\n".join(body) + "\n</body></html>\n")
 
 
-def write_html(path: Path, title: str, sections: Sequence[Any], images: Sequence[Path],
+def write_html(path: Path, title: str, sections: Sequence[Section], images: Sequence[Path],
                sources: Sequence[str] = ()) -> Path:
     """Write the page atomically (a reader never sees half of it)."""
-    from .artifacts import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_text(render(title, sections, images, sources), encoding="utf-8")
     return path

@@ -1,0 +1,68 @@
+"""`mixcd report` from end to end: read the runs, group them, do the fold mathematics, print and write."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ..artifacts import write_json
+from ..console import console, note
+from ..errors import MixcdError
+from . import compare
+from .equivalence import FoldMemo, equivalents, fold_on
+from .groups import RETENTION, Group, group_runs
+from .html import write_html
+from .plots import heatmaps, plot, plot_against_default
+from .read import collect
+from .render import markdown, print_report, sections, summary_of
+from .tables import retention_name, write_csv
+
+
+def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "train",
+               plots: bool = True, samplers: Sequence[str] | None = None, html: bool = False) -> dict[str, Any]:
+    """Collect, aggregate, print, and write report.csv / report.md / report.json (+ PNGs, and with ``html``
+    report.html: everything on one self-contained page); ``samplers`` keeps only those samplers' runs."""
+    # a log or a pipe: do not squeeze the table into 80 columns
+    shown = console if console.is_terminal else Console(width=300)
+
+    runs, skipped = collect(paths, stage)
+    if samplers:
+        runs = [r for r in runs if r.sampler in samplers]
+    if not runs:
+        raise MixcdError(f"no finished {stage} runs under {', '.join(map(str, paths))}"
+                         + (f" ({len(skipped)} skipped)" if skipped else ""))
+    groups = group_runs(runs)
+    memo: FoldMemo = {}
+    eq = equivalents(groups, memo)
+    vs = compare.against_default(groups, lambda g, seeds: fold_on(groups, g, seeds, memo), RETENTION)
+    out = Path(out) if out else Path(paths[0])
+    out.mkdir(parents=True, exist_ok=True)
+
+    print_report(shown, runs, groups, eq, vs)
+    if skipped:  # one line, however many folders: the list is in report.md and report.json
+        failed = sum(why.startswith("failed:") for _, why in skipped)
+        note(f"{len(skipped)} run folder(s) left out ({failed} failed with error.txt, {len(skipped) - failed} "
+             f"unfinished or unreadable); see {out / 'report.md'}")
+    duplicates = sum(g.duplicates for g in groups)
+    if duplicates:
+        note(f"{duplicates} run(s) repeat a seed already in their group and count once")
+
+    parts = sections(groups, eq, skipped, vs)
+    write_csv(groups, out / "report.csv")
+    (out / "report.md").write_text(markdown(parts))
+    pngs = _plots(groups, vs, out) if plots else []
+    summary = summary_of(runs, groups, eq, vs, skipped, pngs)
+    write_json(summary, out / "report.json")
+    if html:
+        title = f"mixcd report: {len(runs)} {stage} runs, {len(groups)} groups"
+        write_html(out / "report.html", title, parts, pngs, sources=[str(p) for p in paths])
+    shown.print(f"wrote {out / 'report.csv'}, report.md, report.json" + (", report.html" if html else "")
+                  + (f" and {len(pngs)} plots" if pngs else ""), highlight=False, soft_wrap=True)
+    return summary
+
+
+def _plots(groups: Sequence[Group], vs: Sequence[dict[str, Any]], out: Path) -> list[Path]:
+    return plot(groups, out) + heatmaps(groups, out) + plot_against_default(vs, out, retention_name(groups))

@@ -1,0 +1,166 @@
+"""Reading run folders: each finished run's result (metrics.json, as a typed result) and its saved settings.
+
+A folder with a config.yaml is a run; one whose metrics.json is missing, unreadable or lacks what the report
+needs is skipped with the reason. The settings come from config.yaml: every key that can change what a run
+measures, so runs that differ in any of them never merge.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..errors import MixcdError
+from ..results import REQUIRED, EvalResult, RunResult, result_from_dict
+from ..samplers import SAMPLERS
+from ..schema import INTRODUCED, flatten, sampler_defaults
+from .groups import Run, Settings
+
+# Config keys (and key prefixes) that cannot change what a run measures: they never split a group.
+NOT_GROUPING = ("seed", "stage", "device", "resume", "threads", "paths", "hydra", "run_dir", "eval", "snapshot",
+                "logger", "optimized_metric",
+                "trainer.log_every", "trainer.audit_every", "trainer.checkpoint_every", "trainer.data_on_device")
+# Where a run's sampler and ratio live (today's and before the ratio moved to the trainer): columns, not settings.
+OWN_COLUMNS = ("sampler.name", "sampler.mix_ratio", "trainer.mix_ratio")
+# The required keys a run may hold as null: forgetting is unknown when the prior accuracy before was not measured.
+MAY_BE_NULL = ("forgetting",)
+
+
+def values_of(result: RunResult | EvalResult) -> dict[str, float | None]:
+    """A run's metrics by the report's names: accuracies, signal quality, CD rates, ledger passes, wall time."""
+    ledger = result.ledger
+    fwd, bwd = (ledger.forward, ledger.backward) if ledger is not None else ({}, {})
+    cats = result.retention.categories
+    by_class = [v for v in ((cats.cd_rate_by_class if cats else None) or {}).values() if v is not None]
+    signal = result.signal
+    return {
+        "pre_acc": result.retention.pre_acc, "forgetting": result.retention.forgetting,
+        "ft_acc": result.retention.ft_acc, **_sequence_values(result),
+        "hit_rate": signal.hit_rate, "signal_rate": signal.signal_rate,
+        "signal_precision": signal.signal_precision, "signal_recall": signal.signal_recall,
+        "cd_rate": cats.cd_rate if cats else None,
+        # how concentrated the damage is: the CD rates of the least and the most damaged prior class
+        "cd_rate_class_min": min(by_class) if by_class else None,
+        "cd_rate_class_max": max(by_class) if by_class else None,
+        "ledger_finetune": fwd.get("finetune", 0) + bwd.get("finetune", 0),
+        "ledger_rehearsal": fwd.get("rehearsal", 0) + bwd.get("rehearsal", 0),
+        "ledger_selection": fwd.get("selection", 0) + bwd.get("selection", 0),
+        "training_passes": ledger.training_passes if ledger is not None else None,
+        "rehearsal_budget": fwd.get("rehearsal", 0),
+        "wall_time": result.wall_time.get("finetune"),
+    }
+
+
+def _sequence_values(result: RunResult | EvalResult) -> dict[str, float | None]:
+    """The sequence summary a run measured. An evaluation, and a run written before sequences (no stage names),
+    measured none: its earlier task is the prior task, and the summary the result type fills in for it is not
+    shown, so such runs read as they always have."""
+    if isinstance(result, RunResult) and (result.stage_names or result.num_stages > 1):
+        seq = result.sequence
+        return {"earlier_acc": seq.earlier_acc, "avg_acc": seq.avg_acc, "bwt": seq.bwt,
+                "avg_forgetting": seq.avg_forgetting, "num_stages": result.num_stages}
+    return {"earlier_acc": result.retention.pre_acc, "avg_acc": None, "bwt": None, "avg_forgetting": None,
+            "num_stages": 1}
+
+
+def collect(paths: Iterable[Path], stage: str = "train") -> tuple[list[Run], list[tuple[Path, str]]]:
+    """Every run folder under ``paths`` (any depth): (runs, skipped with the reason)."""
+    runs: list[Run] = []
+    skipped: list[tuple[Path, str]] = []
+    seen: set[Path] = set()
+    for root in paths:
+        root = Path(root)
+        if not root.exists():
+            raise MixcdError(f"no such folder: {root}")
+        for cfg_path in sorted(root.rglob("config.yaml")):
+            folder = cfg_path.parent
+            if folder in seen or "cache" in folder.relative_to(root).parts or folder.name == ".hydra":
+                continue
+            seen.add(folder)
+            read = read_run(folder, stage)
+            if isinstance(read, Run):
+                runs.append(read)
+            elif read is not None:
+                skipped.append((folder, read))
+    return runs, skipped
+
+
+def read_run(folder: Path, stage: str) -> Run | str | None:
+    """The run in ``folder`` if it is a finished ``stage`` run, else why it is skipped (None: not a ``stage``
+    run at all, nothing to say)."""
+    metrics_path = folder / "metrics.json"
+    if not metrics_path.is_file():
+        if stage_of(folder / "config.yaml") != stage:
+            return None
+        error = folder / "error.txt"
+        return f"failed: {error.read_text().strip()}" if error.is_file() else \
+            "no metrics.json (unfinished or failed run)"
+    try:
+        data = json.loads(metrics_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return f"metrics.json is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
+    if not isinstance(data, dict):
+        return "metrics.json is not an object"
+    result, why = _typed(data, str(metrics_path), stage)
+    if result is None:
+        return why
+    settings, options = run_settings(folder / "config.yaml")
+    return Run(folder, "?" if result.experiment is None else result.experiment, str(result.sampler),
+               float(result.mix_ratio), int(result.seed), values_of(result),  # type: ignore[arg-type]
+               settings, options, metrics_path.stat().st_mtime,
+               result.accuracy_matrix if isinstance(result, RunResult) and result.num_stages > 1 else None)
+
+
+def _typed(data: dict[str, Any], source: str, stage: str) -> tuple[RunResult | EvalResult | None, str | None]:
+    """(the result, None) of a ``stage`` run; (None, why it is skipped) of one the report cannot read; (None,
+    None) of another stage's."""
+    try:
+        result = result_from_dict(data, source)
+    except MixcdError as exc:
+        if data.get("stage", "train") != stage:  # another stage's file is no business of this report
+            return None, None
+        lacking = [k for k in REQUIRED if data.get(k) is None and k not in MAY_BE_NULL]
+        return None, f"metrics.json lacks {', '.join(lacking)}" if lacking else f"metrics.json: {exc}"
+    if result.STAGE != stage or not isinstance(result, RunResult | EvalResult):
+        return None, None
+    known = {"sampler": result.sampler, "mix_ratio": result.mix_ratio, "seed": result.seed,
+             "pre_acc": result.retention.pre_acc, "ft_acc": result.retention.ft_acc, "ledger": result.ledger}
+    lacking = [k for k in REQUIRED if k not in MAY_BE_NULL and known[k] is None]
+    return (None, f"metrics.json lacks {', '.join(lacking)}") if lacking else (result, None)
+
+
+def run_settings(cfg_path: Path) -> tuple[Settings, Settings]:
+    """(settings, sampler options) of a run's saved configuration, as sorted (key, JSON value) pairs."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text(errors="replace")) or {}
+    except yaml.YAMLError:
+        cfg = {}
+    settings, options = [], []
+    flat = flatten(cfg if isinstance(cfg, dict) else {})
+    missing = {k: v for k, v in INTRODUCED.items() if not any(f == k or f.startswith(k + ".") for f in flat)}
+    for key, value in {**missing, **flat}.items():
+        if any(key == k or key.startswith(k + ".") for k in NOT_GROUPING) or key in OWN_COLUMNS:
+            continue
+        item = (key, json.dumps(value, sort_keys=True))
+        (options if key.startswith("sampler.") else settings).append(item)
+    # A run made before an option existed ran as its default does: group it with today's default runs.
+    name = cfg.get("sampler", {}).get("name") if isinstance(cfg, dict) and isinstance(cfg.get("sampler"), dict) \
+        else None
+    if name in SAMPLERS:
+        have = {k for k, _ in options}
+        options += [(f"sampler.{k}", json.dumps(v, sort_keys=True)) for k, v in sampler_defaults(name).items()
+                    if f"sampler.{k}" not in have]
+    return tuple(sorted(settings)), tuple(sorted(options))
+
+
+def stage_of(cfg_path: Path) -> str | None:
+    """The ``stage:`` of a saved configuration, read without parsing it (a run that failed may have left it
+    half written)."""
+    for line in cfg_path.read_text(errors="replace").splitlines():
+        if line.startswith("stage:"):
+            return line.split(":", 1)[1].strip()
+    return None

@@ -1,0 +1,140 @@
+"""The report's content in order (`sections`), rendered as Markdown and on the terminal, and report.json."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import compare, folds
+from .groups import Group, Run
+from .tables import (
+    HEADERS,
+    LEAD,
+    eq_head,
+    eq_rows,
+    is_sequence,
+    metric_keys,
+    retention_key,
+    retention_name,
+    table_rows,
+)
+
+
+@dataclass
+class Section:
+    """One part of the report: paragraphs, an optional table, an optional list; rendered as Markdown and HTML."""
+
+    text: list[str]
+    head: Sequence[str] = ()
+    rows: Sequence[Sequence[str]] = ()
+    items: Sequence[str] = ()
+
+
+def sections(groups: Sequence[Group], eq: Sequence[dict[str, Any]], skipped: Sequence[tuple[Path, str]],
+             vs: Sequence[dict[str, Any]] = ()) -> list[Section]:
+    """The report's content, in order, once for every format."""
+    retention = retention_name(groups)
+    notes = ["mean ± std over seeds; a seed run twice in one group counts once (dup). hit rate: audited share "
+             "of drawn rows that were collateral damage; signal: what the training forward pass told the sampler. "
+             f"frontier: no other sampler at the same ratio has both higher {retention} and higher ft_acc."]
+    if is_sequence(groups):
+        notes.append("Multi-stage runs: earlier-task acc = mean accuracy, after the last stage, on every task before "
+                     "it; avg acc = the same over all tasks; BWT = mean of (final − just-learned) accuracy over the "
+                     "earlier tasks; pre_acc is the prior task's alone and ft_acc the last stage's.")
+    out = [Section([], LEAD + [HEADERS[k] for k in metric_keys(groups)], table_rows(groups)), Section(notes)]
+    if eq:
+        out.append(Section(["Random-equivalent rehearsal budget (the budget random rehearsal with the same settings "
+                            f"needs for the same {retention}), from the means, per seed pair, and a paired bootstrap "
+                            f"95% interval over seeds ({folds.BOOTSTRAP_SAMPLES} resamples):"],
+                           eq_head(groups), eq_rows(eq)))
+    if vs:
+        out.append(Section([f"Against the paper-faithful mix-cd (the default `mixcd` at the same experiment, settings "
+                            f"and ratio): the mean over seeds of (setting − default), each seed paired with the "
+                            f"default's, with a 95% Student-t interval; Δ retention is in {retention}. "
+                            "verdict: better / worse when the interval excludes 0, identical when every seed's result "
+                            "is, else within noise. fold: random-equivalent budget over own budget."],
+                           compare.HEAD, compare.rows_of(vs)))
+    if skipped:
+        out.append(Section(["Skipped runs:"], items=[f"`{p}`: {why}" for p, why in skipped]))
+    return out
+
+
+def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def markdown(parts: Sequence[Section]) -> str:
+    """report.md from the report's sections."""
+    lines: list[str] = []
+    for section in parts:
+        for paragraph in section.text:
+            lines += [paragraph, ""]
+        if section.head:
+            lines += _md_table(section.head, section.rows) + [""]
+        if section.items:
+            lines += [f"- {item}" for item in section.items] + [""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _rich_table(title: str, head: Sequence[str], rows: Sequence[Sequence[str]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for h in head:
+        table.add_column(h, justify="left" if h in ("experiment", "config", "sampler", "verdict") else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_report(console: Any, runs: Sequence[Run], groups: Sequence[Group], eq: Sequence[dict[str, Any]],
+                 vs: Sequence[dict[str, Any]]) -> None:
+    """The report's tables on the terminal: groups, random-equivalent budgets, against the default mix-cd."""
+    console.print(_rich_table(f"mixcd report: {len(runs)} runs, {len(groups)} groups (mean ± std over seeds)",
+                              LEAD + [HEADERS[k] for k in metric_keys(groups)], table_rows(groups)))
+    if eq:
+        console.print(_rich_table("random-equivalent rehearsal budget (paired bootstrap 95% interval over seeds)",
+                                  eq_head(groups), eq_rows(eq)))
+    if vs:
+        console.print(_rich_table("against the paper-faithful mix-cd (paired by seed, 95% t-interval)",
+                                  compare.HEAD, compare.rows_of(vs)))
+
+
+def mean_matrix(g: Group) -> list[list[float | None]] | None:
+    """The mean accuracy matrix of a group's multi-stage runs (None where no run has the entry)."""
+    return folds.mean_matrix([r.matrix for r in g.runs if r.matrix])
+
+
+def _json_fold(x: float | None) -> float | str | None:
+    return "> max" if x is not None and math.isinf(x) else x
+
+
+def _json_folds(xs: Sequence[float | None] | None) -> list[float | str | None] | None:
+    return [_json_fold(x) for x in xs] if xs else None
+
+
+def summary_of(runs: Sequence[Run], groups: Sequence[Group], eq: Sequence[dict[str, Any]],
+               vs: Sequence[dict[str, Any]], skipped: Sequence[tuple[Path, str]], pngs: Sequence[Path]
+               ) -> dict[str, Any]:
+    """report.json: every group with its statistics, the folds (infinite ones as "> max"), skipped runs, plots."""
+    return {"runs": len(runs), "groups": [_group_summary(g, metric_keys(groups)) for g in groups],
+            "retention": retention_key(groups),
+            "random_equivalent": [{**e, "fold": _json_fold(e["fold"]),
+                                   "fold_per_seed": {str(k): _json_fold(v) for k, v in e["fold_per_seed"].items()},
+                                   "fold_ci95": _json_folds(e["fold_ci95"])} for e in eq],
+            "against_default": [{**v, "fold": _json_fold(v["fold"]), "default_fold": _json_fold(v["default_fold"]),
+                                 "fold_ci95": _json_folds(v["fold_ci95"]),
+                                 "default_fold_ci95": _json_folds(v["default_fold_ci95"])} for v in vs],
+            "skipped": [[str(p), why] for p, why in skipped], "plots": [p.name for p in pngs]}
+
+
+def _group_summary(g: Group, keys: Sequence[str]) -> dict[str, Any]:
+    matrix = mean_matrix(g)
+    return {"experiment": g.experiment, "config": g.label, "sampler": g.sampler, "variant": g.variant,
+            "mix_ratio": g.mix_ratio, "settings": dict(g.settings), "sampler_options": dict(g.options),
+            "duplicates": g.duplicates, "frontier": g.frontier, "seeds": sorted(g.seeds()),
+            **{k: dict(zip(("mean", "std", "n"), g.stat(k), strict=True)) for k in keys},
+            **({"accuracy_matrix": matrix} if matrix else {})}
