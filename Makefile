@@ -46,7 +46,7 @@ lint: install ## ruff
 
 # ---------------------------------------------------------------- reproduction targets
 # Equal-compute comparisons: every sampler at every mixing ratio and seed, then `mixcd report`.
-# oracle_cd refreshes its CD set over a random 5,000-sample subset of E (DESIGN §5 allows this);
+# oracle_cd refreshes its CD set over a random 5,000-sample subset of E (docs/design.md §5 allows this);
 # its passes are charged to the ledger either way. Jobs run JOBS at a time with one torch thread
 # each (numbers do not depend on JOBS; they do on the thread count, so it is fixed), and every step's
 # drawn rows are audited in eval mode (trainer.audit_every=1) for the true hit rate.
@@ -137,7 +137,7 @@ ablate-text: install ## mix-cd's partitions and variants on the text task → re
 		ABLATE_KNOBS="sampler.partition=kmeans,class sampler.num_bins=1,50 sampler.tau=0.9 sampler.memory=recent \
 		sampler.estimate=thompson"
 
-# Multi-stage sequences (DESIGN §10): every rehearsal sampler, and mix-cd partitioned by the task a pool
+# Multi-stage sequences (docs/design.md §9): every rehearsal sampler, and mix-cd partitioned by the task a pool
 # row came from (SOURCE), at three ratios and three seeds; `mixcd report` adds the accuracy matrices.
 SEQ_SAMPLERS ?= random,class_balanced,mixcd,mir
 SPLIT_RATIOS ?= 0.125,0.25,0.5

@@ -85,8 +85,8 @@ def main() -> None:
     pool, ft = task_on(device, args.pool, [0, 1, 2, 3, 4], 1), task_on(device, args.pool, [5, 6, 7, 8, 9], 2)
     n = len(pool)
     g = torch.Generator().manual_seed(0)
-    info = PoolInfo(pool.targets, torch.rand(n, generator=g) < 0.8, torch.rand(n, generator=g),
-                    torch.rand(n, generator=g))
+    info = PoolInfo(classes=pool.targets, correct0=torch.rand(n, generator=g) < 0.8, loss0=torch.rand(n, generator=g),
+                    conf0=torch.rand(n, generator=g))
     b = round(args.ratio * args.batch)
     results: dict = {"device": name_of, "torch": torch.__version__, "batch": args.batch,
                      "rehearsal_batch": b, "steps": args.steps, "train": {}, "snapshot": {}}
@@ -130,7 +130,7 @@ def main() -> None:
             t0 = time.perf_counter()
             for start in range(0, n, 1024):
                 rows = torch.arange(start, min(n, start + 1024))
-                model(transform(pool.images(rows)).contiguous(memory_format=torch.channels_last))
+                model(transform(pool.inputs(rows)).contiguous(memory_format=torch.channels_last))
             sync()
             plain = n / (time.perf_counter() - t0)
         results["snapshot"][f"{size}px"] = {"snapshot_samples_per_s": snap, "plain_samples_per_s": plain,

@@ -53,9 +53,9 @@ def main() -> None:
 
         t0 = time.perf_counter()
         cols = {k: np.load(folder / f"pool_{k}.npy", mmap_mode="r") for k in ("target", "correct", "loss", "conf")}
-        pool = PoolInfo(torch.from_numpy(np.asarray(cols["target"], dtype=np.int64)),
-                        torch.from_numpy(np.array(cols["correct"])), torch.from_numpy(np.array(cols["loss"])),
-                        torch.from_numpy(np.array(cols["conf"])))
+        pool = PoolInfo(classes=torch.from_numpy(np.asarray(cols["target"], dtype=np.int64)),
+                        correct0=torch.from_numpy(np.array(cols["correct"])),
+                        loss0=torch.from_numpy(np.array(cols["loss"])), conf0=torch.from_numpy(np.array(cols["conf"])))
         report("load memory-mapped columns", t0)
 
         for name in ("random", "mixcd"):

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from mixcd_cli.hydra_app import compose
+from mixcd_cli.recipes import load_prior, prior_checkpoint, setup, snapshot_for
 from mixcd_cli.snapshot import cluster_column
-from mixcd_cli.stages import load_prior, prior_checkpoint, setup, snapshot_for
 
 
 def main(experiments: list[str]) -> None:

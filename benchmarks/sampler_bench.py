@@ -19,14 +19,14 @@ import time
 
 import torch
 
-from mixcd_cli.samplers import PoolInfo, create_sampler
+from mixcd_cli.samplers import PoolInfo, create_sampler, sampler_options
 
 
 def synthetic_pool(n: int, seed: int = 0) -> PoolInfo:
     g = torch.Generator().manual_seed(seed)
     # k-means ids stand in for the snapshot's clusters: the sampler's per-step cost does not depend on them
-    return PoolInfo(torch.randint(0, 10, (n,), generator=g), torch.rand(n, generator=g) < 0.85,
-                    torch.rand(n, generator=g) * 3, torch.rand(n, generator=g),
+    return PoolInfo(classes=torch.randint(0, 10, (n,), generator=g), correct0=torch.rand(n, generator=g) < 0.85,
+                    loss0=torch.rand(n, generator=g) * 3, conf0=torch.rand(n, generator=g),
                     clusters=lambda k, seed: torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(seed)))
 
 
@@ -80,7 +80,7 @@ def part1(sizes: list[int], batches: list[int], iters: int) -> None:
 
 def part2(steps: int, rounds: int) -> None:
     from mixcd_cli.hydra_app import compose
-    from mixcd_cli.stages import (
+    from mixcd_cli.recipes import (
         load_prior,
         plain,
         prior_checkpoint,
@@ -101,8 +101,7 @@ def part2(steps: int, rounds: int) -> None:
     for r in range(rounds):
         for name in ("random", "mixcd"):
             model = load_prior(ctx, path)
-            options = {k: v for k, v in plain(compose("train", [f"sampler={name}"]).sampler).items()
-                       if k not in ("name", "mix_ratio")}
+            options = sampler_options(plain(compose("train", [f"sampler={name}"]).sampler))
             sampler = create_sampler(name, snap.pool_info(exp.pool), b, seed=r, **options)
             settings: TrainSettings = settings_from(cfg.trainer, steps, r, "finetune", 1024,
                                                     rehearsal_batch=b)

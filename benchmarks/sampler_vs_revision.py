@@ -50,8 +50,10 @@ def main(revs: list[str]) -> None:
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     n = 1_000_000
-    pool = PoolInfo(torch.randint(0, 10, (n,), generator=g), torch.rand(n, generator=g) < 0.85,
-                    torch.rand(n, generator=g) * 3, torch.rand(n, generator=g))
+    labels = torch.randint(0, 10, (n,), generator=g)
+    pool = PoolInfo(classes=labels, correct0=torch.rand(n, generator=g) < 0.85, loss0=torch.rand(n, generator=g) * 3,
+                    conf0=torch.rand(n, generator=g))
+    pool.targets = labels  # revisions before the objective seam read the class column as `targets`
     wrong = [torch.rand(64, generator=g) < 0.3 for _ in range(16)]
     classes = {**{rev: sampler_at(rev) for rev in revs}, "working tree": tree.MixCDSampler}
     times: dict[str, list[float]] = {name: [] for name in classes}

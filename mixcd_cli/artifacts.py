@@ -36,7 +36,7 @@ def honour_umask(path: Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_current_umask())
 
 
-def _write_error(path: Path, exc: OSError) -> MixcdError:
+def write_error(path: Path, exc: OSError) -> MixcdError:
     if exc.errno == errno.ENOSPC:
         return MixcdError(f"disk full while writing {path}; free space and rerun (earlier files are intact)")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -57,12 +57,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.close(fd)
         honour_umask(Path(tmp))
     except OSError as exc:
-        raise _write_error(path, exc) from exc
+        raise write_error(path, exc) from exc
     try:
         yield Path(tmp)
         os.replace(tmp, path)
     except OSError as exc:
-        raise _write_error(path, exc) from exc
+        raise write_error(path, exc) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -205,7 +205,7 @@ class JsonlWriter:
             self._f.write((json_text(record) + "\n").encode())
             self._f.flush()
         except OSError as exc:
-            raise _write_error(self.path, exc) from exc
+            raise write_error(self.path, exc) from exc
 
     @property
     def offset(self) -> int:

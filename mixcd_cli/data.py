@@ -1,8 +1,10 @@
 """Datasets, tasks and batch transforms.
 
-A *dataset* is a split of raw samples (uint8 images and integer labels, plus optional per-sample
-integer ``aux`` columns). A *task* selects a class subset of one split and maps its labels into
-the model's label space. Batches are fetched by index, so the rehearsal sampler's indices go
+A *dataset* is a split of raw samples (model inputs — uint8 images or token ids — and one target per
+sample, plus optional per-sample integer ``aux`` columns). Its source names its task kind (``kind``,
+classification when absent; docs/design.md §7), whose objective says what the targets mean. A *task*
+selects a class subset of one split and maps its labels into the model's label space (kinds without
+classes take every row as it is). Batches are fetched by index, so the rehearsal sampler's indices go
 straight to the data with no DataLoader in between.
 """
 
@@ -21,25 +23,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import MixcdError
+from .errors import MixcdError, unknown_choice
+from .objectives import DEFAULT_KIND, Batch, Objective, objective_of
 from .registry import Registry
-from .schema import HEAD_MODES
-from .text import PAD
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 DATASETS: Registry = Registry("dataset")
+HEAD_MODES = ("shared", "multi")  # one head over the union of labels, or one head per task
+PAD = -1  # the padding value of token batches: never a token id, so the mask is `ids != PAD`
 
 
 class ImageSource(Protocol):
-    """Anything that returns uint8 image batches (n, C, H, W) by sample index."""
+    """Anything that returns input batches by sample index: uint8 images (n, C, H, W), or token ids.
+
+    ``targets`` holds one entry per sample in whatever shape the source's task kind uses (a class id for
+    classification); a source of another kind says so with a ``kind`` attribute (objectives.OBJECTIVES).
+    """
 
     targets: torch.Tensor
     channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
-    def images(self, index: torch.Tensor) -> torch.Tensor: ...
+    def inputs(self, index: torch.Tensor) -> torch.Tensor: ...
 
     def __len__(self) -> int: ...
 
@@ -49,7 +56,7 @@ class ArraySource:
     """An in-memory split: all images in one uint8 tensor (on the host, or moved to the GPU whole)."""
 
     data: torch.Tensor  # (N, C, H, W) uint8
-    targets: torch.Tensor  # (N,) int64
+    targets: torch.Tensor  # (N, ...) one target per sample: int64 class ids for classification
     mean: tuple[float, ...]
     std: tuple[float, ...]
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -58,7 +65,7 @@ class ArraySource:
     def channels(self) -> int:
         return int(self.data.shape[1])
 
-    def images(self, index: torch.Tensor) -> torch.Tensor:
+    def inputs(self, index: torch.Tensor) -> torch.Tensor:
         return self.data[index.to(self.data.device)]
 
     def on_device(self, device: torch.device) -> ArraySource:
@@ -70,7 +77,7 @@ class ArraySource:
         return replace(self, data=self.data.to(device))
 
     def __len__(self) -> int:
-        return int(self.targets.numel())
+        return int(self.targets.shape[0])
 
 
 class FolderSource:
@@ -101,7 +108,7 @@ class FolderSource:
             img = img.convert("RGB").resize((self.image_size, self.image_size))
             return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
-    def images(self, index: torch.Tensor) -> torch.Tensor:
+    def inputs(self, index: torch.Tensor) -> torch.Tensor:
         """Decode in a persistent thread pool (PIL releases the GIL while decoding)."""
         if self._pool is None and self.workers > 1:
             from concurrent.futures import ThreadPoolExecutor
@@ -114,7 +121,7 @@ class FolderSource:
         return torch.stack(decoded)
 
     def __len__(self) -> int:
-        return int(self.targets.numel())
+        return int(self.targets.shape[0])
 
 
 # ---------------------------------------------------------------- Fashion-MNIST and friends
@@ -229,22 +236,6 @@ def make_synthetic(root: str | None = None, train: bool = True, num_classes: int
     return ArraySource(data, targets, (0.5,) * channels, (0.25,) * channels, aux={"style": style})
 
 
-@DATASETS.register("text", help="text classification from JSONL/CSV/Parquet, a saved datasets folder or hub:<name> "
-                                 "(options.train_path/test_path, text, label; needs the text extra)")
-def _load_text(**kwargs: Any) -> Any:
-    from .text import load_text_source
-
-    return load_text_source(**{k: v for k, v in kwargs.items() if k != "download"})
-
-
-@DATASETS.register("topic_text", help="generated text: sentences from topic vocabularies, related topics sharing "
-                                       "words (the shipped text experiment; needs the text extra to tokenise)")
-def _load_topic_text(**kwargs: Any) -> Any:
-    from .text import make_topic_text
-
-    return make_topic_text(**kwargs)
-
-
 # ---------------------------------------------------------------- tasks
 
 
@@ -255,8 +246,8 @@ class Task:
     name: str
     source: ImageSource
     index: torch.Tensor  # indices into source, in a fixed order
-    targets: torch.Tensor  # mapped labels, aligned with index
-    num_classes: int
+    targets: torch.Tensor  # mapped labels (or the kind's targets), aligned with index
+    head_size: int  # outputs the task's head needs (classes, for classification)
     definition: dict[str, Any]
     # A pool made of several tasks: the head each row is read by (names, and a per-row id into them).
     heads: tuple[str, ...] | None = None
@@ -266,9 +257,18 @@ class Task:
     def __len__(self) -> int:
         return int(self.index.numel())
 
-    def images(self, rows: torch.Tensor) -> torch.Tensor:
-        """uint8 images of the task's rows (not source indices)."""
-        return self.source.images(self.index[rows])
+    @property
+    def objective(self) -> Objective:
+        """What loss, "wrong" and correctness mean for this task's kind."""
+        return objective_of(self.source)
+
+    def batch(self, rows: torch.Tensor) -> Batch:
+        """Inputs and targets of the task's rows."""
+        return Batch(self.inputs(rows), self.targets[rows])
+
+    def inputs(self, rows: torch.Tensor) -> torch.Tensor:
+        """Model inputs of the task's rows (not source indices): uint8 images or token ids."""
+        return self.source.inputs(self.index[rows])
 
     def aux_columns(self) -> dict[str, torch.Tensor]:
         """Every per-row integer column: the dataset's aux columns, then the task's own (e.g. ``source``)."""
@@ -277,8 +277,6 @@ class Task:
     def aux(self, column: str) -> torch.Tensor:
         columns = self.aux_columns()
         if column not in columns:
-            from .errors import unknown_choice
-
             raise unknown_choice(f"aux column of task '{self.name}'", column, columns)
         return columns[column]
 
@@ -352,8 +350,6 @@ def check_task_transform(spec: Any) -> dict[str, Any]:
         raise MixcdError(f"a task's transform must be a mapping such as {{rotate: 45}} or {{permute: 1}}, got {spec!r}")
     for name in spec:
         if name not in TASK_TRANSFORMS:
-            from .errors import unknown_choice
-
             raise unknown_choice("task transform", str(name), TASK_TRANSFORMS)
         TRANSFORM_CHECKS[name](spec[name])
     return dict(spec)
@@ -370,8 +366,6 @@ def load_source(dataset: str, root: str, train: bool, download: bool = False,
     if key not in _SOURCE_CACHE:
         _SOURCE_CACHE[key] = DATASETS.get(dataset)(root=root, train=train, download=download, **options)
     if domain is not None and domain not in DOMAIN_SHIFTS:
-        from .errors import unknown_choice
-
         raise unknown_choice("task option domain", str(domain), DOMAIN_SHIFTS)
     steps: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = []
     if domain is not None:
@@ -400,6 +394,34 @@ def make_task(name: str, dataset: str, root: str, split: str, classes: Sequence[
     if split not in ("train", "test"):
         raise MixcdError(f"split must be 'train' or 'test', got '{split}'")
     source = load_source(dataset, root, split == "train", download, options, transform)
+    definition = {"name": name, "dataset": dataset, "split": split, "classes": classes, "label_map": label_map,
+                  "options": options or {}, "limit": limit}
+    if transform:  # only when given, so the tasks of earlier versions keep their fingerprints (and caches)
+        definition["transform"] = dict(transform)
+    objective = objective_of(source)
+    if not objective.has_classes:
+        return _kind_task(name, source, objective, definition)
+    return _class_task(name, source, definition, label_mode)
+
+
+def _kind_task(name: str, source: ImageSource, objective: Objective, definition: dict[str, Any]) -> Task:
+    """A task of a kind without classes: every row of the split (the first ``limit``), targets as they are."""
+    if definition["classes"] is not None or definition["label_map"]:
+        raise MixcdError(f"task '{name}': classes and label_map choose and relabel classes, and task kind "
+                         f"'{objective.name}' has none; leave them null")
+    index = torch.arange(len(source))
+    limit = definition["limit"]
+    if limit is not None and 0 < limit < index.numel():
+        index = index[:limit]
+    targets = source.targets[index]
+    definition = {**definition, "kind": objective.name}
+    return Task(name, source, index, targets, objective.head_size(targets), definition)
+
+
+def _class_task(name: str, source: ImageSource, definition: dict[str, Any], label_mode: str) -> Task:
+    """A classification task: the chosen classes of the split, labels kept, mapped or renumbered."""
+    classes, label_map, limit = definition["classes"], definition["label_map"], definition["limit"]
+    dataset, split = definition["dataset"], definition["split"]
     targets = source.targets
     present = sorted(set(targets.unique().tolist()))
     chosen = list(present if classes is None else classes)
@@ -425,10 +447,7 @@ def make_task(name: str, dataset: str, root: str, split: str, classes: Sequence[
     table = torch.full((max(chosen) + 1,), -1, dtype=torch.int64)
     table[torch.tensor(list(lut))] = torch.tensor(list(lut.values()))
     mapped = table[orig]
-    definition = {"name": name, "dataset": dataset, "split": split, "classes": chosen, "label_map": lut,
-                  "options": options or {}, "limit": limit}
-    if transform:  # only when given, so the tasks of earlier versions keep their fingerprints (and caches)
-        definition["transform"] = dict(transform)
+    definition = {**definition, "classes": chosen, "label_map": lut}
     return Task(name, source, index, mapped, int(max(lut.values())) + 1, definition)
 
 
@@ -501,15 +520,16 @@ class ConcatSource:
         self.targets = torch.cat([t.targets for t in self.parts])
         first = self.parts[0].source
         self.channels, self.mean, self.std = first.channels, first.mean, first.std
+        self.kind = getattr(first, "kind", DEFAULT_KIND)
         self.aux: dict[str, torch.Tensor] = {}
 
-    def images(self, index: torch.Tensor) -> torch.Tensor:
+    def inputs(self, index: torch.Tensor) -> torch.Tensor:
         index = index.cpu()
         part = torch.searchsorted(self.offsets[1:], index, right=True)
         masks = [(p, part == p) for p in part.unique().tolist()]
-        pieces = [(mask, self.parts[p].images(index[mask] - self.offsets[p])) for p, mask in masks]
+        pieces = [(mask, self.parts[p].inputs(index[mask] - self.offsets[p])) for p, mask in masks]
         if not pieces:
-            return self.parts[0].images(index)
+            return self.parts[0].inputs(index)
         if pieces[0][1].ndim == 3:  # token batches: each part padded to its own longest row
             width = max(imgs.shape[-1] for _, imgs in pieces)
             pieces = [(mask, _padded(imgs, width)) for mask, imgs in pieces]
@@ -544,7 +564,7 @@ def concat_tasks(name: str, parts: Sequence[tuple[Task, str, int]], source_colum
                          zip(sizes, parts, strict=True)])
     definition = {"name": name, "parts": [{**t.definition, "head": h, "source": sid} for t, h, sid in parts]}
     return Task(name, source, torch.arange(len(source)), source.targets.clone(),
-                max(t.num_classes for t in tasks), definition, heads if len(heads) > 1 else None,
+                max(t.head_size for t in tasks), definition, heads if len(heads) > 1 else None,
                 head_of if len(heads) > 1 else None, columns)
 
 
@@ -590,6 +610,11 @@ class Experiment:
         return is_text(self.pool.source)
 
     @property
+    def objective(self) -> Objective:
+        """The task kind's objective, shared by every task of the experiment (build_experiment checks)."""
+        return self.pool.objective
+
+    @property
     def ft_train(self) -> Task:
         return self.stages[0].train
 
@@ -599,8 +624,8 @@ class Experiment:
 
     def head_sizes(self) -> dict[str, int]:
         if self.head == "shared":
-            return {"shared": max(self.pool.num_classes, *(s.train.num_classes for s in self.stages))}
-        return {"prior": self.pool.num_classes, **{s.head: s.train.num_classes for s in self.stages}}
+            return {"shared": max(self.pool.head_size, *(s.train.head_size for s in self.stages))}
+        return {"prior": self.pool.head_size, **{s.head: s.train.head_size for s in self.stages}}
 
     def prior_head(self) -> str:
         return "shared" if self.head == "shared" else "prior"
@@ -617,8 +642,6 @@ class Experiment:
         the prior pool, ``previous`` stage k−1's training set (the prior pool at stage 1). In a sequence of two
         or more stages every row carries ``source``: 0 for the prior task, j for stage j."""
         if mode not in POOL_MODES:
-            from .errors import unknown_choice
-
             raise unknown_choice("rehearsal.pool", mode, POOL_MODES)
         parts = [(self.pool, self.prior_head(), 0)]
         earlier = [(s.train, s.head, j) for j, s in enumerate(self.stages[:k - 1], 1)]
@@ -655,13 +678,9 @@ def stage_specs(finetune: dict[str, Any], stages: list[Any] | None) -> list[tupl
         trainer = dict(entry.pop("trainer", None) or {})
         unknown = [k for k in trainer if k not in STAGE_TRAINER_KEYS]
         if unknown:
-            from .errors import unknown_choice
-
             raise unknown_choice(f"trainer key of stages[{i - 1}]", str(unknown[0]), STAGE_TRAINER_KEYS)
         bad = [k for k in entry if k not in finetune]
         if bad:
-            from .errors import unknown_choice
-
             raise unknown_choice(f"key of stages[{i - 1}]", str(bad[0]), [*finetune, "trainer"])
         spec = {**finetune, **entry}
         if "name" not in entry:
@@ -679,8 +698,6 @@ def build_experiment(prior: dict[str, Any], finetune: dict[str, Any], head: str,
     """Build the prior task and every stage from plain dicts (dataset, classes, label_map, download, options,
     transform, limit_*); ``stages`` entries are filled in from ``finetune`` (None: ``finetune`` is the one stage)."""
     if head not in HEAD_MODES:
-        from .errors import unknown_choice
-
         raise unknown_choice("head mode", head, HEAD_MODES)
     mode = "original" if head == "shared" else "local"
 
@@ -696,6 +713,9 @@ def build_experiment(prior: dict[str, Any], finetune: dict[str, Any], head: str,
         built.append(Stage(str(spec.get("name") or f"stage{k}"), task(spec, "train", "finetune"),
                            task(spec, "test", "finetune"), _stage_head(k, head), trainer, _inputs(spec)))
     for s in built:
+        if pool.objective.name != s.train.objective.name:
+            raise MixcdError(f"the prior task is of kind '{pool.objective.name}' and stage '{s.name}' of kind "
+                             f"'{s.train.objective.name}': every task of an experiment is of one kind")
         if is_text(pool.source) != is_text(s.train.source):
             raise MixcdError(f"the prior task and stage '{s.name}' must both be text or both be images")
         if pool.source.channels != s.train.source.channels:
@@ -703,7 +723,7 @@ def build_experiment(prior: dict[str, Any], finetune: dict[str, Any], head: str,
                              f"({pool.source.channels} vs {s.train.source.channels})")
     if len(pool) == 0 or any(len(s.train) == 0 for s in built):
         raise MixcdError("a task selected no samples: check the classes lists")
-    if head == "shared" and len(built) > 1:
+    if head == "shared" and len(built) > 1 and pool.objective.has_classes:
         seen = [("the prior task", _inputs(prior), set(pool.targets.unique().tolist()))]
         for s in built:
             labels = set(s.train.targets.unique().tolist())

@@ -3,7 +3,7 @@
 Every collective of the package goes through this module. On CUDA the process group is
 ``cpu:gloo,cuda:nccl``: NCCL reduces CUDA tensors only, while the sampler's counts, the hit
 counters and the ledger live on the host, so they travel over the gloo half of the same group
-(DESIGN §8). Nothing outside this module calls ``torch.distributed`` directly.
+(docs/design.md §12). Nothing outside this module calls ``torch.distributed`` directly.
 """
 
 from __future__ import annotations

@@ -57,14 +57,26 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("mixcd_root", project_root)
 
 
+# Groups whose options are (also) nodes schema.register puts in Hydra's ConfigStore, with no YAML file:
+# every registered sampler is group `sampler`'s option of its name (its declaration, mixcd_cli/samplers).
+STORED_GROUPS = ("sampler",)
+
+
 def group_options(group: str) -> list[str]:
-    """The YAML options of a config group (the schemas Hydra also knows there are not choices)."""
+    """The options of a config group: its YAML files, and for a stored group the ConfigStore's nodes (which
+    imports the registries: torch)."""
     folder = config_dir() / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    names = {p.stem for p in folder.glob("*.yaml")} if folder.is_dir() else set()
+    if group in STORED_GROUPS:
+        from hydra.core.config_store import ConfigStore
+
+        register_resolvers()
+        names |= {n.removesuffix(".yaml") for n in ConfigStore.instance().repo.get(group, {})}
+    return sorted(names)
 
 
 def config_groups() -> list[str]:
-    return sorted(p.name for p in config_dir().iterdir() if p.is_dir())
+    return sorted({p.name for p in config_dir().iterdir() if p.is_dir()} | set(STORED_GROUPS))
 
 
 def _timm_name(value: str) -> bool:
@@ -230,7 +242,7 @@ def validate(stage: str, overrides: list[str], multirun: bool) -> Any:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from .stages import validate_config
+    from .recipes import validate_config
 
     first, sweeps = check_overrides(overrides, multirun)
     cfg = compose(stage, first)
@@ -257,7 +269,7 @@ def preflight(stage: str, cfg: Any, run_dir: str | None) -> None:
     if stage == "train" and cfg.resume is True:
         _check_resumable(run_dir)
     if stage == "eval":
-        from .stages import check_finished_run
+        from .recipes import check_finished_run
 
         check_finished_run(Path(str(cfg.run_dir)))
     if str(cfg.device).startswith("cuda"):
@@ -305,7 +317,7 @@ def check_writable(path: Path, what: str) -> None:
     import errno
     import tempfile
 
-    from .artifacts import _write_error
+    from .artifacts import write_error
 
     for part in path.parts:
         if len(part.encode()) > 255:
@@ -323,7 +335,7 @@ def check_writable(path: Path, what: str) -> None:
     except OSError as exc:
         if exc.errno == errno.ENAMETOOLONG:
             raise MixcdError(f"{what}={path}: the path is longer than the file system allows") from exc
-        raise _write_error(path, exc) from exc
+        raise write_error(path, exc) from exc
 
 
 def failed_jobs(sweep_dir: Path) -> list[str]:
@@ -341,14 +353,13 @@ def failed_jobs(sweep_dir: Path) -> list[str]:
     return out
 
 
-def returned(cfg: Any, result: dict[str, Any]) -> Any:
+def returned(cfg: Any, result: Any) -> Any:
     """What a job returns to Hydra: the number named by ``optimized_metric`` (None when the run has none,
-    which the Optuna sweeper records as a failed trial), else the whole result."""
+    which the Optuna sweeper records as a failed trial), else the whole result as a plain dict."""
     name = cfg.get("optimized_metric")
     if not name:
-        return result
-    value = result.get(str(name))
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        return result.to_dict() if result is not None else None
+    return result.metric(str(name)) if hasattr(result, "metric") else None
 
 
 def _task(stage: str) -> Any:
@@ -358,7 +369,7 @@ def _task(stage: str) -> Any:
 
         from . import distributed
         from .console import error
-        from .stages import STAGES
+        from .recipes import STAGES
 
         hc = HydraConfig.get()
         multirun = hc.mode == RunMode.MULTIRUN

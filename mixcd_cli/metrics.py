@@ -1,4 +1,4 @@
-"""What is measured: the ledger, forgetting, downstream accuracy, the four categories (DESIGN §6)."""
+"""What is measured: the ledger, forgetting, downstream accuracy, the four categories (docs/design.md §6)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ PURPOSES = ("pretrain", "finetune", "rehearsal", "selection", "snapshot", "eval"
 
 
 class Ledger:
-    """Sample forward and backward passes by purpose (DESIGN §2): the currency of fair comparison."""
+    """Sample forward and backward passes by purpose (docs/design.md §2): the currency of fair comparison."""
 
     def __init__(self) -> None:
         self.forward = dict.fromkeys(PURPOSES, 0)
@@ -75,7 +75,7 @@ def forgetting_metrics(test_correct0: torch.Tensor, test_correct_now: torch.Tens
 
 def sequence_metrics(matrix: list[list[float | None]]) -> dict[str, Any]:
     """From the accuracy matrix A (A[k][i]: accuracy on task i after stage k; row 0 is θ0; None where task i
-    was not seen yet), with S = the last stage (DESIGN §10):
+    was not seen yet), with S = the last stage (docs/design.md §9):
 
     avg_acc = mean_i A[S][i] over tasks 0..S; earlier_acc = mean over i < S; BWT = mean over i < S of
     A[S][i] − A[i][i]; forgetting of task i < S = max over i ≤ k < S of A[k][i] − A[S][i].

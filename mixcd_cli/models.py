@@ -6,23 +6,25 @@ the shared backbone. The backbone is the built-in CNN or any timm model by name.
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from . import hub
+from .artifacts import atomic_torch_save, safe_torch_load
+from .data import PAD
 from .errors import MixcdError, closest, unknown_choice
 from .registry import Registry
-from .schema import NORMS, POOLINGS
-from .text import PAD
 
 BACKBONES: Registry = Registry("model")
 # Model options that change how fine-tuning trains, not the architecture: they stay out of the spec a
 # checkpoint must match and out of θ0's cache key.
 FINETUNE_ONLY = ("bn",)
+NORMS = ("batch", "group", "layer", "none")  # the built-in CNN's normalisation: norm_layer
+BN_MODES = ("train", "frozen")  # BatchNorm while fine-tuning: MixcdNet.freeze_batchnorm
+POOLINGS = ("first", "mean", "pooler")  # a text backbone's sentence feature: TextBackbone
 
 
 class MixcdNet(nn.Module):
@@ -79,7 +81,7 @@ class MixcdNet(nn.Module):
 def norm_layer(norm: str, channels: int) -> nn.Module:
     """The normalisation after a conv: ``batch`` depends on the rest of the batch in train mode; ``group``
     (8 channels a group at most 8 groups), ``layer`` (one group: all channels and positions of a sample)
-    and ``none`` do not, so a sample's train-mode prediction is its own (DESIGN §4 item 6)."""
+    and ``none`` do not, so a sample's train-mode prediction is its own (docs/design.md §4.6)."""
     if norm == "batch":
         return nn.BatchNorm2d(channels)
     if norm == "group":
@@ -118,17 +120,6 @@ def _cnn(in_chans: int, width: int = 32, norm: str = "batch", **_: Any) -> tuple
     return net, net.num_features
 
 
-def hub_reachable(host: str = "huggingface.co", port: int = 443, timeout: float = 2.0) -> bool:
-    """Whether timm's weight hub answers; offline machines fail here in seconds, not minutes."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 @BACKBONES.register("timm", help="any timm model by name (model.name=resnet18 ...)")
 def _timm(in_chans: int, name: str = "resnet18", pretrained: bool = False, weights: str | None = None,
           drop_rate: float = 0.0, **_: Any) -> tuple[nn.Module, int]:
@@ -139,7 +130,7 @@ def _timm(in_chans: int, name: str = "resnet18", pretrained: bool = False, weigh
                          "see `python -c 'import timm; print(timm.list_models())'`")
     kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_chans, "drop_rate": drop_rate}
     if pretrained and not weights:
-        if not hub_reachable():
+        if not hub.hub_reachable():
             raise MixcdError(f"timm pretrained weights for '{name}' need the Hugging Face hub, which is "
                              "unreachable; download them elsewhere and pass model.weights=/path/to/file "
                              "(.safetensors/.pth/.bin), or set model.pretrained=false")
@@ -185,9 +176,7 @@ class TextBackbone(nn.Module):
                                 "small random one) for text tasks; needs the text extra")
 def _hf(in_chans: int, name: str | None = None, config: dict[str, Any] | None = None, pooling: str = "first",
         vocab_size: int = 0, **_: Any) -> tuple[nn.Module, int]:
-    from .text import hf_location, require_text_extra
-
-    require_text_extra("model=hf")
+    hub.require_text_extra("model=hf")
     if not vocab_size:
         raise MixcdError("model=hf reads text: the prior and fine-tune tasks must be text tasks "
                          "(task@prior=text / task@finetune=text, or experiment=text_topics)")
@@ -204,7 +193,7 @@ def _hf(in_chans: int, name: str | None = None, config: dict[str, Any] | None = 
         except (ValueError, TypeError, KeyError) as exc:
             raise MixcdError(f"model.config does not make a Hugging Face model: {str(exc).splitlines()[0]}") from exc
     else:
-        where, _local = hf_location(name)
+        where, _local = hub.hf_location(name)
         try:
             encoder = AutoModel.from_pretrained(where)
         except (OSError, ValueError) as exc:
@@ -259,8 +248,6 @@ def model_spec(model_cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_model(model: MixcdNet, path: Path, spec: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
-    from .artifacts import atomic_torch_save
-
     atomic_torch_save({"model": model.state_dict(), "spec": spec, "heads": {
         n: h.out_features for n, h in model.heads.items()}, **(extra or {})}, path)
 
@@ -268,8 +255,6 @@ def save_model(model: MixcdNet, path: Path, spec: dict[str, Any], extra: dict[st
 def load_model(path: Path, spec: dict[str, Any], in_chans: int, yours: bool = False,
                vocab_size: int = 0) -> tuple[MixcdNet, dict[str, Any]]:
     """Load a mixcd checkpoint; refuses one made for another architecture (``yours``: a file the user named)."""
-    from .artifacts import safe_torch_load
-
     ckpt = safe_torch_load(path, what="model checkpoint", yours=yours)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "spec" not in ckpt:
         raise MixcdError(f"{path} is not a mixcd model checkpoint")

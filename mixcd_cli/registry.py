@@ -29,6 +29,11 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (a plugin or test that registered it is done with it); unknown names are refused."""
+        self.get(name)
+        del self._items[name], self._help[name]
+
     def get(self, name: str) -> T:
         if name not in self._items:
             raise unknown_choice(self.kind, name, self._items)

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from .errors import MixcdError, unknown_choice
-from .schema import AMP_MODES
+
+AMP_MODES = ("auto", "bf16", "off")  # mixed precision on a GPU: bf16 where supported (auto), always, or never
 
 
 def derive_seed(seed: int, purpose: str) -> int:

@@ -8,6 +8,7 @@ task being run, so a snapshot can never silently describe other data or another 
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -17,13 +18,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import distributed
 from .artifacts import config_digest, file_digest, file_lock, honour_umask, read_json, write_json
+from .clustering import kmeans
 from .data import BatchTransform, Task
 from .errors import MixcdError
 from .samplers.base import PoolInfo
+from .training.inference import predict_task, task_features
 
 COLUMNS = {"loss": np.float32, "pred": np.int32, "conf": np.float32, "correct": np.bool_, "target": np.int32,
            "index": np.int64}
+# Kinds without classes have no integer prediction, and their targets need not be integers: the snapshot keeps
+# what they have and verifies their targets by a digest in meta.json instead of a column.
+CLASS_ONLY = ("pred", "target")
 FORMAT_VERSION = 2  # 2: meta.json holds a checksum of every column
 
 
@@ -32,11 +39,11 @@ class SnapshotPart:
     """Columns of one task (pool or prior test), as tensors."""
 
     loss: torch.Tensor
-    pred: torch.Tensor
     conf: torch.Tensor
     correct: torch.Tensor
-    target: torch.Tensor
     index: torch.Tensor
+    pred: torch.Tensor | None = None  # classification kinds only (CLASS_ONLY)
+    target: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.loss.numel())
@@ -50,8 +57,10 @@ class Snapshot:
     test: SnapshotPart
 
     def pool_info(self, task: Task) -> PoolInfo:
-        return PoolInfo(self.pool.target.long(), self.pool.correct.bool(), self.pool.loss.float(),
-                        self.pool.conf.float(), task.aux_columns())
+        """What samplers may read of the pool: θ's correctness, loss and confidence per row, the class column
+        where the task kind has classes, and the pool's aux columns."""
+        return PoolInfo(correct0=self.pool.correct.bool(), loss0=self.pool.loss.float(), conf0=self.pool.conf.float(),
+                        classes=task.objective.classes(task.targets), aux=task.aux_columns())
 
 
 def snapshot_key(checkpoint_digest: str, pool: Task, prior_test: Task, transform: BatchTransform,
@@ -61,15 +70,19 @@ def snapshot_key(checkpoint_digest: str, pool: Task, prior_test: Task, transform
                           "format": FORMAT_VERSION})
 
 
-def _write_part(folder: Path, prefix: str, cols: dict[str, torch.Tensor]) -> None:
+def _write_part(folder: Path, prefix: str, cols: dict[str, torch.Tensor | None]) -> None:
     for name, dtype in COLUMNS.items():
+        if cols.get(name) is None:
+            continue
         np.save(folder / f"{prefix}_{name}.npy", cols[name].numpy().astype(dtype, copy=False))
 
 
-def _read_part(folder: Path, prefix: str) -> SnapshotPart:
+def _read_part(folder: Path, prefix: str, class_columns: bool = True) -> SnapshotPart:
     cols = {}
     for name in COLUMNS:
         path = folder / f"{prefix}_{name}.npy"
+        if name in CLASS_ONLY and not class_columns:
+            continue
         try:
             arr = np.load(path, mmap_mode="r")
             cols[name] = torch.from_numpy(np.array(arr))
@@ -120,10 +133,13 @@ def load_snapshot(folder: Path, expected_key: str | None, pool: Task, prior_test
                              "delete the folder to recompute it")
     if not meta.get("checksums"):
         raise MixcdError(f"snapshot {folder} has no checksums (made by an older mixcd); delete it to recompute")
-    snap = Snapshot(folder, meta, _read_part(folder, "pool"), _read_part(folder, "test"))
-    for part, task, name in ((snap.pool, pool, "pool"), (snap.test, prior_test, "prior test set")):
-        if len(part) != len(task) or not torch.equal(part.index.long(), task.index.long()) \
-                or not torch.equal(part.target.long(), task.targets.long()):
+    classes = "pool_targets" not in meta  # kinds without classes keep target digests instead of columns
+    snap = Snapshot(folder, meta, _read_part(folder, "pool", classes), _read_part(folder, "test", classes))
+    for part, task, name, prefix in ((snap.pool, pool, "pool", "pool"), (snap.test, prior_test, "prior test set",
+                                                                             "test")):
+        same_targets = torch.equal(part.target.long(), task.targets.long()) if classes else \
+            meta.get(f"{prefix}_targets") == targets_digest(task)
+        if len(part) != len(task) or not torch.equal(part.index.long(), task.index.long()) or not same_targets:
             raise MixcdError(f"snapshot {folder} does not match the {name} being run (different samples, "
                              "order or labels); drop snapshot.path or delete it to recompute")
     return snap
@@ -132,14 +148,17 @@ def load_snapshot(folder: Path, expected_key: str | None, pool: Task, prior_test
 def compute_part(model: Any, task: Task, head: str, transform: BatchTransform, device: torch.device,
                  batch_size: int, ledger: Any, amp: str, progress: Any = None) -> dict[str, torch.Tensor]:
     """θ0's columns on one task; under torchrun each rank infers a contiguous shard, then all gather."""
-    from . import distributed
-    from .training.inference import predict_task
-
     start, stop = distributed.shard(len(task))
     p = predict_task(model, task, head, transform, device, batch_size, ledger, "snapshot", amp,
                      rows=torch.arange(start, stop), progress=progress)
-    cols = distributed.gather_rows({"loss": p.loss, "pred": p.pred, "conf": p.conf, "correct": p.correct})
-    return {**cols, "target": task.targets, "index": task.index}
+    cols = distributed.gather_rows({k: v for k, v in (("loss", p.loss), ("pred", p.pred), ("conf", p.conf),
+                                                      ("correct", p.correct)) if v is not None})
+    return {**cols, "target": task.targets if task.objective.has_classes else None, "index": task.index}
+
+
+def targets_digest(task: Task) -> str:
+    """A digest of a task's targets, for kinds whose targets are not a snapshot column."""
+    return hashlib.sha256(task.targets.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def get_or_create_snapshot(cache_dir: Path, checkpoint: Path, model: Any, pool: Task, prior_test: Task,
@@ -147,8 +166,6 @@ def get_or_create_snapshot(cache_dir: Path, checkpoint: Path, model: Any, pool: 
                            ledger: Any, amp: str = "auto", explicit: Path | None = None,
                            progress: Any = None) -> tuple[Snapshot, bool]:
     """Return (snapshot, was_cached). Parallel jobs wait on a lock instead of computing it twice."""
-    from . import distributed
-
     key = snapshot_key(file_digest(checkpoint), pool, prior_test, transform, head)
     if explicit is not None:
         return load_snapshot(explicit, key, pool, prior_test), True
@@ -181,9 +198,6 @@ def cluster_column(folder: Path, model: Any, pool: Task, transform: BatchTransfo
     """k-means cluster ids of the pool rows on the snapshot model's features, computed once per (snapshot,
     k, seed): the first caller runs one feature pass (charged to the ledger's ``snapshot`` purpose) and
     the clustering, and stores the ids beside the snapshot with a checksum; every later run loads them."""
-    from .clustering import kmeans
-    from .training.inference import task_features
-
     folder = Path(folder)
     name = f"kmeans-k{int(k)}-s{int(seed)}"
     column, meta_path = folder / f"{name}.npy", folder / f"{name}.json"
@@ -213,5 +227,7 @@ def _meta(key: str, checkpoint: Path, pool: Task, prior_test: Task, transform: B
     return {"key": key, "format": FORMAT_VERSION, "checkpoint": str(checkpoint), "pool": pool.definition,
             "prior_test": prior_test.definition, "transform": transform.describe(), "head": head,
             "pool_size": len(pool), "test_size": len(prior_test),
+            **({} if pool.objective.has_classes else {"pool_targets": targets_digest(pool),
+                                                       "test_targets": targets_digest(prior_test)}),
             "pool_acc0": float(pool_cols["correct"].float().mean()) if len(pool) else None,
             "test_acc0": float(test_cols["correct"].float().mean()) if len(prior_test) else None}

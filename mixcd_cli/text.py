@@ -24,25 +24,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import MixcdError
+from . import hub
+from .artifacts import atomic_path, atomic_torch_save, file_lock
+from .console import note
+from .data import DATASETS, PAD
+from .errors import MixcdError, unknown_choice
+from .hub import TEXT_EXTRA, hf_location, require_text_extra, text_extra_installed
 
-PAD = -1  # the padding value of token batches: never a token id, so the mask is `ids != PAD`
 TEXT_DATASETS = ("text", "topic_text")  # the registered datasets that hold text (data.DATASETS)
-TEXT_EXTRA = "pip install -e '.[text]'  (transformers, tokenizers, datasets)"
+__all__ = ["PAD", "TEXT_DATASETS", "TEXT_EXTRA", "hf_location", "require_text_extra", "text_extra_installed"]
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
-
-
-def text_extra_installed() -> bool:
-    """Whether the ``text`` extra (transformers, tokenizers, datasets) is importable."""
-    from importlib.util import find_spec
-
-    return all(find_spec(m) is not None for m in ("transformers", "tokenizers", "datasets"))
-
-
-def require_text_extra(what: str) -> None:
-    if not text_extra_installed():
-        raise MixcdError(f"{what} needs the text extra: {TEXT_EXTRA}")
 
 
 # ---------------------------------------------------------------- raw text
@@ -61,11 +53,11 @@ class TextSource:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
 
-    def images(self, index: torch.Tensor) -> torch.Tensor:
+    def inputs(self, index: torch.Tensor) -> torch.Tensor:
         raise MixcdError(f"text split {self.description} was not tokenised: text tasks need model=hf")
 
     def __len__(self) -> int:
-        return int(self.targets.numel())
+        return int(self.targets.shape[0])
 
 
 def content_fingerprint(texts: Sequence[tuple[str, ...]], targets: torch.Tensor) -> str:
@@ -135,9 +127,7 @@ def read_table(location: str, root: Path, split: str, hub_config: str | None = N
     if location.startswith("hub:"):
         name = location[4:]
         require_text_extra(f"hub dataset '{name}'")
-        from .models import hub_reachable
-
-        if not hub_reachable():
+        if not hub.hub_reachable():
             raise MixcdError(f"hub dataset '{name}' needs the Hugging Face hub, which is unreachable: download it "
                              "elsewhere (datasets.load_dataset(...).save_to_disk(DIR) or to JSONL) and point the task "
                              "at the folder or file")
@@ -200,8 +190,6 @@ def load_text_source(root: str, train: bool, train_path: str | None = None, test
     """One split of a text dataset from the task's options (``train``/``test`` locations, ``text`` field or
     two fields for sentence pairs, ``label`` field, optional class list ``labels``)."""
     if unknown:
-        from .errors import unknown_choice
-
         raise unknown_choice("option of text tasks", str(next(iter(unknown))),
                              ["train_path", "test_path", "text", "label", "labels", "train_split", "test_split",
                               "hub_config"])
@@ -228,6 +216,18 @@ def load_text_source(root: str, train: bool, train_path: str | None = None, test
 
 
 # ---------------------------------------------------------------- generated corpus
+
+@DATASETS.register("text", help="text classification from JSONL/CSV/Parquet, a saved datasets folder or hub:<name> "
+                                 "(options.train_path/test_path, text, label; needs the text extra)")
+def _load_text(**kwargs: Any) -> Any:
+    return load_text_source(**{k: v for k, v in kwargs.items() if k != "download"})
+
+
+@DATASETS.register("topic_text", help="generated text: sentences from topic vocabularies, related topics sharing "
+                                       "words (the shipped text experiment; needs the text extra to tokenise)")
+def _load_topic_text(**kwargs: Any) -> Any:
+    return make_topic_text(**kwargs)
+
 
 _SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "sa", "ti", "po", "de", "fu", "ga", "hi", "jo", "be", "vu", "zo",
               "ar", "el", "on", "is")
@@ -361,8 +361,6 @@ def word_level_tokenizer(corpus: Callable[[], list[tuple[str, ...]]], lowercase:
                 counts.update(w for w, _ in split.pre_tokenize_str(norm.normalize_str(segment)))
         words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
         if vocab_file is not None:
-            from .artifacts import atomic_path
-
             vocab_file.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(vocab_file) as tmp:
                 tmp.write_text(json.dumps(words))
@@ -413,23 +411,6 @@ def folder_tokenizer(folder: Path) -> tuple[Any, str]:
     for f in sorted(present):
         h.update((folder / f).read_bytes())
     return tok, h.hexdigest()[:16]
-
-
-def hf_location(name: str) -> tuple[str, bool]:
-    """A model name as Hugging Face loads it: (local folder, True) or (hub name, False) when the hub answers;
-    a folder path that does not exist, or a hub name while offline, is one clear error (in seconds)."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path), True
-    if name.startswith((".", "/", "~")) or path.suffix or name.count("/") > 1:
-        raise MixcdError(f"model folder not found: {path}")
-    from .models import hub_reachable
-
-    if not hub_reachable():
-        raise MixcdError(f"model '{name}' is not a local folder and the Hugging Face hub is unreachable: download it "
-                         "elsewhere (save_pretrained of the model and its tokenizer) and pass "
-                         "model.name=/path/to/folder")
-    return name, False
 
 
 def model_position_limit(name: str | None, config: dict[str, Any] | None) -> int | None:
@@ -496,7 +477,7 @@ class TokenSource:
         self.std: tuple[float, ...] = ()
         self.aux: dict[str, torch.Tensor] = {}
 
-    def images(self, index: torch.Tensor) -> torch.Tensor:
+    def inputs(self, index: torch.Tensor) -> torch.Tensor:
         index = index.cpu()
         start = self.offsets[index]
         length = self.offsets[index + 1] - start
@@ -514,7 +495,7 @@ class TokenSource:
         return self.offsets[1:] - self.offsets[:-1]
 
     def __len__(self) -> int:
-        return int(self.targets.numel())
+        return int(self.targets.shape[0])
 
 
 def _arrays_digest(ids: torch.Tensor, types: torch.Tensor, offsets: torch.Tensor) -> str:
@@ -529,8 +510,6 @@ def tokenise(source: TextSource, encoder: TextEncoder, cache_dir: Path | None,
     """``source`` encoded by ``encoder``, from the token cache when an entry for the same text, tokenizer and
     length limit exists and its arrays hash to what was recorded (a damaged entry is re-encoded with a note).
     → (tokens, from cache)."""
-    from .artifacts import atomic_torch_save, file_lock
-
     key = hashlib.sha256(f"{source.fingerprint}|{encoder.fingerprint}|{encoder.max_length}".encode()).hexdigest()[:16]
     if cache_dir is None:
         entry, cached = _encoded(source, encoder, key), False
@@ -580,8 +559,6 @@ def encode_experiment(exp: Any, name: str | None, tokenizer: str | None, max_len
     each split's token fingerprint in its task definition, so θ0's and the snapshots' cache keys follow the
     tokens. A word-level vocabulary is built on the training splits of every task of the experiment."""
     from dataclasses import replace
-
-    from .console import note
 
     tasks = exp.tasks()
     sources = {id(t.source): t.source for t in tasks}

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from as_json import run_train
 
 from mixcd_cli.data import ArraySource, BatchTransform, Task
 from mixcd_cli.metrics import Ledger
 from mixcd_cli.models import create_model
 from mixcd_cli.samplers import PoolInfo, create_sampler
-from mixcd_cli.stages import run_train
 from mixcd_cli.training import FineTuner, Rehearsal, TrainSettings
 
 
@@ -32,7 +32,7 @@ def _one_step_counts(norm: str) -> dict[str, int]:
     FineTuner(model, pool, "shared", transform, torch.device("cpu"),
               TrainSettings(steps=30, batch_size=16, lr=0.05, purpose="pretrain"), Ledger()).run()
     b = 48
-    info = PoolInfo(targets=pool.targets, correct0=torch.ones(len(pool), dtype=torch.bool),
+    info = PoolInfo(classes=pool.targets, correct0=torch.ones(len(pool), dtype=torch.bool),
                     loss0=torch.zeros(len(pool)), conf0=torch.ones(len(pool)))
     sampler = create_sampler("random", info, b, seed=0)
     settings = TrainSettings(steps=1, batch_size=16, rehearsal_batch=b, lr=0.01, log_every=1, audit_every=1)

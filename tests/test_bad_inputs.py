@@ -98,7 +98,7 @@ BEFORE_WORK = [
     (["trainer.steps=["], "cannot parse override"),
     (["prior_model.checkpoint=/nonexistent/prior0.pt"], "prior_model.checkpoint not found"),
     (["snapshot.path=/nonexistent/snap"], "snapshot not found"),
-    # sequences (DESIGN §10)
+    # sequences (docs/design.md §9)
     (["stages=[]"], "stages is empty"),
     (["stages=[{classes: []}]"], "stages[0].classes must not be empty"),
     (["stages=[{classes: [2], transform: {spin: 3}}]"], "unknown task transform 'spin'"),

@@ -60,11 +60,11 @@ def test_missing_dataset_says_how_to_get_it(tmp_path: Path, monkeypatch) -> None
 def test_task_class_subset_and_label_modes() -> None:
     opts = {"num_classes": 6, "n_train": 120, "n_test": 60}
     shared = make_task("a", "synthetic", "", "train", [3, 5], {5: 4}, "original", options=opts)
-    assert set(shared.targets.tolist()) == {3, 4} and shared.num_classes == 5
+    assert set(shared.targets.tolist()) == {3, 4} and shared.head_size == 5
     src = shared.source
     assert torch.equal(src.targets[shared.index] == 5, shared.targets == 4)
     local = make_task("b", "synthetic", "", "train", [3, 5], None, "local", options=opts)
-    assert set(local.targets.tolist()) == {0, 1} and local.num_classes == 2
+    assert set(local.targets.tolist()) == {0, 1} and local.head_size == 2
     with pytest.raises(MixcdError, match="do not occur"):
         make_task("c", "synthetic", "", "train", [9], None, "original", options=opts)
 
@@ -115,7 +115,7 @@ def test_imagefolder_decodes_in_threads_and_prefetch_changes_nothing(tmp_path: P
     images, labels = _image_tree(tmp_path / "tree")
     folder = make_task("f", "imagefolder", str(tmp_path / "tree"), "train", None, None, "original",
                        options={"image_size": 8, "workers": 4})
-    assert torch.equal(folder.images(torch.arange(len(folder))), images)
+    assert torch.equal(folder.inputs(torch.arange(len(folder))), images)
     assert torch.equal(folder.targets, labels)
     memory = Task("m", ArraySource(images, labels, (0.5,) * 3, (0.25,) * 3), torch.arange(len(labels)), labels, 3, {})
     transform = BatchTransform((0.5,) * 3, (0.25,) * 3)
@@ -148,7 +148,7 @@ def test_placing_data_on_a_device_leaves_the_memoised_sources_alone(compose_cfg,
     """A sweep worker reuses its process: the next job must find the cached sources as loaded."""
     from mixcd_cli import data as data_mod
     from mixcd_cli.data import ArraySource, build_experiment
-    from mixcd_cli.stages import place_data, plain
+    from mixcd_cli.recipes import place_data, plain
 
     cfg = compose_cfg("train", tiny)
     exp = build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
@@ -208,7 +208,7 @@ def test_a_domain_shift_and_a_relabelling_make_another_task() -> None:
     plain = make_task("a", "synthetic", "unused", "train", None, None, "local", options=SYN)
     coarse = make_task("b", "synthetic", "unused", "train", None, {0: 0, 1: 0, 2: 1, 3: 1}, "local",
                        options={**SYN, "domain": "invert"})
-    assert coarse.num_classes == 2 and plain.num_classes == 4
+    assert coarse.head_size == 2 and plain.head_size == 4
     assert torch.equal(coarse.targets, plain.targets // 2)  # label_map holds with one head per task too
     assert coarse.fingerprint() != plain.fingerprint()
 
@@ -216,7 +216,7 @@ def test_a_domain_shift_and_a_relabelling_make_another_task() -> None:
 def test_a_label_map_can_be_set_on_the_command_line(compose_cfg) -> None:
     """A mapping assigned to a task's null label_map from the shell composes and relabels (Hydra refuses that
     assignment to a key typed Optional[dict], hence the schema's Any plus its own check)."""
-    from mixcd_cli.stages import experiment_of, validate_config
+    from mixcd_cli.recipes import experiment_of, validate_config
 
     cfg = compose_cfg("train", ["experiment=tiny", "finetune.label_map={3: 0, 4: 1, 5: 2}", "head=multi"])
     validate_config(cfg)

@@ -20,8 +20,8 @@ from mixcd_cli.samplers import PoolInfo, create_sampler
 def _pool() -> PoolInfo:
     g = torch.Generator().manual_seed(0)
     n = 5000
-    return PoolInfo(torch.randint(0, 5, (n,), generator=g), torch.rand(n, generator=g) < 0.8,
-                    torch.rand(n, generator=g), torch.rand(n, generator=g))
+    return PoolInfo(classes=torch.randint(0, 5, (n,), generator=g), correct0=torch.rand(n, generator=g) < 0.8,
+                    loss0=torch.rand(n, generator=g), conf0=torch.rand(n, generator=g))
 
 
 def _wrong(rows: torch.Tensor, step: int) -> torch.Tensor:

@@ -73,7 +73,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         data = torch.randint(0, 256, (96, 1, 6, 6), dtype=torch.uint8, generator=g)
         targets = torch.randint(0, 3, (96,), generator=g)
         task = Task("t", ArraySource(data, targets, (0.5,), (0.25,)), torch.arange(96), targets, 3, {})
-        info = PoolInfo(targets, torch.rand(96, generator=g) < 0.8, torch.rand(96, generator=g), torch.ones(96))
+        info = PoolInfo(classes=targets, correct0=torch.rand(96, generator=g) < 0.8, loss0=torch.rand(96, generator=g),
+                        conf0=torch.ones(96))
         sampler = create_sampler("mixcd", info, 4, seed=rank, num_bins=3)
         torch.manual_seed(0)
         model = create_model("cnn", 1, {"shared": 3}, width=4)

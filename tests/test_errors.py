@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from as_json import run_train
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mixcd_cli.errors import MixcdError, TrainingDiverged
 from mixcd_cli.hydra_app import normalise_overrides, validate
-from mixcd_cli.stages import run_train
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -66,9 +66,9 @@ def test_corrupt_prior_checkpoint(tmp_path: Path, tiny: list[str]) -> None:
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(compose_cfg, tiny: list[str], tmp_path: Path,
                                                        monkeypatch) -> None:
-    import mixcd_cli.training.finetuner as finetuner
+    import torch.nn.functional as F
 
-    real = finetuner.F.cross_entropy
+    real = F.cross_entropy
     calls = {"n": 0}
 
     def poisoned(logits, target, reduction="mean"):
@@ -80,7 +80,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(compose_cfg, tiny: list[s
         return out
 
     run_train(compose_cfg("train", [*tiny, "trainer.steps=2"]), tmp_path / "warm")  # pretrain outside the patch
-    monkeypatch.setattr(finetuner.F, "cross_entropy", poisoned)
+    monkeypatch.setattr(F, "cross_entropy", poisoned)
     run_dir = tmp_path / "r"
     with pytest.raises(TrainingDiverged, match="at step 12") as info:
         run_train(compose_cfg("train", [*tiny, "trainer.steps=30", "trainer.checkpoint_every=5"]), run_dir)

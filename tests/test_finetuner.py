@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from as_json import run_train
 
-from mixcd_cli.stages import run_train
 from mixcd_cli.training import FineTuner
 
 # `mixcd train experiment=tiny model.norm=batch pretrain.epochs=3 sampler=S trainer.steps=30` (seed 0),
@@ -128,8 +128,8 @@ def test_mir_virtual_step_uses_the_scheduled_learning_rate() -> None:
         seen.append(self.lr)
         return original(self)
 
-    info = PoolInfo(task.targets, torch.ones(len(task), dtype=torch.bool), torch.zeros(len(task)),
-                    torch.ones(len(task)))
+    info = PoolInfo(classes=task.targets, correct0=torch.ones(len(task), dtype=torch.bool),
+                    loss0=torch.zeros(len(task)), conf0=torch.ones(len(task)))
     sampler = create_sampler("mir", info, 4, seed=0, candidates=16)
     torch.manual_seed(0)
     model = create_model("cnn", 1, {"shared": 3}, width=4)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from mixcd_cli.stages import run_train
+from as_json import run_train
 
 
 @pytest.mark.fmnist

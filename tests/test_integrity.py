@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from as_json import run_eval, run_train
 
 from mixcd_cli.artifacts import atomic_torch_save, file_digest, json_text, write_json
 from mixcd_cli.errors import MixcdError
-from mixcd_cli.stages import run_eval, run_train
 
 
 def test_json_is_strict(tmp_path: Path) -> None:
@@ -60,7 +60,7 @@ def test_a_snapshot_with_an_altered_value_is_refused(compose_cfg, tiny: list[str
 
 def test_kill_during_evaluation_then_resume_gives_identical_metrics(compose_cfg, tiny: list[str], tmp_path: Path,
                                                                     monkeypatch) -> None:
-    import mixcd_cli.stages as stages
+    import mixcd_cli.recipes.train as stages
 
     args = [*tiny, "sampler=mixcd", "trainer.steps=12", "trainer.checkpoint_every=0"]
     ref = run_train(compose_cfg("train", args), tmp_path / "ref")

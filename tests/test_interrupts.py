@@ -16,16 +16,17 @@ from pathlib import Path
 import pytest
 
 SLOW = {
-    "data loading": "import mixcd_cli.stages as s; f = s.build_experiment; "
+    "data loading": "import mixcd_cli.recipes.context as s; f = s.build_experiment; "
                     "s.build_experiment = lambda *a, **k: (time.sleep(60), f(*a, **k))[1]",
-    "the snapshot": "import mixcd_cli.stages as s; f = s.get_or_create_snapshot; "
+    "the snapshot": "import mixcd_cli.recipes.prior as s; f = s.get_or_create_snapshot; "
                     "s.get_or_create_snapshot = lambda *a, **k: (time.sleep(60), f(*a, **k))[1]",
-    "evaluation": "import mixcd_cli.stages as s; f = s.evaluate; "
+    "evaluation": "import mixcd_cli.recipes.train as s; f = s.evaluate; "
                   "s.evaluate = lambda *a, **k: (time.sleep(60), f(*a, **k))[1]",
     "fine-tuning": "import mixcd_cli.training.finetuner as t; f = t.FineTuner.step; "
                    "t.FineTuner.step = lambda self, i: (time.sleep(0.2), f(self, i))[1]",
 }
-MARK = {"data loading": "mixcd train in", "the snapshot": "pretrain step", "evaluation": "finetune step 6/6",
+# the snapshot: the last pretraining line, so the signal never lands in the pretraining still under way
+MARK = {"data loading": "mixcd train in", "the snapshot": "pretrain step 90/90", "evaluation": "finetune step 6/6",
         "fine-tuning": "finetune step 2/"}
 
 

@@ -29,7 +29,7 @@ def test_unknown_timm_name() -> None:
 
 
 def test_offline_pretrained_fails_fast(monkeypatch) -> None:
-    monkeypatch.setattr("mixcd_cli.models.hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr("mixcd_cli.hub.hub_reachable", lambda *a, **k: False)
     start = time.perf_counter()
     with pytest.raises(MixcdError, match="model.weights"):
         create_model("timm", 3, {"shared": 2}, name="resnet18", pretrained=True)

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from as_json import run_train
 
 from mixcd_cli.errors import MixcdError
-from mixcd_cli.stages import run_train
 
 VOLATILE = {"wall_time", "peak_memory_mb", "resumed_from", "cached", "prior_checkpoint", "snapshot"}
 

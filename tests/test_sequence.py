@@ -1,4 +1,4 @@
-"""Multi-stage fine-tuning (DESIGN §10): sequences in config, pools per stage, snapshots per stage, the
+"""Multi-stage fine-tuning (docs/design.md §9): sequences in config, pools per stage, snapshots per stage, the
 accuracy matrix, resume anywhere, and a one-stage sequence that is exactly a single fine-tuning."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from as_json import run_train
 from test_bad_inputs import _mixcd
 from test_resume import stable, start, telemetry
 
@@ -17,7 +18,6 @@ from mixcd_cli.errors import MixcdError
 from mixcd_cli.metrics import sequence_metrics
 from mixcd_cli.samplers import create_sampler
 from mixcd_cli.samplers.base import PoolInfo
-from mixcd_cli.stages import run_train
 
 SYN = {"num_classes": 8, "image_size": 8, "n_train": 400, "n_test": 200, "noise": 0.4}
 
@@ -66,7 +66,7 @@ def test_pool_of_each_stage_for_each_mode(head: str) -> None:
         for sid, task in ((0, exp.pool), (1, exp.stages[0].train), (2, exp.stages[1].train)):
             rows = torch.nonzero(sources == sid).flatten()
             if rows.numel():
-                assert torch.equal(pool.images(rows), task.images(torch.arange(len(task))))
+                assert torch.equal(pool.inputs(rows), task.inputs(torch.arange(len(task))))
                 assert torch.equal(pool.targets[rows], task.targets)
         if head == "multi" and mode == "all":
             assert pool.heads == ("prior", "finetune", "stage2")
@@ -78,8 +78,8 @@ def test_pool_of_each_stage_for_each_mode(head: str) -> None:
         exp.pool_at(2, "everything")
     # mix-cd partitioned by source: one bin per task, of that task's rows
     pool = exp.pool_at(3, "all")
-    info = PoolInfo(pool.targets, torch.ones(len(pool), dtype=torch.bool), torch.rand(len(pool)),
-                    torch.rand(len(pool)), pool.aux_columns())
+    info = PoolInfo(classes=pool.targets, correct0=torch.ones(len(pool), dtype=torch.bool),
+                    loss0=torch.rand(len(pool)), conf0=torch.rand(len(pool)), aux=pool.aux_columns())
     sampler = create_sampler("mixcd", info, 8, 0, partition="aux", aux_column="source")
     assert sampler.telemetry()["bin_sizes"] == [n0, n1, n2]
 
@@ -237,7 +237,7 @@ def test_snapshot_of_a_multi_head_pool_equals_a_direct_computation() -> None:
     offset = 0
     for task, head in ((exp.pool, "prior"), (exp.stages[0].train, "finetune"), (exp.stages[1].train, "stage2")):
         with torch.no_grad():
-            logits = model(transform(task.images(torch.arange(len(task)))), head)
+            logits = model(transform(task.inputs(torch.arange(len(task)))), head)
         rows = slice(offset, offset + len(task))
         assert torch.allclose(got.loss[rows], torch.nn.functional.cross_entropy(logits, task.targets,
                                                                                 reduction="none"), atol=1e-6)

@@ -87,7 +87,7 @@ def test_bad_files_get_one_clear_line(tmp_path: Path, monkeypatch: pytest.Monkey
     (tmp_path / "neg.jsonl").write_text('{"text": "a", "label": -1}\n')
     with pytest.raises(MixcdError, match="label -1, outside the class list"):
         load_text_source(str(tmp_path), True, train_path="neg.jsonl")
-    monkeypatch.setattr("mixcd_cli.models.hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr("mixcd_cli.hub.hub_reachable", lambda *a, **k: False)
     with pytest.raises(MixcdError, match="hub dataset 'nyu-mll/glue' needs the Hugging Face hub, which is unreachable"):
         load_text_source(str(tmp_path), True, train_path="hub:nyu-mll/glue", hub_config="mnli")
     with pytest.raises(MixcdError, match="not a local folder and the Hugging Face hub is unreachable"):
@@ -116,7 +116,7 @@ def test_pairs_are_encoded_as_pairs_in_order() -> None:
     # a batch pads every row to its longest one, with PAD in both channels
     source = TokenSource(torch.from_numpy(ids), torch.from_numpy(types), torch.from_numpy(offsets),
                          torch.zeros(2, dtype=torch.int64), "fp")
-    batch = source.images(torch.tensor([1, 0]))
+    batch = source.inputs(torch.tensor([1, 0]))
     assert batch.shape == (2, 2, 9)
     assert batch[0, 0, -1] == PAD and batch[0, 1, -1] == PAD and (batch[1] != PAD).all()
     assert batch[1, 0].tolist() == ids[offsets[0]:offsets[1]].tolist()
@@ -186,7 +186,7 @@ def test_a_pool_of_two_text_tasks_reads_rows_of_both(tmp_path: Path) -> None:
     from mixcd_cli.data import Task
 
     tasks = [Task(n, s, torch.arange(len(s)), s.targets, 3, {"name": n}) for n, s in (("a", a), ("b", b))]
-    batch = ConcatSource(tasks).images(torch.tensor([2, 1, 0]))
+    batch = ConcatSource(tasks).inputs(torch.tensor([2, 1, 0]))
     assert batch[:, 0].tolist() == [[9, PAD, PAD], [3, 4, 5], [1, 2, PAD]]
 
 
@@ -212,7 +212,7 @@ def test_tiny_transformer_runs_the_whole_chain_through_the_cli(tmp_path: Path) -
     assert metrics["sampler"] == "mixcd" and metrics["steps"] == 20
     assert metrics["ledger"]["forward"]["rehearsal"] == 20 * 4
     assert metrics["pre_acc0"] > 0.5  # θ0 learned the prior topics
-    # LayerNorm and no dropout: the training pass's "now wrong" is the eval-mode truth (DESIGN §4 item 6)
+    # LayerNorm and no dropout: the training pass's "now wrong" is the eval-mode truth (docs/design.md §4.6)
     assert metrics["signal_precision"] == 1.0 and metrics["signal_recall"] == 1.0
     evaluated = runner.invoke(app, ["eval", *TINY_TEXT, *paths(tmp_path), "sampler=mixcd", f"run_dir={run}",
                                     f"hydra.run.dir={tmp_path / 'eval'}"])
@@ -223,8 +223,8 @@ def test_tiny_transformer_runs_the_whole_chain_through_the_cli(tmp_path: Path) -
 
 def test_text_snapshot_equals_a_direct_computation(tmp_path: Path, compose_cfg) -> None:
     from mixcd_cli.models import load_model, model_spec
+    from mixcd_cli.recipes import experiment_of, plain
     from mixcd_cli.snapshot import load_snapshot
-    from mixcd_cli.stages import experiment_of, plain
 
     run = tmp_path / "run"
     result = runner.invoke(app, ["train", *TINY_TEXT, *paths(tmp_path), "sampler=none", f"hydra.run.dir={run}"])
@@ -238,7 +238,7 @@ def test_text_snapshot_equals_a_direct_computation(tmp_path: Path, compose_cfg) 
     snap = load_snapshot(Path(metrics["snapshot"]), None, exp.pool, exp.prior_test)
     for task, part in ((exp.pool, snap.pool), (exp.prior_test, snap.test)):
         with torch.no_grad():  # one row at a time: no padding, no batch
-            logits = torch.cat([model(task.images(torch.tensor([i])), "shared") for i in range(len(task))])
+            logits = torch.cat([model(task.inputs(torch.tensor([i])), "shared") for i in range(len(task))])
         loss = torch.nn.functional.cross_entropy(logits, task.targets, reduction="none")
         assert torch.allclose(part.loss, loss, atol=1e-4)
         assert torch.equal(part.correct.bool(), logits.argmax(1) == task.targets)

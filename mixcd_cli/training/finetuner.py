@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed
@@ -28,6 +27,7 @@ from ..data import BatchTransform, Task, join_batches
 from ..errors import Interrupted, MixcdError, TrainingDiverged, phase_kept
 from ..metrics import Ledger
 from ..models import MixcdNet
+from ..objectives import Batch
 from ..runtime import autocast_for, derive_seed, stop_on_sigint
 from ..samplers.base import RehearsalSampler
 from .inference import ModelSelection
@@ -172,6 +172,17 @@ class LoopResult:
 
 
 @dataclass
+class _Drawn:
+    """This step's rehearsal rows, on the device, in the order the heads read them."""
+
+    rows: torch.Tensor
+    batch: Batch
+    order: torch.Tensor | None  # how the drawn rows were regrouped by head (None: as drawn)
+    audit_wrong: torch.Tensor | None  # eval-mode "wrong" of the same rows, on audited steps
+    splits: list[tuple[str, int, int]]  # (head, start, stop) of each slice in the joined batch
+
+
+@dataclass
 class _Pending:
     """Step t's rehearsal predictions on their way to the host; observed before draw t+1."""
 
@@ -183,28 +194,26 @@ class _Pending:
     event: Any
 
 
-def host_batch(task: Task, rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images (or token batches) and labels of task rows; pinned when bound for a GPU so the copy is
-    asynchronous."""
-    images = task.images(rows)
-    if device.type == "cuda" and images.device.type == "cpu":
-        images = images.pin_memory()
-    return images, task.targets[rows]
+def host_batch(task: Task, rows: torch.Tensor, device: torch.device) -> Batch:
+    """Inputs and targets of task rows; pinned when bound for a GPU so the copy is asynchronous."""
+    batch = task.batch(rows)
+    return batch.pinned() if device.type == "cuda" else batch
 
 
-def to_device(images: torch.Tensor, labels: torch.Tensor, transform: BatchTransform, device: torch.device,
-              channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised model inputs and labels on ``device``."""
-    x = transform(images.to(device, non_blocking=True))
+def to_device(batch: Batch, transform: BatchTransform, device: torch.device, channels_last: bool) -> Batch:
+    """The batch on ``device`` with model-ready (normalised) inputs."""
+    moved = batch.to(device)
+    x = transform(moved.inputs)
     if channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    return x, labels.to(device, non_blocking=True)
+    return Batch(x, moved.targets, moved.mask)
 
 
 class FineTuner:
     """Train ``model`` on ``task``; with a `Rehearsal`, mix ``rehearsal_batch`` pool rows into every step.
 
-    The loss is (Σ fine-tune CE + w·Σ rehearsal CE) / (B + b). The sampler observes which of its
+    The loss is (Σ fine-tune loss + w·Σ rehearsal loss) / (B + b), each row's loss as the task kind's
+    objective defines it (cross-entropy for classification). The sampler observes which of its
     rows this step's forward pass (before the optimizer step) predicts wrong; the observation is
     copied to the host asynchronously and folded in before the next draw, so on a GPU the host
     never waits for the backward pass. Under torch.distributed each rank trains on its shard of
@@ -218,6 +227,7 @@ class FineTuner:
                  on_log: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.model, self.task, self.head, self.transform = model, task, head, transform
         self.device, self.settings, self.ledger = device, settings, ledger
+        self.objective = task.objective
         self.rehearsal = rehearsal if rehearsal is not None and rehearsal.sampler.draws \
             and settings.rehearsal_batch > 0 else None
         self.telemetry_path, self.checkpoint_path, self.progress = telemetry_path, checkpoint_path, progress
@@ -330,7 +340,7 @@ class FineTuner:
 
     # ------------------------------------------------------------------ one step
 
-    def _next_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _next_batch(self, step: int) -> Batch:
         if self._prefetcher is None:
             batch = host_batch(self.task, self.order.next(), self.device)
             self._order_at_step = self.order.state_dict()
@@ -339,70 +349,85 @@ class FineTuner:
             self._order_at_step = self.order.state_dict()  # before the prefetch moves the order ahead
             self._upcoming = self._prefetcher.submit(host_batch, self.task, self.order.next(), self.device) \
                 if step + 1 < self.settings.steps else None
-        return to_device(*batch, self.transform, self.device, self.channels_last)
+        return to_device(batch, self.transform, self.device, self.channels_last)
 
     def step(self, step: int) -> None:
         """One optimisation step: fine-tune batch, rehearsal rows drawn after folding in step−1's observation."""
-        s, r = self.settings, self.rehearsal
-        ft_x, ft_y = self._next_batch(step)
-        n_ft = ft_x.shape[0]
-        if r is not None:
-            self.flush()
-            self.selection.ft_x, self.selection.ft_y = ft_x, ft_y
-            # MIR's virtual step must be the step about to be taken: the scheduled rate, not the base one.
-            self.selection.lr = self.optimizer.param_groups[0]["lr"]
-            pool_rows = r.sampler.draw(step, self.selection)
-            order = None
-            if r.pool.head_of is not None:  # rows of several tasks: grouped by head, one slice each
-                order = torch.argsort(r.pool.head_of[pool_rows], stable=True)
-                pool_rows = pool_rows[order]
-            pool_x, pool_y = to_device(*host_batch(r.pool, pool_rows, self.device), self.transform, self.device,
-                                       self.channels_last)
-            # like telemetry, the last (possibly shorter) interval is audited too
-            audit_now = s.audit_every and ((step + 1) % s.audit_every == 0 or step + 1 == s.steps)
-            audit_wrong = self.audit(pool_rows, pool_x, pool_y) if audit_now else None
-            x = join_batches([ft_x, pool_x])
-            splits = [(self.head, 0, n_ft)] + [(h, n_ft + int(at[0]), n_ft + int(at[-1]) + 1)
-                                               for h, at in r.pool.head_groups(pool_rows, r.head)]
-        else:
-            x, splits = ft_x, [(self.head, 0, n_ft)]
-        with autocast_for(self.device, s.amp):
-            outputs = self.net(x, splits=splits)
-            loss_sum = F.cross_entropy(outputs[0].float(), ft_y, reduction="sum")
-            if r is not None:
-                wrong_parts, loss_parts = [], []
-                for (_, a, b), logits in zip(splits[1:], outputs[1:], strict=True):
-                    y_part, logits = pool_y[a - n_ft:b - n_ft], logits.float()
-                    loss_sum = loss_sum + s.rehearsal_weight * F.cross_entropy(logits, y_part, reduction="sum")
-                    wrong_parts.append(logits.detach().argmax(1) != y_part)
-                    if r.sampler.wants_loss:  # the same forward's logits: no extra pass
-                        loss_parts.append(F.cross_entropy(logits.detach(), y_part, reduction="none"))
-        loss = loss_sum / x.shape[0]
+        s = self.settings
+        ft = self._next_batch(step)
+        drawn = self._draw(step, ft) if self.rehearsal is not None else None
+        loss, wrong_parts, loss_parts = self._forward(ft, drawn)
         self._losses.append((step, loss.detach()))
         if not self.cuda:  # on the host a check is free; on a GPU it waits for a boundary
             self.state.last_loss = self.check_losses()
-        if r is not None:
-            wrong = torch.cat(wrong_parts)
-            row_loss = torch.cat(loss_parts) if loss_parts else None
-            event = None
-            if self.cuda:
-                wrong = wrong.to("cpu", non_blocking=True)
-                row_loss = None if row_loss is None else row_loss.to("cpu", non_blocking=True)
-                audit_wrong = None if audit_wrong is None else audit_wrong.to("cpu", non_blocking=True)
-                event = torch.cuda.Event()
-                event.record()
-            self._pending = _Pending(pool_rows, wrong, row_loss, audit_wrong, order, event)
+        if drawn is not None:
+            self._pending = self._pending_of(drawn, wrong_parts, loss_parts)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.schedule.step()
-        self.ledger.add(s.purpose, forward=n_ft, backward=n_ft)
-        if r is not None:
+        self.ledger.add(s.purpose, forward=len(ft), backward=len(ft))
+        if drawn is not None:
             self.ledger.add("rehearsal", forward=s.rehearsal_batch, backward=s.rehearsal_batch)
-        self.state.interval["samples"] += x.shape[0]
+        self.state.interval["samples"] += len(ft) + (len(drawn.batch) if drawn is not None else 0)
         self.state.step = step + 1
 
-    def audit(self, pool_rows: torch.Tensor, pool_x: torch.Tensor, pool_y: torch.Tensor) -> torch.Tensor:
+    def _draw(self, step: int, ft: Batch) -> _Drawn:
+        """This step's rehearsal rows: drawn after step−1's observation is folded in, on the device, audited
+        when due, with the slice of the joined batch each head reads."""
+        r, s = self.rehearsal, self.settings
+        self.flush()
+        self.selection.ft_batch = ft
+        # MIR's virtual step must be the step about to be taken: the scheduled rate, not the base one.
+        self.selection.lr = self.optimizer.param_groups[0]["lr"]
+        rows = r.sampler.draw(step, self.selection)
+        order = None
+        if r.pool.head_of is not None:  # rows of several tasks: grouped by head, one slice each
+            order = torch.argsort(r.pool.head_of[rows], stable=True)
+            rows = rows[order]
+        batch = to_device(host_batch(r.pool, rows, self.device), self.transform, self.device, self.channels_last)
+        # like telemetry, the last (possibly shorter) interval is audited too
+        audit_now = s.audit_every and ((step + 1) % s.audit_every == 0 or step + 1 == s.steps)
+        audit_wrong = self.audit(rows, batch) if audit_now else None
+        n_ft = len(ft)
+        splits = [(h, n_ft + int(at[0]), n_ft + int(at[-1]) + 1) for h, at in r.pool.head_groups(rows, r.head)]
+        return _Drawn(rows, batch, order, audit_wrong, splits)
+
+    def _forward(self, ft: Batch, drawn: _Drawn | None
+                 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The mixed batch's mean loss, and per rehearsal slice which rows are wrong now (and their losses when
+        the sampler observes them), all from this one training forward."""
+        s, objective, n_ft = self.settings, self.objective, len(ft)
+        splits = [(self.head, 0, n_ft)] + (drawn.splits if drawn is not None else [])
+        x = ft.inputs if drawn is None else join_batches([ft.inputs, drawn.batch.inputs])
+        wrong_parts: list[torch.Tensor] = []
+        loss_parts: list[torch.Tensor] = []
+        with autocast_for(self.device, s.amp):
+            outputs = self.net(x, splits=splits)
+            loss_sum = objective.loss(outputs[0], ft.targets, "sum")
+            for (_, a, b), out in zip(splits[1:], outputs[1:], strict=True):
+                y = drawn.batch.targets[a - n_ft:b - n_ft]
+                loss_sum = loss_sum + s.rehearsal_weight * objective.loss(out, y, "sum")
+                wrong_parts.append(objective.wrong(out.detach(), y))
+                if self.rehearsal.sampler.wants_loss:  # the same forward's outputs: no extra pass
+                    loss_parts.append(objective.loss(out.detach(), y))
+        return loss_sum / x.shape[0], wrong_parts, loss_parts
+
+    def _pending_of(self, drawn: _Drawn, wrong_parts: list[torch.Tensor], loss_parts: list[torch.Tensor]
+                    ) -> _Pending:
+        """The observation of this step, started on its way to the host (asynchronously on a GPU)."""
+        wrong = torch.cat(wrong_parts)
+        row_loss = torch.cat(loss_parts) if loss_parts else None
+        audit_wrong, event = drawn.audit_wrong, None
+        if self.cuda:
+            wrong = wrong.to("cpu", non_blocking=True)
+            row_loss = None if row_loss is None else row_loss.to("cpu", non_blocking=True)
+            audit_wrong = None if audit_wrong is None else audit_wrong.to("cpu", non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        return _Pending(drawn.rows, wrong, row_loss, audit_wrong, drawn.order, event)
+
+    def audit(self, pool_rows: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Which drawn rows the current weights truly get wrong: an eval-mode, no-grad pass before the
         training forward (so BatchNorm's running statistics are still those of this step's weights).
         Charged to the ledger's ``audit`` purpose, never to the training budget; no sampler reads it."""
@@ -410,11 +435,14 @@ class FineTuner:
         with torch.no_grad(), autocast_for(self.device, self.settings.amp):
             self.model.eval()
             try:
-                wrong = torch.cat([self.model(pool_x[at.to(pool_x.device)], head=h).argmax(1)
-                                   != pool_y[at.to(pool_x.device)] for h, at in r.pool.head_groups(pool_rows, r.head)])
+                parts = []
+                for h, at in r.pool.head_groups(pool_rows, r.head):
+                    on = at.to(batch.inputs.device)
+                    parts.append(self.objective.wrong(self.model(batch.inputs[on], head=h), batch.targets[on]))
+                wrong = torch.cat(parts)
             finally:
                 self.model.train()
-        self.ledger.add("audit", forward=pool_x.shape[0])
+        self.ledger.add("audit", forward=len(batch))
         return wrong
 
     def flush(self) -> None:

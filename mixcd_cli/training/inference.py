@@ -6,22 +6,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..data import BatchTransform, Task
 from ..errors import MixcdError
 from ..metrics import Ledger
 from ..models import MixcdNet
+from ..objectives import Batch, Objective
 from ..runtime import autocast_for
 from ..samplers.base import SelectionContext
 
 
 @dataclass
 class Predictions:
-    """Per-sample columns of one inference pass (CPU tensors)."""
+    """Per-sample columns of one inference pass (CPU tensors); ``pred`` is None for kinds that have none."""
 
     loss: torch.Tensor
-    pred: torch.Tensor
+    pred: torch.Tensor | None
     conf: torch.Tensor
     correct: torch.Tensor
 
@@ -30,40 +30,58 @@ class Predictions:
 def predict_task(model: MixcdNet, task: Task, head: str, transform: BatchTransform, device: torch.device,
                  batch_size: int, ledger: Ledger | None = None, purpose: str = "eval", amp: str = "auto",
                  rows: torch.Tensor | None = None, progress: Any = None) -> Predictions:
-    """Per-sample loss, predicted class, max-softmax confidence and correctness, no autograd."""
+    """Per-sample loss, prediction, confidence and correctness as the task kind's objective defines them."""
     was_training = model.training
     model.eval()
     rows = torch.arange(len(task)) if rows is None else rows
-    out_loss, out_pred, out_conf = [], [], []
-    targets_all = task.targets[rows]
+    chunks: list[dict[str, torch.Tensor | None]] = []
     try:
         for start in range(0, rows.numel(), batch_size):
             chunk = rows[start:start + batch_size]
-            x = transform(task.images(chunk).to(device, non_blocking=True))
-            y = task.targets[chunk].to(device, non_blocking=True)
-            groups = task.head_groups(chunk, head)
-            if len(groups) == 1:
-                loss, pred, conf = _columns(model, x, y, groups[0][0], device, amp)
-            else:  # rows of several tasks, each read by its own head (heads may differ in size)
-                loss, pred, conf = torch.empty(chunk.numel()), torch.empty(chunk.numel(), dtype=torch.int64), \
-                    torch.empty(chunk.numel())
-                for name, at in groups:
-                    on = at.to(x.device)
-                    loss[at], pred[at], conf[at] = _columns(model, x[on], y[on], name, device, amp)
-            out_loss.append(loss)
-            out_pred.append(pred)
-            out_conf.append(conf)
+            chunks.append(_chunk_columns(model, task, chunk, head, transform, device, amp))
             if ledger is not None:
                 ledger.add(purpose, forward=chunk.numel())
             if progress is not None:
                 progress(chunk.numel())
     finally:
         model.train(was_training)
-    if not out_loss:
+    if not chunks:
         empty = torch.empty(0)
-        return Predictions(empty, empty.long(), empty, empty.bool())
-    pred = torch.cat(out_pred)
-    return Predictions(torch.cat(out_loss), pred, torch.cat(out_conf), pred == targets_all)
+        return Predictions(empty, empty.long() if task.objective.has_classes else None, empty, empty.bool())
+    cat = {k: None if chunks[0][k] is None else torch.cat([c[k] for c in chunks]) for k in chunks[0]}
+    return Predictions(cat["loss"], cat["pred"], cat["conf"], cat["correct"])
+
+
+def _chunk_columns(model: MixcdNet, task: Task, chunk: torch.Tensor, head: str, transform: BatchTransform,
+                   device: torch.device, amp: str) -> dict[str, torch.Tensor | None]:
+    """The objective's columns of one chunk of rows, each group of rows read by its own head."""
+    batch = task.batch(chunk).to(device)
+    x = transform(batch.inputs)
+    objective = task.objective
+    groups = task.head_groups(chunk, head)
+    if len(groups) == 1:
+        return _columns(model, objective, x, batch.targets, groups[0][0], device, amp)
+    # rows of several tasks, each read by its own head (heads may differ in size)
+    out: dict[str, torch.Tensor | None] = {}
+    for name, at in groups:
+        on = at.to(x.device)
+        part = _columns(model, objective, x[on], batch.targets[on], name, device, amp)
+        for key, value in part.items():
+            if value is None:
+                out[key] = None
+                continue
+            if key not in out:
+                out[key] = torch.empty((chunk.numel(), *value.shape[1:]), dtype=value.dtype)
+            out[key][at] = value
+    return out
+
+
+def _columns(model: MixcdNet, objective: Objective, x: torch.Tensor, y: torch.Tensor, head: str,
+             device: torch.device, amp: str) -> dict[str, torch.Tensor | None]:
+    with autocast_for(device, amp):
+        outputs = model(x, head)
+    cols = objective.columns(outputs, y)
+    return {k: None if v is None else v.cpu() for k, v in cols.items()}
 
 
 @torch.no_grad()
@@ -77,20 +95,12 @@ def task_features(model: MixcdNet, task: Task, transform: BatchTransform, device
         for start in range(0, len(task), batch_size):
             chunk = torch.arange(start, min(start + batch_size, len(task)))
             with autocast_for(device, amp):
-                out.append(model.features(transform(task.images(chunk).to(device, non_blocking=True))).float().cpu())
+                out.append(model.features(transform(task.inputs(chunk).to(device, non_blocking=True))).float().cpu())
             if ledger is not None:
                 ledger.add(purpose, forward=chunk.numel())
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, model.num_features)
-
-
-def _columns(model: MixcdNet, x: torch.Tensor, y: torch.Tensor, head: str, device: torch.device,
-             amp: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    with autocast_for(device, amp):
-        logits = model(x, head).float()
-    conf, pred = logits.softmax(1).max(1)
-    return F.cross_entropy(logits, y, reduction="none").cpu(), pred.cpu(), conf.cpu()
 
 
 def largest_batch(model: MixcdNet, task: Task, head: str, transform: BatchTransform, device: torch.device,
@@ -106,7 +116,7 @@ def largest_batch(model: MixcdNet, task: Task, head: str, transform: BatchTransf
             rows = torch.arange(min(size, len(task)))
             try:
                 with torch.no_grad(), autocast_for(device, amp):
-                    model(transform(task.images(rows).to(device)), head)
+                    model(transform(task.inputs(rows).to(device)), head)
                 torch.cuda.synchronize(device)
                 return size
             except torch.cuda.OutOfMemoryError:
@@ -125,18 +135,18 @@ class ModelSelection(SelectionContext):
         self.model, self.pool, self.transform, self.device = model, pool, transform, device
         self.prior_head, self.ft_head, self.ledger, self.lr = prior_head, ft_head, ledger, lr
         self.batch_size = batch_size
-        self.ft_x: torch.Tensor | None = None
-        self.ft_y: torch.Tensor | None = None
+        self.objective = pool.objective
+        self.ft_batch: Batch | None = None  # this step's fine-tune batch, set by the trainer before each draw
 
-    def predict(self, rows: torch.Tensor) -> torch.Tensor:
+    def wrong(self, rows: torch.Tensor) -> torch.Tensor:
         preds = predict_task(self.model, self.pool, self.prior_head, self.transform, self.device,
                              self.batch_size, self.ledger, "selection", rows=rows)
-        return preds.pred
+        return ~preds.correct
 
     @torch.no_grad()
     def pool_losses(self, rows: torch.Tensor, params: dict[str, torch.Tensor] | None) -> torch.Tensor:
-        x = self.transform(self.pool.images(rows).to(self.device))
-        y = self.pool.targets[rows].to(self.device)
+        batch = self.pool.batch(rows).to(self.device)
+        x, y = self.transform(batch.inputs), batch.targets
         was_training = self.model.training
         self.model.eval()
         losses = torch.empty(rows.numel())
@@ -147,23 +157,24 @@ class ModelSelection(SelectionContext):
                     logits = self.model(x[on], head)
                 else:
                     logits = torch.func.functional_call(self.model, params, (x[on],), {"head": head})
-                losses[at] = F.cross_entropy(logits.float(), y[on], reduction="none").cpu()
+                losses[at] = self.objective.loss(logits, y[on]).cpu()
         finally:
             self.model.train(was_training)
         self.ledger.add("selection", forward=rows.numel())
         return losses
 
     def virtual_params(self) -> dict[str, torch.Tensor]:
-        if self.ft_x is None or self.ft_y is None:
+        if self.ft_batch is None:
             raise MixcdError("virtual step asked for before the fine-tune batch was set")
+        ft = self.ft_batch
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         # Cloned buffers: the virtual forward must not move BatchNorm running statistics.
         buffers = {n: b.clone() for n, b in self.model.named_buffers()}
-        logits = torch.func.functional_call(self.model, {**params, **buffers}, (self.ft_x,), {"head": self.ft_head})
-        loss = F.cross_entropy(logits.float(), self.ft_y)
+        outputs = torch.func.functional_call(self.model, {**params, **buffers}, (ft.inputs,), {"head": self.ft_head})
+        loss = self.objective.loss(outputs, ft.targets, "mean")
         grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
-        self.ledger.add("selection", forward=self.ft_x.shape[0], backward=self.ft_x.shape[0])
+        self.ledger.add("selection", forward=len(ft), backward=len(ft))
         new = {n: (params[n] - self.lr * g).detach() if g is not None else params[n].detach()
                for n, g in zip(names, grads, strict=True)}
         return {**new, **{n: b for n, b in self.model.named_buffers()}}

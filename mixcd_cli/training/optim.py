@@ -8,7 +8,9 @@ from typing import Any
 import torch
 
 from ..errors import MixcdError, unknown_choice
-from ..schema import OPTIMIZERS, SCHEDULES
+
+OPTIMIZERS = ("sgd", "adamw", "adam")
+SCHEDULES = ("constant", "cosine", "linear")  # of the learning rate, after any warm-up
 
 
 def create_optimizer(params: Any, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,

@@ -1,0 +1,16 @@
+"""Every registered choice, imported once: datasets (images and text), task kinds, models, samplers.
+
+Registration happens when a module is imported; the stages and `mixcd ls` import this module so
+that every registry is complete, while no library module has to import a module above it for its
+side effects.
+"""
+
+from __future__ import annotations
+
+from . import data, models, objectives, samplers, text
+from .data import DATASETS
+from .models import BACKBONES
+from .objectives import OBJECTIVES
+from .samplers import SAMPLERS
+
+__all__ = ["BACKBONES", "DATASETS", "OBJECTIVES", "SAMPLERS", "data", "models", "objectives", "samplers", "text"]

@@ -1,0 +1,147 @@
+"""The prior stages: θ0 (given, or pretrained once and cached) and snapshots of a model over a stage's pool."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from .. import console, distributed
+from ..artifacts import config_digest, file_lock
+from ..errors import MixcdError, phase
+from ..models import FINETUNE_ONLY, MixcdNet, create_model, load_model, model_spec, save_model
+from ..results import LedgerSummary, PretrainResult, SnapshotResult, write_result
+from ..runtime import derive_seed
+from ..snapshot import Snapshot, get_or_create_snapshot
+from ..training import FineTuner, largest_batch, predict_task
+from .context import Context, model_args, plain, settings_from, setup
+
+
+def prior_checkpoint(ctx: Context, allow_train: bool = True) -> tuple[Path, bool]:
+    """θ0: the given checkpoint, or the cached pretrained one (trained now if missing). → (path, cached)."""
+    cfg, exp = ctx.cfg, ctx.experiment
+    if cfg.prior_model.checkpoint:
+        path = Path(cfg.prior_model.checkpoint)
+        if not path.is_file():
+            raise MixcdError(f"prior_model.checkpoint not found: {path}")
+        return path, True
+    spec = model_spec(plain(cfg.model))
+    heads = {exp.prior_head(): exp.head_sizes()[exp.prior_head()]}
+    arch = {k: v for k, v in plain(cfg.model).items() if k not in FINETUNE_ONLY}  # weights count, bn does not
+    key = config_digest({"model": arch, "pool": exp.pool.fingerprint(),
+                         "transform": exp.transform.describe(), "heads": heads, "pretrain": plain(cfg.pretrain)})
+    cache = Path(cfg.paths.cache_dir)
+    path = cache / "prior" / key / "model.pt"
+    if distributed.world() > 1:
+        # θ0 is trained by rank 0 alone (no collectives); the others wait for its outcome, error included,
+        # so a failure there cannot leave them blocked.
+        outcome: Any = None
+        if distributed.rank() == 0:
+            try:
+                outcome = ("ok", _prior_locked(ctx, cache, key, path, spec, heads, allow_train))
+            except MixcdError as exc:
+                outcome = ("error", str(exc))
+        outcome = distributed.broadcast(outcome)
+        if outcome[0] == "error":
+            raise MixcdError(outcome[1])
+        return outcome[1]
+    return _prior_locked(ctx, cache, key, path, spec, heads, allow_train)
+
+
+def _prior_locked(ctx: Context, cache: Path, key: str, path: Path, spec: dict[str, Any], heads: dict[str, int],
+                  allow_train: bool) -> tuple[Path, bool]:
+    cfg, exp = ctx.cfg, ctx.experiment
+    with file_lock(cache / "locks" / f"prior-{key}.lock"):
+        if path.is_file():
+            return path, True
+        if not allow_train:
+            raise MixcdError("no prior model yet for this configuration: run `mixcd pretrain` (same overrides) "
+                             "or give prior_model.checkpoint=PATH")
+        pre = cfg.pretrain
+        torch.manual_seed(derive_seed(int(pre.seed), "prior-init"))
+        model = create_model(spec["backbone"], exp.channels, heads, exp.vocab_size, **model_args(cfg))
+        batch = min(int(pre.batch_size), len(exp.pool))
+        steps = int(pre.epochs) * max(1, len(exp.pool) // batch)
+        settings = settings_from(pre, steps, int(pre.seed), "pretrain", int(cfg.eval.batch_size),
+                                 amp=str(cfg.trainer.amp), log_every=max(1, steps // 10), distributed=False)
+        t0 = time.perf_counter()
+        with phase("pretraining of θ0", "the cache holds only finished prior models; rerun to pretrain again"), \
+                console.step_progress("pretrain θ0", steps) as progress:
+            FineTuner(model, exp.pool, exp.prior_head(), exp.transform, ctx.device, settings, ctx.ledger,
+                      telemetry_path=path.parent / "pretrain.jsonl", progress=progress).run()
+        save_model(model, path, spec, {"experiment_pool": exp.pool.definition})
+        ctx.timings["pretrain"] = time.perf_counter() - t0
+        return path, False
+
+
+def load_prior(ctx: Context, path: Path) -> MixcdNet:
+    exp = ctx.experiment
+    model, _ = load_model(path, model_spec(plain(ctx.cfg.model)), exp.channels, vocab_size=exp.vocab_size,
+                          yours=bool(ctx.cfg.prior_model.checkpoint))
+    expected = exp.head_sizes()[exp.prior_head()]
+    head = model.heads[exp.prior_head()] if exp.prior_head() in model.heads else None
+    if head is None or head.out_features != expected:
+        have = {n: h.out_features for n, h in model.heads.items()}
+        raise MixcdError(f"prior checkpoint {path} has heads {have}, but this experiment's prior head "
+                         f"'{exp.prior_head()}' needs {expected} classes")
+    return model.to(ctx.device)
+
+
+def run_pretrain(cfg: DictConfig, run_dir: Path | None = None) -> PretrainResult:
+    """`mixcd pretrain`: θ0 (cached, or trained now) and its prior-test accuracy, written to pretrain.json."""
+    ctx = setup(cfg, run_dir)
+    path, cached = prior_checkpoint(ctx)
+    model = load_prior(ctx, path)
+    exp = ctx.experiment
+    preds = predict_task(model, exp.prior_test, exp.prior_head(), exp.transform, ctx.device,
+                         int(cfg.eval.batch_size), ctx.ledger, "eval", str(cfg.trainer.amp))
+    result = PretrainResult(checkpoint=str(path), cached=cached, pre_acc0=float(preds.correct.float().mean()),
+                            ledger=LedgerSummary.from_dict(ctx.ledger.summary()), wall_time=dict(ctx.timings))
+    write_result(result, ctx.run_dir / "pretrain.json")
+    console.print_kv("pretrain", {"checkpoint": str(path), "cached": cached,
+                                    "prior-test accuracy": f"{result.pre_acc0:.4f}"})
+    return result
+
+
+def snapshot_for(ctx: Context, path: Path, model: MixcdNet | None = None, k: int = 1) -> tuple[Snapshot, bool]:
+    """Stage k's snapshot: the model in ``path`` (θ(k−1); θ0 for k = 1) over pool k and the test sets seen
+    before stage k, cached by fingerprint (a sweep's runs share each distinct one)."""
+    cfg, exp = ctx.cfg, ctx.experiment
+    model = load_prior(ctx, path) if model is None else model
+    pool, tests = exp.pool_at(k, str(cfg.rehearsal.pool)), exp.tests_before(k)
+    t0 = time.perf_counter()
+    total = len(pool) + len(tests)
+    batch = cfg.snapshot.batch_size
+    if batch == "auto":  # the largest batch that fits: inference needs no activations kept
+        batch = largest_batch(model, exp.pool, exp.prior_head(), exp.transform, ctx.device, str(cfg.trainer.amp))
+    label = "snapshot θ0" if k == 1 else f"snapshot θ{k - 1}"
+    with phase("the snapshot", "the cache holds only complete snapshots; rerun to compute it again"), \
+            console.count_progress(label, total) as progress:
+        snap, cached = get_or_create_snapshot(
+            # rows of later tasks are read by their own heads, named in the tasks' fingerprints
+            Path(cfg.paths.cache_dir), path, model, pool, tests, exp.prior_head(), exp.transform,
+            ctx.device, int(batch), ctx.ledger, str(cfg.trainer.amp),
+            Path(cfg.snapshot.path) if cfg.snapshot.path and k == 1 else None, progress)
+    ctx.timings["snapshot"] = ctx.timings.get("snapshot", 0.0) + time.perf_counter() - t0
+    return snap, cached
+
+
+def run_snapshot(cfg: DictConfig, run_dir: Path | None = None) -> SnapshotResult:
+    """`mixcd snapshot`: θ0's snapshot over the prior pool and test set (cached), summed up in snapshot.json."""
+    ctx = setup(cfg, run_dir)
+    path, _ = prior_checkpoint(ctx, allow_train=False)
+    snap, cached = snapshot_for(ctx, path)
+    result = SnapshotResult(snapshot=str(snap.path), cached=cached, pool_size=len(snap.pool),
+                            pool_acc0=float(snap.pool.correct.float().mean()),
+                            test_acc0=float(snap.test.correct.float().mean()),
+                            ledger=LedgerSummary.from_dict(ctx.ledger.summary()))
+    write_result(result, ctx.run_dir / "snapshot.json")
+    console.print_kv("snapshot", {"folder": str(snap.path), "cached": cached, "pool size": len(snap.pool),
+                                    "pool accuracy θ0": f"{result.pool_acc0:.4f}",
+                                    "prior-test accuracy θ0": f"{result.test_acc0:.4f}"})
+    return result
+
+
