@@ -84,7 +84,7 @@ HYDRA_HELP = typer.Option(False, "--hydra-help", help="Hydra's own help (its fla
 
 
 def _groups_epilog() -> str:
-    """The config groups and their options, for every stage's --help (reads conf/, imports nothing heavy)."""
+    """The config groups and their options, for every stage's --help (read only when help is shown)."""
     from .hydra_app import config_groups, group_options
 
     try:
@@ -197,8 +197,9 @@ def ls(kind: ListKind = typer.Argument(..., help="What to list.")) -> None:
     from rich.text import Text
 
     from .console import console
+    from .hub import text_extra_installed
     from .hydra_app import config_dir, group_options
-    from .text import TEXT_DATASETS, text_extra_installed
+    from .text import TEXT_DATASETS
 
     kind = kind.value
     show_text = text_extra_installed()
@@ -233,7 +234,7 @@ def ls(kind: ListKind = typer.Argument(..., help="What to list.")) -> None:
             table.add_row("<timm name>", "any timm.list_models() entry: model=convnext_atto")
     console.print(table)
     if not show_text and kind in ("models", "tasks", "experiments", "datasets"):
-        from .text import TEXT_EXTRA
+        from .hub import TEXT_EXTRA
 
         console.print(f"text {kind} (Hugging Face encoders, text files, the generated text experiment) need the "
                       f"text extra: {TEXT_EXTRA}", highlight=False, markup=False)

@@ -34,7 +34,7 @@ HEAD_MODES = ("shared", "multi")  # one head over the union of labels, or one he
 PAD = -1  # the padding value of token batches: never a token id, so the mask is `ids != PAD`
 
 
-class ImageSource(Protocol):
+class Source(Protocol):
     """Anything that returns input batches by sample index: uint8 images (n, C, H, W), or token ids.
 
     ``targets`` holds one entry per sample in whatever shape the source's task kind uses (a class id for
@@ -244,7 +244,7 @@ class Task:
     """A class subset of one split with its labels mapped into the model's label space."""
 
     name: str
-    source: ImageSource
+    source: Source
     index: torch.Tensor  # indices into source, in a fixed order
     targets: torch.Tensor  # mapped labels (or the kind's targets), aligned with index
     head_size: int  # outputs the task's head needs (classes, for classification)
@@ -295,7 +295,7 @@ class Task:
         return h.hexdigest()[:16]
 
 
-_SOURCE_CACHE: dict[tuple, ImageSource] = {}
+_SOURCE_CACHE: dict[tuple, Source] = {}
 
 # Input-domain shifts a task can ask for (``options.domain``): the same images seen another way, so a
 # downstream task can share the prior task's data yet pull the backbone elsewhere.
@@ -356,7 +356,7 @@ def check_task_transform(spec: Any) -> dict[str, Any]:
 
 
 def load_source(dataset: str, root: str, train: bool, download: bool = False,
-                options: dict[str, Any] | None = None, transform: dict[str, Any] | None = None) -> ImageSource:
+                options: dict[str, Any] | None = None, transform: dict[str, Any] | None = None) -> Source:
     """Load one split of a registered dataset (memoised per process: tasks share splits); ``options.domain``
     names a `DOMAIN_SHIFTS` entry applied to every image, ``transform`` `TASK_TRANSFORMS` applied after it."""
     options = dict(options or {})
@@ -404,7 +404,7 @@ def make_task(name: str, dataset: str, root: str, split: str, classes: Sequence[
     return _class_task(name, source, definition, label_mode)
 
 
-def _kind_task(name: str, source: ImageSource, objective: Objective, definition: dict[str, Any]) -> Task:
+def _kind_task(name: str, source: Source, objective: Objective, definition: dict[str, Any]) -> Task:
     """A task of a kind without classes: every row of the split (the first ``limit``), targets as they are."""
     if definition["classes"] is not None or definition["label_map"]:
         raise MixcdError(f"task '{name}': classes and label_map choose and relabel classes, and task kind "
@@ -418,7 +418,7 @@ def _kind_task(name: str, source: ImageSource, objective: Objective, definition:
     return Task(name, source, index, targets, objective.head_size(targets), definition)
 
 
-def _class_task(name: str, source: ImageSource, definition: dict[str, Any], label_mode: str) -> Task:
+def _class_task(name: str, source: Source, definition: dict[str, Any], label_mode: str) -> Task:
     """A classification task: the chosen classes of the split, labels kept, mapped or renumbered."""
     classes, label_map, limit = definition["classes"], definition["label_map"], definition["limit"]
     dataset, split = definition["dataset"], definition["split"]
@@ -490,7 +490,7 @@ def is_text(source: Any) -> bool:
     return getattr(source, "channels", None) == 0
 
 
-def make_transform(source: ImageSource, size: int | None = None) -> BatchTransform | TokenTransform:
+def make_transform(source: Source, size: int | None = None) -> BatchTransform | TokenTransform:
     if is_text(source):
         return TokenTransform()
     return BatchTransform(tuple(source.mean), tuple(source.std), size)

@@ -186,7 +186,7 @@ def _explain_compose_error(exc: Exception, cfg_keys: Any) -> MixcdError:
 
     from omegaconf.errors import ValidationError
 
-    from .schema import type_error
+    from .schema import RETIRED, type_error
 
     cause = exc
     while cause is not None and not isinstance(cause, ValidationError):
@@ -198,6 +198,8 @@ def _explain_compose_error(exc: Exception, cfg_keys: Any) -> MixcdError:
     m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
     if m:
         full = m.group(1)
+        if full in RETIRED:
+            return MixcdError(f"{full} is now {RETIRED[full]}: set {RETIRED[full]}=... instead")
         parent, _, leaf = full.rpartition(".")
         node = cfg_keys
         try:

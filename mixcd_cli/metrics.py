@@ -11,7 +11,7 @@ PURPOSES = ("pretrain", "finetune", "rehearsal", "selection", "snapshot", "eval"
 
 
 class Ledger:
-    """Sample forward and backward passes by purpose (docs/design.md §2): the currency of fair comparison."""
+    """Sample forward and backward passes by purpose (docs/design.md §11): the currency of fair comparison."""
 
     def __init__(self) -> None:
         self.forward = dict.fromkeys(PURPOSES, 0)

@@ -44,8 +44,7 @@ class Batch:
         """Host copies in page-locked memory, so a copy to the GPU can be asynchronous."""
         if self.inputs.device.type != "cpu":
             return self
-        return Batch(self.inputs.pin_memory(), self.targets,
-                     None if self.mask is None else self.mask)
+        return Batch(self.inputs.pin_memory(), self.targets, self.mask)
 
     def to(self, device: torch.device) -> Batch:
         """The batch on ``device`` (non-blocking where the source memory allows)."""
@@ -106,6 +105,7 @@ class Classification(Objective):
     has_classes = True
 
     def head_size(self, targets: torch.Tensor) -> int:
+        # data._class_task sizes a class task's head from its label map instead (a subset may miss the top label)
         return int(targets.max()) + 1 if targets.numel() else 0
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "none") -> torch.Tensor:
@@ -114,14 +114,15 @@ class Classification(Objective):
     def wrong(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return outputs.argmax(1) != targets
 
-    def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return outputs.argmax(1) == targets
-
     def confidence(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.float().softmax(1).max(1).values
 
     def prediction(self, outputs: torch.Tensor) -> torch.Tensor:
-        return outputs.argmax(1)
+        # the most probable class, as `columns` reads it (softmax and argmax agree up to exact ties)
+        return outputs.float().softmax(1).max(1).indices
+
+    def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.prediction(outputs) == targets
 
     def classes(self, targets: torch.Tensor) -> torch.Tensor:
         return targets

@@ -26,9 +26,9 @@ from .errors import MixcdError, unknown_choice
 from .metrics import sequence_metrics
 
 FORMAT = 2
-# What a train or eval result cannot be read without (report.REQUIRED); every other key has a default.
+# What a train or eval result cannot be read without (a report skips such a run); every other key has a default.
 REQUIRED = ("sampler", "mix_ratio", "seed", "pre_acc", "ft_acc", "forgetting", "ledger")
-# What `mixcd train` can return to a sweeper (schema.OPTIMIZABLE), each read by `RunResult.metric`.
+# What `mixcd train` can return to a sweeper (optimized_metric), each read by `RunResult.metric`.
 OPTIMIZABLE = ("pre_acc", "forgetting", "ft_acc", "earlier_acc", "avg_acc", "bwt", "avg_forgetting", "hit_rate",
                "signal_rate", "final_loss")
 

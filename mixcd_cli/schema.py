@@ -12,7 +12,6 @@ metadata (mixcd_cli/options.py) checked by `check_ranges`; rules that tie fields
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 from dataclasses import MISSING as NO_FACTORY
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from functools import cache
@@ -24,15 +23,12 @@ from .data import HEAD_MODES, POOL_MODES, check_task_transform, stage_specs
 from .errors import MixcdError, unknown_choice
 from .models import BN_MODES, NORMS, POOLINGS
 from .options import check_value, opt
+from .results import OPTIMIZABLE
 from .runtime import AMP_MODES
 from .samplers import SAMPLERS, RunFacts, SamplerSpec, rehearsal_batch, sampler_options
 from .training.optim import OPTIMIZERS, SCHEDULES
 
 RESUME_MODES = ("auto", True, False)
-# What `mixcd train` can return to a sweeper (optimized_metric): metrics.json numbers, higher or lower is better
-# as the sweeper's direction says.
-OPTIMIZABLE = ("pre_acc", "forgetting", "ft_acc", "earlier_acc", "avg_acc", "bwt", "avg_forgetting", "hit_rate",
-               "signal_rate", "final_loss")
 STAGES = ("pretrain", "snapshot", "train", "eval")
 
 
@@ -44,8 +40,9 @@ INTRODUCED: dict[str, Any] = {"rehearsal.pool": "all", "stages": None, "logger":
                               "prior.transform": None,
                               "finetune.transform": None}
 
-# Keys older runs' configurations carry that now live elsewhere (old key → its home now): dropped when such a
-# configuration is validated (`mixcd eval` of an older run), so it reads as it ran.
+# Keys older runs' configurations carry that now live elsewhere (old key → its home now): dropped from a
+# configuration read back from a run folder (`mixcd eval`, resuming), so it reads as it ran; refused in a
+# configuration composed now, naming the key's home.
 RETIRED: dict[str, str] = {"sampler.mix_ratio": "trainer.mix_ratio"}
 
 
@@ -159,7 +156,7 @@ class MixcdConf:
     image_size: Optional[int] = _req(ge=1)  # noqa: UP045
     paths: PathsConf = field(default_factory=PathsConf)
     model: Any = _req()  # checked by the schema of its backbone (MODEL_SCHEMAS)
-    sampler: Any = _req()  # checked by the schema of the sampler (SAMPLER_SCHEMAS)
+    sampler: Any = _req()  # checked by the node its declaration makes (sampler_node)
     trainer: TrainerConf = field(default_factory=TrainerConf)
     pretrain: PretrainConf = field(default_factory=PretrainConf)
     prior_model: PriorModelConf = field(default_factory=PriorModelConf)
@@ -246,30 +243,6 @@ def sampler_node(spec: SamplerSpec) -> type:
     # _SamplerName last among the bases comes first in the MRO's reverse: `name` leads the node's fields.
     return make_dataclass(f"{spec.options.__name__}Node", [("name", str, field(default=spec.name))],
                           bases=(spec.options, _SamplerName))
-
-
-class _SamplerSchemas(Mapping[str, type]):
-    """Sampler name → its node's dataclass, asked of the registry each time (a sampler registered later
-    is in it too)."""
-
-    def __getitem__(self, name: str) -> type:
-        if name not in SAMPLERS:
-            raise KeyError(name)
-        return sampler_node(SAMPLERS.spec(name))
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(SAMPLERS.names())
-
-    def __len__(self) -> int:
-        return len(SAMPLERS.names())
-
-
-SAMPLER_SCHEMAS: Mapping[str, type] = _SamplerSchemas()
-
-
-def sampler_defaults(name: str) -> dict[str, Any]:
-    """A sampler's declared options with their defaults (``name`` excluded)."""
-    return SAMPLERS.spec(name).defaults()
 
 
 def sampler_ratio(name: Any, ratio: float) -> float:
@@ -416,15 +389,23 @@ def stage_rules(cfg: DictConfig) -> list[int]:
     return batches
 
 
-def _drop_retired(node: dict[str, Any]) -> None:
-    """Remove `RETIRED` keys from a plain configuration (in place)."""
+def drop_retired(node: dict[str, Any]) -> dict[str, Any]:
+    """A plain configuration read back from a run folder without its `RETIRED` keys (in place; returned)."""
     for key in RETIRED:
-        *parents, leaf = key.split(".")
-        at: Any = node
-        for part in parents:
-            at = at.get(part) if isinstance(at, dict) else None
-        if isinstance(at, dict):
-            at.pop(leaf, None)
+        _retired_in(node, key, drop=True)
+    return node
+
+
+def _retired_in(node: dict[str, Any], key: str, drop: bool = False) -> bool:
+    *parents, leaf = key.split(".")
+    at: Any = node
+    for part in parents:
+        at = at.get(part) if isinstance(at, dict) else None
+    if not isinstance(at, dict) or leaf not in at:
+        return False
+    if drop:
+        at.pop(leaf)
+    return True
 
 
 def validate(cfg: DictConfig) -> None:
@@ -435,7 +416,9 @@ def validate(cfg: DictConfig) -> None:
         plain = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:
         raise MixcdError(f"invalid configuration: {str(exc).splitlines()[0]}") from exc
-    _drop_retired(plain)
+    for key, home in RETIRED.items():
+        if _retired_in(plain, key):
+            raise MixcdError(f"{key} is now {home}: set {home}=... instead")
     resolved = OmegaConf.create(plain)
     schema = MixcdEvalConf if resolved.get("stage") == "eval" else MixcdConf
     resolved = typed(schema, resolved, "")

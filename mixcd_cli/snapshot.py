@@ -8,7 +8,6 @@ task being run, so a snapshot can never silently describe other data or another 
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -28,8 +27,9 @@ from .training.inference import predict_task, task_features
 
 COLUMNS = {"loss": np.float32, "pred": np.int32, "conf": np.float32, "correct": np.bool_, "target": np.int32,
            "index": np.int64}
-# Kinds without classes have no integer prediction, and their targets need not be integers: the snapshot keeps
-# what they have and verifies their targets by a digest in meta.json instead of a column.
+# Kinds without classes have no integer prediction, and their targets need not be integers: their snapshots keep
+# neither column (meta.json says so with class_columns=false); their targets are checked through the cache key,
+# which holds the pool's fingerprint, targets included.
 CLASS_ONLY = ("pred", "target")
 FORMAT_VERSION = 2  # 2: meta.json holds a checksum of every column
 
@@ -133,12 +133,10 @@ def load_snapshot(folder: Path, expected_key: str | None, pool: Task, prior_test
                              "delete the folder to recompute it")
     if not meta.get("checksums"):
         raise MixcdError(f"snapshot {folder} has no checksums (made by an older mixcd); delete it to recompute")
-    classes = "pool_targets" not in meta  # kinds without classes keep target digests instead of columns
+    classes = meta.get("class_columns", True)  # snapshots made before task kinds were all classification
     snap = Snapshot(folder, meta, _read_part(folder, "pool", classes), _read_part(folder, "test", classes))
-    for part, task, name, prefix in ((snap.pool, pool, "pool", "pool"), (snap.test, prior_test, "prior test set",
-                                                                             "test")):
-        same_targets = torch.equal(part.target.long(), task.targets.long()) if classes else \
-            meta.get(f"{prefix}_targets") == targets_digest(task)
+    for part, task, name in ((snap.pool, pool, "pool"), (snap.test, prior_test, "prior test set")):
+        same_targets = torch.equal(part.target.long(), task.targets.long()) if classes else True
         if len(part) != len(task) or not torch.equal(part.index.long(), task.index.long()) or not same_targets:
             raise MixcdError(f"snapshot {folder} does not match the {name} being run (different samples, "
                              "order or labels); drop snapshot.path or delete it to recompute")
@@ -151,14 +149,10 @@ def compute_part(model: Any, task: Task, head: str, transform: BatchTransform, d
     start, stop = distributed.shard(len(task))
     p = predict_task(model, task, head, transform, device, batch_size, ledger, "snapshot", amp,
                      rows=torch.arange(start, stop), progress=progress)
-    cols = distributed.gather_rows({k: v for k, v in (("loss", p.loss), ("pred", p.pred), ("conf", p.conf),
-                                                      ("correct", p.correct)) if v is not None})
-    return {**cols, "target": task.targets if task.objective.has_classes else None, "index": task.index}
-
-
-def targets_digest(task: Task) -> str:
-    """A digest of a task's targets, for kinds whose targets are not a snapshot column."""
-    return hashlib.sha256(task.targets.contiguous().numpy().tobytes()).hexdigest()[:16]
+    classes = task.objective.has_classes  # the integer columns only where the kind has classes (CLASS_ONLY)
+    cols = distributed.gather_rows({"loss": p.loss, "conf": p.conf, "correct": p.correct,
+                                    **({"pred": p.pred} if classes else {})})
+    return {**cols, "target": task.targets if classes else None, "index": task.index}
 
 
 def get_or_create_snapshot(cache_dir: Path, checkpoint: Path, model: Any, pool: Task, prior_test: Task,
@@ -227,7 +221,6 @@ def _meta(key: str, checkpoint: Path, pool: Task, prior_test: Task, transform: B
     return {"key": key, "format": FORMAT_VERSION, "checkpoint": str(checkpoint), "pool": pool.definition,
             "prior_test": prior_test.definition, "transform": transform.describe(), "head": head,
             "pool_size": len(pool), "test_size": len(prior_test),
-            **({} if pool.objective.has_classes else {"pool_targets": targets_digest(pool),
-                                                       "test_targets": targets_digest(prior_test)}),
+            **({} if pool.objective.has_classes else {"class_columns": False}),
             "pool_acc0": float(pool_cols["correct"].float().mean()) if len(pool) else None,
             "test_acc0": float(test_cols["correct"].float().mean()) if len(prior_test) else None}

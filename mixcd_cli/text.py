@@ -29,10 +29,9 @@ from .artifacts import atomic_path, atomic_torch_save, file_lock
 from .console import note
 from .data import DATASETS, PAD
 from .errors import MixcdError, unknown_choice
-from .hub import TEXT_EXTRA, hf_location, require_text_extra, text_extra_installed
+from .hub import TEXT_EXTRA, hf_location, require_text_extra
 
 TEXT_DATASETS = ("text", "topic_text")  # the registered datasets that hold text (data.DATASETS)
-__all__ = ["PAD", "TEXT_DATASETS", "TEXT_EXTRA", "hf_location", "require_text_extra", "text_extra_installed"]
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 

@@ -27,7 +27,7 @@ from .console import note
 from .errors import MixcdError
 from .registry import Registry
 
-if TYPE_CHECKING:  # results load torch: not when only the loggers are listed
+if TYPE_CHECKING:  # only for annotations: finish() reads the result it is handed
     from .results import RunResult
 
 INSTALL_HINT = "install the tracking extra: pip install -e '.[track]' (or make install-track)"

@@ -65,14 +65,10 @@ def test_sampler_defaults_have_one_source() -> None:
 
     from mixcd_cli.hydra_app import config_dir
     from mixcd_cli.samplers import PoolInfo, create_sampler
-    from mixcd_cli.schema import SAMPLER_SCHEMAS, sampler_defaults
-
     pool = PoolInfo(correct0=torch.ones(100, dtype=torch.bool), loss0=torch.rand(100), conf0=torch.rand(100),
                     classes=torch.arange(100) % 5, clusters=lambda k, seed: torch.arange(100) % k)
-    assert set(SAMPLER_SCHEMAS) == set(SAMPLERS.names())
     for name in SAMPLERS.names():
         defaults = SAMPLERS.spec(name).defaults()
-        assert sampler_defaults(name) == defaults
         composed = OmegaConf.to_container(compose("train", [f"sampler={name}"]).sampler)
         assert composed == {"name": name, **defaults}, name
         sampler = create_sampler(name, pool, 4, seed=0)
@@ -97,12 +93,23 @@ def test_mix_ratio_has_one_home() -> None:
     assert compose("train", ["sampler=mixcd", "trainer.mix_ratio=0.125"]).trainer.mix_ratio == 0.125
 
 
-def test_an_older_runs_sampler_mix_ratio_still_validates() -> None:
-    """A run made when the ratio lived in the sampler node (sampler.mix_ratio) still reads as it ran."""
+def test_an_older_runs_sampler_mix_ratio_reads_as_it_ran_and_a_new_one_is_refused() -> None:
+    """A configuration read back from a run made when the ratio lived in the sampler node (sampler.mix_ratio)
+    validates once drop_retired has read it; one composed now that sets it is refused, naming trainer.mix_ratio
+    (never silently dropped: the run would ignore the ratio asked for)."""
+    from mixcd_cli.errors import MixcdError
+    from mixcd_cli.schema import drop_retired
+
     cfg = compose("train", ["sampler=mixcd", "trainer.mix_ratio=0.125"])
-    old = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    old.sampler.mix_ratio = 0.125
-    validate_config(old)
+    old = OmegaConf.to_container(cfg, resolve=True)
+    old["sampler"]["mix_ratio"] = 0.125
+    with pytest.raises(MixcdError, match="sampler.mix_ratio is now trainer.mix_ratio"):
+        validate_config(OmegaConf.create(old))
+    validate_config(OmegaConf.create(drop_retired(old)))
+    with pytest.raises(MixcdError, match="sampler.mix_ratio is now trainer.mix_ratio"):
+        compose("train", ["sampler=mixcd", "sampler.mix_ratio=0.5"])
+    with pytest.raises(MixcdError, match="sampler.mix_ratio is now trainer.mix_ratio"):
+        validate_config(compose("train", ["sampler=mixcd", "+sampler.mix_ratio=0.5"]))
 
 
 @pytest.mark.parametrize("overrides,message", [

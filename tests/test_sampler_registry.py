@@ -6,11 +6,9 @@ schema and the CLI.
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
@@ -185,31 +183,3 @@ def test_create_sampler_fills_defaults_from_the_declaration() -> None:
         create_sampler("mixcd", pool(400), 8, seed=0, num_binz=4)
 
 
-# --------------------------------------------------------------------------- layering
-
-PACKAGE = Path(__file__).resolve().parent.parent / "mixcd_cli"
-ABOVE_SAMPLERS = {"schema", "stages", "report", "hydra_app", "cli", "recipes", "compare", "console", "training",
-                  "snapshot", "data", "models"}
-
-
-def _package_imports(path: Path) -> set[str]:
-    """First-level mixcd_cli modules a file imports (relative imports resolved from its package)."""
-    depth = len(path.relative_to(PACKAGE).parts) - 1
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = list(path.relative_to(PACKAGE).parts[:-1])[: depth - (node.level - 1)] + (
-                    node.module.split(".") if node.module else [a.name for a in node.names])
-                out.add(parts[0] if parts else "")
-            elif node.module and node.module.startswith("mixcd_cli."):
-                out.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("mixcd_cli.")}
-    return out
-
-
-def test_samplers_import_nothing_above_them() -> None:
-    for path in sorted((PACKAGE / "samplers").glob("*.py")):
-        assert not (_package_imports(path) & ABOVE_SAMPLERS), path.name
-    assert _package_imports(PACKAGE / "options.py") <= {"errors"}

@@ -102,3 +102,18 @@ def test_a_run_folder_of_the_previous_format_is_evaluated(compose_cfg, tiny: lis
     ev = run_eval(compose_cfg("eval", [*tiny, f"run_dir={tmp_path / 't'}"]), tmp_path / "e")
     assert ev.retention.pre_acc == pytest.approx(res.retention.pre_acc) and ev.sampler == "mixcd"
     assert ev.signal == res.signal and ev.mix_ratio == res.mix_ratio
+
+
+def test_an_unfinished_run_of_the_previous_format_resumes(compose_cfg, tiny: list[str], tmp_path: Path) -> None:
+    """A run started when the ratio lived in the sampler node resumes with today's command: the moved key does
+    not make its configuration 'different'."""
+    import yaml
+
+    args = [*tiny, "sampler=mixcd", "trainer.steps=4"]
+    done = run_train(compose_cfg("train", args), tmp_path / "t")
+    (tmp_path / "t" / "metrics.json").unlink()  # killed after its last checkpoint, before evaluation
+    config = yaml.safe_load((tmp_path / "t" / "config.yaml").read_text())
+    config["sampler"]["mix_ratio"] = config["trainer"]["mix_ratio"]
+    (tmp_path / "t" / "config.yaml").write_text(yaml.safe_dump(config))
+    resumed = run_train(compose_cfg("train", args), tmp_path / "t")
+    assert resumed.resumed_from == 4 and resumed.retention == done.retention

@@ -310,7 +310,7 @@ def test_a_text_task_needs_a_text_model_and_back(tmp_path: Path) -> None:
 def test_ls_shows_text_entries_only_with_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     shown = runner.invoke(app, ["ls", "tasks"]).output
     assert "topics_prior" in shown and "text" in shown
-    monkeypatch.setattr(text_mod, "text_extra_installed", lambda: False)
+    monkeypatch.setattr("mixcd_cli.hub.text_extra_installed", lambda: False)
     for kind, hidden in (("tasks", "topics_prior"), ("models", "hf_tiny"), ("experiments", "text_topics"),
                          ("datasets", "topic_text")):
         out = runner.invoke(app, ["ls", kind]).output

@@ -22,7 +22,7 @@ from ..metrics import Ledger
 from ..models import FINETUNE_ONLY
 from ..runtime import resolve_device
 from ..samplers import SAMPLERS, sampler_options
-from ..schema import validate
+from ..schema import drop_retired, validate
 from ..text import encode_experiment, model_position_limit
 from ..training import TrainSettings
 
@@ -64,7 +64,9 @@ class Context:
 
 
 def _comparable(cfg_yaml: str) -> dict[str, Any]:
-    data = OmegaConf.to_container(OmegaConf.create(cfg_yaml)) or {}
+    """A run's configuration as an unfinished run in the same folder must match it: resume aside, and keys that
+    moved since (RETIRED) dropped, so a run started before they moved still resumes."""
+    data = drop_retired(OmegaConf.to_container(OmegaConf.create(cfg_yaml)) or {})
     data.pop("resume", None)
     return data
 

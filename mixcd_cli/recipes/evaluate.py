@@ -14,7 +14,7 @@ from ..errors import MixcdError, phase
 from ..metrics import categories, forgetting_metrics
 from ..models import MixcdNet, load_model, model_spec
 from ..results import EvalResult, Retention, RunResult, SignalQuality, read_result, write_result
-from ..schema import INTRODUCED, flatten
+from ..schema import INTRODUCED, drop_retired, flatten
 from ..snapshot import Snapshot
 from ..training import predict_task
 from .context import Context, plain, run_dir_of, setup
@@ -76,7 +76,7 @@ def eval_config(cfg: DictConfig, source: Path, overrides: list[str]) -> DictConf
     model) is refused, naming the first key that differs from the run's own configuration.
     """
     check_finished_run(source)
-    trained = OmegaConf.load(source / "config.yaml")
+    trained = OmegaConf.create(drop_retired(OmegaConf.to_container(OmegaConf.load(source / "config.yaml"))))
     if trained.get("stage") != "train":
         raise MixcdError(f"{source} was written by `mixcd {trained.get('stage')}`, not `mixcd train`")
     for key, value in INTRODUCED.items():  # a run made before a setting existed ran as its "as before" value
@@ -131,8 +131,6 @@ def run_eval(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] 
     write_result(result, ctx.run_dir / "metrics.json")
     console.print_run(result, ctx.run_dir)
     return result
-
-
 
 
 def eval_result(source: Path, metrics: dict[str, Any], timings: dict[str, float]) -> EvalResult:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from ..samplers import SAMPLERS
-from ..schema import sampler_defaults
 from . import folds
 
 # What retention means in the random-equivalent budget, the frontier and the plots: accuracy on the tasks
@@ -141,7 +140,7 @@ def _name_variants(gs: Sequence[Group]) -> None:
         for k, v in g.options:
             options[k].add(v)
     varying = sorted(k for k, vs in options.items() if len(vs) > 1)
-    defaults = sampler_defaults(gs[0].sampler) if gs[0].sampler in SAMPLERS else {}
+    defaults = SAMPLERS.spec(gs[0].sampler).defaults() if gs[0].sampler in SAMPLERS else {}
     for g in gs:
         own = dict(g.options)
         # named by what sets it apart from the sampler's defaults: the default group keeps the plain name

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import MixcdError
 from ..results import REQUIRED, EvalResult, RunResult, result_from_dict
 from ..samplers import SAMPLERS
-from ..schema import INTRODUCED, flatten, sampler_defaults
+from ..schema import INTRODUCED, flatten
 from .groups import Run, Settings
 
 # Config keys (and key prefixes) that cannot change what a run measures: they never split a group.
@@ -152,7 +152,7 @@ def run_settings(cfg_path: Path) -> tuple[Settings, Settings]:
         else None
     if name in SAMPLERS:
         have = {k for k, _ in options}
-        options += [(f"sampler.{k}", json.dumps(v, sort_keys=True)) for k, v in sampler_defaults(name).items()
+        options += [(f"sampler.{k}", json.dumps(v, sort_keys=True)) for k, v in SAMPLERS.spec(name).defaults().items()
                     if f"sampler.{k}" not in have]
     return tuple(sorted(settings)), tuple(sorted(options))
 

@@ -268,12 +268,12 @@ class FineTuner:
             if self.telemetry_path and self.rank == 0 else None
         self._pending: _Pending | None = None
         self._losses: list[tuple[int, torch.Tensor]] = []  # NaN-checked at boundaries: one sync, not one a step
-        # Host-side sources on a GPU (or decoded from files): fetch step t+1's fine-tune images while
+        # Host-side sources on a GPU (or decoded from files): fetch step t+1's fine-tune batch while
         # step t runs. Its rows come from the seeded order, so prefetching changes no number.
         in_memory = isinstance(getattr(self.task.source, "data", None), torch.Tensor)
-        host_images = not in_memory or self.task.source.data.device.type == "cpu"
+        on_host = not in_memory or self.task.source.data.device.type == "cpu"
         self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="mixcd-prefetch") \
-            if (self.cuda and host_images) or not in_memory else None
+            if (self.cuda and on_host) or not in_memory else None
         self._order_at_step = self.order.state_dict()  # the order as of the step boundary (before any prefetch)
         self._upcoming: Future | None = None
         if self._prefetcher is not None and self.state.step < s.steps:
