@@ -481,9 +481,10 @@ def test_a_report_of_old_format_run_folders_equals_todays(case: str, tmp_path: P
     """The report of old-format run folders is, byte for byte, what the report wrote before it read typed
     results (tests/data/report_expected/<case>, made by the code of the commit before, as below).
 
-    To make them again (the code under /work/base, this repository's tests on the path)::
+    To make them again (the report code to compare against checked out in $OLD, e.g. `git worktree add $OLD
+    6fd8f33`, and this repository's tests on the path)::
 
-        cd "$(mktemp -d)" && for case in old_train old_eval synthetic sequences; do PYTHONPATH=/work/base:$REPO/tests \\
+        cd "$(mktemp -d)" && for case in old_train old_eval synthetic sequences; do PYTHONPATH=$OLD:$REPO/tests \\
           python -c "import sys, test_report as t; t.make_expected(sys.argv[1])" $case; done
 
     """
