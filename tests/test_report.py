@@ -514,3 +514,18 @@ def make_expected(case: str) -> None:
     for name in REPORT_FILES:
         if (Path(case) / "out" / name).exists():
             (EXPECTED / case / name).write_text(normalised(Path(case) / "out" / name))
+
+
+def test_names_read_from_run_folders_never_choose_where_the_report_writes(tmp_path: Path) -> None:
+    """An experiment named `../../x` in a shared run folder: every plot lands in --out, named without the path."""
+    runs = tmp_path / "a" / "b" / "runs"
+    for seed, acc in ((0, 0.5), (1, 0.6)):
+        fake_run(runs / f"r{seed}", "random", 0.25, seed, acc, rehearsal=100)
+        fake_run(runs / f"m{seed}", "mixcd", 0.25, seed, acc + 0.1, rehearsal=100)
+    for metrics in runs.glob("*/metrics.json"):
+        metrics.write_text(metrics.read_text().replace('"experiment": "exp"', '"experiment": "../../x"'))
+    out = tmp_path / "a" / "b" / "out"
+    summary = run_report([runs], out)
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
+    assert written and all(p.startswith("a/b/out/x_") for p in written), written
+    assert sorted(Path(p).name for p in summary["plots"]) == sorted(Path(p).name for p in written)

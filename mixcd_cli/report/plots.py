@@ -26,6 +26,13 @@ def _pyplot() -> Any:
     return plt
 
 
+def file_name(*parts: str) -> str:
+    """A PNG's name from words read in run folders (experiment and sampler names): letters, digits, ``-``, ``_``
+    and inner dots only, so a name such as ``../../x`` can never lead a file out of the report's folder."""
+    words = ["".join(c if c.isalnum() or c in "-_." else "_" for c in str(p)).strip("._") for p in parts]
+    return "_".join(w for w in words if w) or "report"
+
+
 def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:
     """Lay out, write as a PNG and close ``fig``; → ``path``."""
     plt = _pyplot()
@@ -61,7 +68,7 @@ def plot(groups: Sequence[Group], out: Path) -> list[Path]:
             ax.set_title(f"{exp}: " + ("retention vs compute" if kind == "budget" else "retention vs new task"))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-            written.append(save_figure(fig, out / f"{exp}_{kind}.png"))
+            written.append(save_figure(fig, out / f"{file_name(exp, kind)}.png"))
     return written
 
 
@@ -104,8 +111,7 @@ def heatmaps(groups: Sequence[Group], out: Path) -> list[Path]:
         for ax, g in zip(axes[0], gs, strict=True):
             _heatmap(ax, g)
         fig.suptitle(f"{exp}: {name} — accuracy matrix (%)", fontsize=10)
-        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_")
-        written.append(save_figure(fig, out / f"{exp}_matrix_{slug}.png", dpi=110))
+        written.append(save_figure(fig, out / f"{file_name(exp, 'matrix', name)}.png", dpi=110))
     return written
 
 
@@ -155,5 +161,5 @@ def plot_against_default(rows: Sequence[dict[str, Any]], out: Path, retention_la
         axes[0][0].set_yticks(range(len(names)), names, fontsize=7)
         fig.suptitle(f"{exp}: each setting against the paper-faithful mix-cd (95% t-interval over paired seeds)",
                      fontsize=9)
-        written.append(save_figure(fig, out / f"{exp}_vs_default.png"))
+        written.append(save_figure(fig, out / f"{file_name(exp, 'vs_default')}.png"))
     return written
