@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
-from mixcd_cli.data import ArraySource, BatchTransform, Task, make_synthetic
+from mixcd_cli.data import BatchTransform, Task
 from mixcd_cli.metrics import Ledger
 from mixcd_cli.models import create_model
 from mixcd_cli.samplers import PoolInfo, create_sampler
+from mixcd_cli.sources import ArraySource, make_synthetic
 from mixcd_cli.training import FineTuner, Rehearsal, TrainSettings, predict_task
 
 

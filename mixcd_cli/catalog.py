@@ -7,10 +7,11 @@ side effects.
 
 from __future__ import annotations
 
-from . import data, models, objectives, samplers, text
-from .data import DATASETS
+from . import data, models, objectives, samplers, sources, text
 from .models import BACKBONES
 from .objectives import OBJECTIVES
 from .samplers import SAMPLERS
+from .sources import DATASETS
 
-__all__ = ["BACKBONES", "DATASETS", "OBJECTIVES", "SAMPLERS", "data", "models", "objectives", "samplers", "text"]
+__all__ = ["BACKBONES", "DATASETS", "OBJECTIVES", "SAMPLERS", "data", "models", "objectives", "samplers", "sources",
+           "text"]

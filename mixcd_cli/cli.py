@@ -212,7 +212,7 @@ def ls(kind: ListKind = typer.Argument(..., help="What to list.")) -> None:
         for spec in SAMPLERS.specs():
             table.add_row(spec.name, Text(_sampler_text(spec)))
     elif kind == "datasets":
-        from .data import DATASETS
+        from .sources import DATASETS
 
         for name in DATASETS:
             if show_text or name not in TEXT_DATASETS:

@@ -14,9 +14,9 @@ from torch import nn
 
 from . import hub
 from .artifacts import atomic_torch_save, safe_torch_load
-from .data import PAD
 from .errors import MixcdError, closest, unknown_choice
 from .registry import Registry
+from .sources import PAD
 
 BACKBONES: Registry = Registry("model")
 # Model options that change how fine-tuning trains, not the architecture: they stay out of the spec a

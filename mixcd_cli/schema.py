@@ -19,13 +19,14 @@ from typing import Any, Optional  # noqa: UP035  (OmegaConf reads these annotati
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from .data import HEAD_MODES, POOL_MODES, check_task_transform, stage_specs
+from .data import HEAD_MODES, POOL_MODES, stage_specs
 from .errors import MixcdError, unknown_choice
 from .models import BN_MODES, NORMS, POOLINGS
 from .options import check_value, opt
 from .results import OPTIMIZABLE
 from .runtime import AMP_MODES
 from .samplers import SAMPLERS, RunFacts, SamplerSpec, rehearsal_batch, sampler_options
+from .sources import check_task_transform
 from .training.optim import OPTIMIZERS, SCHEDULES
 
 RESUME_MODES = ("auto", True, False)
@@ -85,7 +86,7 @@ class TaskConf:
     options: dict[str, Any] = _req()
     limit_train: Optional[int] = _req(ge=1)  # noqa: UP045
     limit_test: Optional[int] = _req(ge=1)  # noqa: UP045
-    transform: Optional[dict[str, Any]] = opt(None)  # noqa: UP045  (data.TASK_TRANSFORMS: rotate, permute)
+    transform: Optional[dict[str, Any]] = opt(None)  # noqa: UP045  (sources.TASK_TRANSFORMS: rotate, permute)
 
 
 @dataclass

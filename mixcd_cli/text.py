@@ -27,11 +27,11 @@ import torch
 from . import hub
 from .artifacts import atomic_path, atomic_torch_save, file_lock
 from .console import note
-from .data import DATASETS, PAD
 from .errors import MixcdError, unknown_choice
 from .hub import TEXT_EXTRA, hf_location, require_text_extra
+from .sources import DATASETS, PAD
 
-TEXT_DATASETS = ("text", "topic_text")  # the registered datasets that hold text (data.DATASETS)
+TEXT_DATASETS = ("text", "topic_text")  # the registered datasets that hold text (sources.DATASETS)
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from as_json import run_train
 
-from mixcd_cli.data import ArraySource, BatchTransform, Task
+from mixcd_cli.data import BatchTransform, Task
 from mixcd_cli.metrics import Ledger
 from mixcd_cli.models import create_model
 from mixcd_cli.samplers import PoolInfo, create_sampler
+from mixcd_cli.sources import ArraySource
 from mixcd_cli.training import FineTuner, Rehearsal, TrainSettings
 
 

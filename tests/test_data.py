@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mixcd_cli.data import build_experiment, load_source, make_task, prepare_fashion_mnist
+from mixcd_cli.data import build_experiment, make_task
 from mixcd_cli.errors import MixcdError
+from mixcd_cli.sources import load_source, prepare_fashion_mnist
 
 
 def _idx_images(n: int, seed: int) -> bytes:
@@ -49,8 +50,8 @@ def test_prepare_from_debian_layout(fake_debian: Path, tmp_path: Path) -> None:
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("mixcd_cli.data.DEBIAN_FASHION_MNIST", tmp_path / "absent")
-    import mixcd_cli.data as data
+    monkeypatch.setattr("mixcd_cli.sources.DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    import mixcd_cli.sources as data
 
     monkeypatch.setattr(data, "prepare_fashion_mnist", lambda root, debian_dir=None: root)
     with pytest.raises(MixcdError, match="apt-get install dataset-fashion-mnist"):
@@ -107,9 +108,10 @@ def _image_tree(root: Path, n_per_class: int = 12, classes: int = 3) -> tuple[to
 
 
 def test_imagefolder_decodes_in_threads_and_prefetch_changes_nothing(tmp_path: Path) -> None:
-    from mixcd_cli.data import ArraySource, BatchTransform, Task
+    from mixcd_cli.data import BatchTransform, Task
     from mixcd_cli.metrics import Ledger
     from mixcd_cli.models import create_model
+    from mixcd_cli.sources import ArraySource
     from mixcd_cli.training import FineTuner, TrainSettings
 
     images, labels = _image_tree(tmp_path / "tree")
@@ -146,9 +148,10 @@ def test_imagefolder_decodes_in_threads_and_prefetch_changes_nothing(tmp_path: P
 
 def test_placing_data_on_a_device_leaves_the_memoised_sources_alone(compose_cfg, tiny, monkeypatch) -> None:
     """A sweep worker reuses its process: the next job must find the cached sources as loaded."""
-    from mixcd_cli import data as data_mod
-    from mixcd_cli.data import ArraySource, build_experiment
+    from mixcd_cli import sources as data_mod
+    from mixcd_cli.data import build_experiment
     from mixcd_cli.recipes import place_data, plain
+    from mixcd_cli.sources import ArraySource
 
     cfg = compose_cfg("train", tiny)
     exp = build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
@@ -171,8 +174,8 @@ def test_placing_data_on_a_device_leaves_the_memoised_sources_alone(compose_cfg,
 def test_offline_download_does_not_advise_downloading(tmp_path: Path, monkeypatch) -> None:
     import torchvision.datasets as tvd
 
-    from mixcd_cli.data import _load_torchvision
     from mixcd_cli.errors import MixcdError
+    from mixcd_cli.sources import _load_torchvision
 
     def offline(*args, **kwargs):
         if kwargs.get("download"):

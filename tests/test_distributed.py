@@ -45,10 +45,11 @@ def _checked(fn, requested: dict):
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    from mixcd_cli.data import ArraySource, BatchTransform, Task
+    from mixcd_cli.data import BatchTransform, Task
     from mixcd_cli.metrics import Ledger
     from mixcd_cli.models import create_model
     from mixcd_cli.samplers import PoolInfo, create_sampler
+    from mixcd_cli.sources import ArraySource
     from mixcd_cli.training import FineTuner, Rehearsal, TrainSettings
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),

@@ -82,7 +82,8 @@ class SpySampler:
 
 
 def _tasks():
-    from mixcd_cli.data import ArraySource, BatchTransform, Task
+    from mixcd_cli.data import BatchTransform, Task
+    from mixcd_cli.sources import ArraySource
 
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, 256, (64, 1, 6, 6), dtype=torch.uint8, generator=g)

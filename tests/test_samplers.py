@@ -246,10 +246,11 @@ def test_mir_candidates_are_distinct() -> None:
 
 def test_mir_picks_largest_loss_increase_by_hand() -> None:
     """A linear model where the virtual SGD step is computed by hand."""
-    from mixcd_cli.data import ArraySource, BatchTransform, Task
+    from mixcd_cli.data import BatchTransform, Task
     from mixcd_cli.metrics import Ledger
     from mixcd_cli.models import MixcdNet
     from mixcd_cli.objectives import Batch
+    from mixcd_cli.sources import ArraySource
     from mixcd_cli.training import ModelSelection
 
     torch.manual_seed(0)

@@ -13,11 +13,12 @@ from as_json import run_train
 from test_bad_inputs import _mixcd
 from test_resume import stable, start, telemetry
 
-from mixcd_cli.data import build_experiment, load_source
+from mixcd_cli.data import build_experiment
 from mixcd_cli.errors import MixcdError
 from mixcd_cli.metrics import sequence_metrics
 from mixcd_cli.samplers import create_sampler
 from mixcd_cli.samplers.base import PoolInfo
+from mixcd_cli.sources import load_source
 
 SYN = {"num_classes": 8, "image_size": 8, "n_train": 400, "n_test": 200, "noise": 0.4}
 

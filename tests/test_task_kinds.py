@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import torch
 
-from mixcd_cli.data import DATASETS, ArraySource
 from mixcd_cli.errors import MixcdError
 from mixcd_cli.objectives import OBJECTIVES, Objective
 from mixcd_cli.recipes import run_eval, run_pretrain, run_snapshot, run_train
+from mixcd_cli.sources import DATASETS, ArraySource
 
 KIND = "toy_levels"
 TOLERANCE = 0.15
