@@ -435,8 +435,7 @@ def validate(cfg: DictConfig) -> None:
     sampler = typed(node, sampler, "sampler.")
     check_ranges(schema, resolved)
     check_label_map(resolved.prior.label_map, "prior.label_map")
-    check_ranges(MODEL_SCHEMAS[backbone], model, "model.")
-    check_ranges(node, sampler, "sampler.")
+    check_ranges(MODEL_SCHEMAS[backbone], model, "model.")  # the sampler's ranges: sampler_rules (its declaration)
     resolved.sampler = sampler
     for name, settings in (resolved.get("logger") or {}).items():
         if name not in LOGGER_SCHEMAS:

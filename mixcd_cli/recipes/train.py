@@ -247,9 +247,9 @@ def train_stage(ctx: Context, k: int, snap: Snapshot, snap_cached: bool, model: 
                              "evaluate it"):
         row = accuracy_row(ctx, model, k)
     ctx.timings["eval"] = ctx.timings.get("eval", 0.0) + time.perf_counter() - t1
-    against = {"previous": categories(snap.test.correct, torch.cat(row[:k]),
-                                      exp.objective.classes(exp.prior_test.targets) if k == 1 else None),
-               "theta0": categories(theta0_correct, row[0], exp.objective.classes(exp.prior_test.targets))}
+    prior_classes = exp.objective.classes(exp.prior_test.targets)
+    against = {"previous": categories(snap.test.correct, torch.cat(row[:k]), prior_classes if k == 1 else None),
+               "theta0": categories(theta0_correct, row[0], prior_classes)}
     record = stage_record(ctx, k, stage, settings, pool, row, against, loop, sampler, snap, snap_cached)
     return StageOutcome(record, row, loop, sampler)
 

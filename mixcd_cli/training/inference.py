@@ -34,11 +34,12 @@ def predict_task(model: MixcdNet, task: Task, head: str, transform: BatchTransfo
     was_training = model.training
     model.eval()
     rows = torch.arange(len(task)) if rows is None else rows
+    objective = task.objective
     chunks: list[dict[str, torch.Tensor | None]] = []
     try:
         for start in range(0, rows.numel(), batch_size):
             chunk = rows[start:start + batch_size]
-            chunks.append(_chunk_columns(model, task, chunk, head, transform, device, amp))
+            chunks.append(_chunk_columns(model, task, objective, chunk, head, transform, device, amp))
             if ledger is not None:
                 ledger.add(purpose, forward=chunk.numel())
             if progress is not None:
@@ -47,17 +48,16 @@ def predict_task(model: MixcdNet, task: Task, head: str, transform: BatchTransfo
         model.train(was_training)
     if not chunks:
         empty = torch.empty(0)
-        return Predictions(empty, empty.long() if task.objective.has_classes else None, empty, empty.bool())
+        return Predictions(empty, empty.long() if objective.has_classes else None, empty, empty.bool())
     cat = {k: None if chunks[0][k] is None else torch.cat([c[k] for c in chunks]) for k in chunks[0]}
     return Predictions(cat["loss"], cat["pred"], cat["conf"], cat["correct"])
 
 
-def _chunk_columns(model: MixcdNet, task: Task, chunk: torch.Tensor, head: str, transform: BatchTransform,
-                   device: torch.device, amp: str) -> dict[str, torch.Tensor | None]:
+def _chunk_columns(model: MixcdNet, task: Task, objective: Objective, chunk: torch.Tensor, head: str,
+                   transform: BatchTransform, device: torch.device, amp: str) -> dict[str, torch.Tensor | None]:
     """The objective's columns of one chunk of rows, each group of rows read by its own head."""
     batch = task.batch(chunk).to(device)
     x = transform(batch.inputs)
-    objective = task.objective
     groups = task.head_groups(chunk, head)
     if len(groups) == 1:
         return _columns(model, objective, x, batch.targets, groups[0][0], device, amp)
