@@ -13,6 +13,7 @@ from typing import Any
 
 from .callbacks import ERROR_FILE, SweepOutcome
 from .errors import MixcdError, closest, unknown_choice
+from .places import check_writable
 
 STAGE_NAMES = ("pretrain", "snapshot", "train", "eval")
 
@@ -142,6 +143,27 @@ def _refuse_unknown_options(group: str, key: str, values: list[str]) -> None:
         raise unknown_choice(group if group != "task" else f"task for {key}", value, options)
 
 
+def _explain_parse_error(parser: Any, overrides: list[str], exc: Exception) -> MixcdError:
+    """Hydra's parse error as one line naming the override; a value the grammar cannot read unquoted (letters
+    beyond ASCII, most punctuation) is told to be quoted, which Hydra reads as it is."""
+    bad = next((o for o in overrides if not _parses(parser, o)), None)
+    if bad is None:
+        return MixcdError(f"cannot parse override: {str(exc).splitlines()[0]}")
+    key, sep, value = bad.partition("=")
+    if sep and "LexerNoViableAltException" in str(exc) and not value.startswith(("'", '"', "[", "{")):
+        return MixcdError(f"cannot read the value of '{bad}' unquoted: quote it for Hydra inside the shell's quotes, "
+                          f"e.g. '{key}=\"{value}\"'")
+    return MixcdError(f"cannot parse override '{bad}': {str(exc).splitlines()[0]}")
+
+
+def _parses(parser: Any, override: str) -> bool:
+    try:
+        parser.parse_overrides([override])
+    except Exception:
+        return False
+    return True
+
+
 # (position in the first-value overrides, key, the sweep's other values)
 SweepValues = list[tuple[int, str, list[str]]]
 
@@ -156,10 +178,11 @@ def check_overrides(overrides: list[str], multirun: bool) -> tuple[list[str], Sw
     from hydra.errors import OverrideParseException
 
     _refuse_split_values(overrides)
+    parser = OverridesParser.create()
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = parser.parse_overrides(overrides)
     except OverrideParseException as exc:
-        raise MixcdError(f"cannot parse override: {str(exc).splitlines()[0]}") from exc
+        raise _explain_parse_error(parser, overrides, exc) from exc
     groups = config_groups()
     first: list[str] = []
     sweeps: SweepValues = []
@@ -186,7 +209,7 @@ def _explain_compose_error(exc: Exception, cfg_keys: Any) -> MixcdError:
 
     from omegaconf.errors import ValidationError
 
-    from .schema import RETIRED, type_error
+    from .schema import RETIRED, open_node, type_error
 
     cause = exc
     while cause is not None and not isinstance(cause, ValidationError):
@@ -210,10 +233,11 @@ def _explain_compose_error(exc: Exception, cfg_keys: Any) -> MixcdError:
             valid = []
         where = f" under '{parent}'" if parent else ""
         hint = closest(leaf, valid)
+        # + adds a key only where the schema takes new ones; elsewhere it would be refused just the same
+        plus = " (prefix with + to add a new key)" if open_node(full) else ""
         if valid:
-            return MixcdError(f"unknown config key '{full}'{hint}; keys{where}: {', '.join(valid)} "
-                              f"(prefix with + to add a new key)")
-        return MixcdError(f"unknown config key '{full}' (prefix with + to add a new key)")
+            return MixcdError(f"unknown config key '{full}'{hint}; keys{where}: {', '.join(valid)}{plus}")
+        return MixcdError(f"unknown config key '{full}'{plus}")
     first = next((line for line in text.splitlines() if line.strip()), text)
     return MixcdError(f"invalid configuration: {first}")
 
@@ -239,8 +263,10 @@ def compose(stage: str, overrides: list[str]) -> Any:
             raise _explain_compose_error(exc, base) from exc
 
 
-def validate(stage: str, overrides: list[str], multirun: bool) -> Any:
-    """Everything that can be checked before running: overrides, composition, value ranges, output folders."""
+def validate(stage: str, overrides: list[str], multirun: bool) -> tuple[Any, list[str], list[tuple[str, Any]]]:
+    """Everything that can be checked before running without reading a file: overrides, composition, value ranges,
+    output folders. → the config (a sweep at its first values), its overrides, and each other value of a sweep as
+    ("key=value", its config)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -248,6 +274,7 @@ def validate(stage: str, overrides: list[str], multirun: bool) -> Any:
 
     first, sweeps = check_overrides(overrides, multirun)
     cfg = compose(stage, first)
+    trials: list[tuple[str, Any]] = []
     try:
         validate_config(cfg)
         # every value of a sweep, each with the others at their first value: a bad one fails now,
@@ -256,39 +283,61 @@ def validate(stage: str, overrides: list[str], multirun: bool) -> Any:
             for value in others:
                 trial = [*first[:position], f"{key}={value}", *first[position + 1:]]
                 try:
-                    validate_config(compose(stage, trial))
+                    trial_cfg = compose(stage, trial)
+                    validate_config(trial_cfg)
                 except MixcdError as exc:
                     raise MixcdError(f"in the sweep, {key}={value}: {exc}") from exc
+                trials.append((f"{key}={value}", trial_cfg))
     except OmegaConfBaseException as exc:
         raise MixcdError(f"invalid configuration: {str(exc).splitlines()[0]}") from exc
     for key in ("paths.output_dir", "paths.cache_dir"):
         check_writable(Path(str(OmegaConf.select(cfg, key))), key)
-    return cfg
+    return cfg, first, trials
 
 
-def preflight(stage: str, cfg: Any, run_dir: str | None) -> None:
-    """Checks on files and devices that need no work: the run to resume or evaluate, named inputs, CUDA."""
-    if stage == "train" and cfg.resume is True:
-        _check_resumable(run_dir)
-    if stage == "eval":
-        from .recipes import check_finished_run
+def preflight(stage: str, cfg: Any, first: list[str], trials: list[tuple[str, Any]], multirun: bool,
+              overrides: list[str]) -> None:
+    """Every check that reads a file or asks the machine, before Hydra writes anything (docs/design.md §3): the
+    folder the run writes (or the sweep's), the run to resume or evaluate, CUDA, the inputs of the config and of
+    each other value of a sweep."""
+    from .recipes.preflight import check_before_running, check_inputs, check_sweep_folder
 
-        check_finished_run(Path(str(cfg.run_dir)))
     if str(cfg.device).startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
             raise MixcdError(f"device={cfg.device} requested but no CUDA device is available; use device=cpu or auto")
-    if cfg.prior_model.checkpoint and not Path(str(cfg.prior_model.checkpoint)).is_file():
-        raise MixcdError(f"prior_model.checkpoint not found: {cfg.prior_model.checkpoint}")
-    if cfg.snapshot.path and not Path(str(cfg.snapshot.path)).is_dir():
-        raise MixcdError(f"snapshot not found: {cfg.snapshot.path} (snapshot.path names a snapshot folder)")
-    if cfg.get("logger"):
-        from .tracking import check_available
-
-        check_available(cfg.logger)
     if cfg.model.get("backbone") == "timm" and not _timm_name(str(cfg.model.name)):
         raise MixcdError(f"unknown timm model '{cfg.model.name}'{_timm_hint(str(cfg.model.name))}")
+    folders = planned_folders(stage, first)
+    if multirun:
+        check_sweep_folder(folders["sweep"])
+        check_before_running(cfg, None, overrides)
+    else:
+        if stage == "train" and cfg.resume is True:
+            _check_resumable(folders["run"])
+        check_before_running(cfg, folders["run"], overrides)
+    for label, trial in trials:
+        try:
+            check_inputs(trial)
+        except MixcdError as exc:
+            raise MixcdError(f"in the sweep, {label}: {exc}") from exc
+
+
+def planned_folders(stage: str, overrides: list[str]) -> dict[str, Path]:
+    """The run folder and the sweep folder Hydra will use ("run", "sweep"): named, fixed by MIXCD_RUN_STAMP, or
+    a time stamp of now (a folder that does not exist yet)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        full = hydra_compose(config_name=stage, overrides=overrides, return_hydra_config=True)
+    return {"run": Path(str(OmegaConf.select(full, "hydra.run.dir"))),
+            "sweep": Path(str(OmegaConf.select(full, "hydra.sweep.dir")))}
 
 
 def check_sweeper(overrides: list[str], multirun: bool) -> None:
@@ -305,39 +354,12 @@ def check_sweeper(overrides: list[str], multirun: bool) -> None:
                          "pip install -e '.[track]' (or make install-track)")
 
 
-def _check_resumable(run_dir: str | None) -> None:
-    if not run_dir:
+def _check_resumable(run_dir: Path) -> None:
+    if not run_dir.is_dir():
         raise MixcdError("resume=true continues the run in hydra.run.dir=<its folder>; name that folder")
-    if not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
         raise MixcdError(f"resume=true but {run_dir} holds no checkpoint (checkpoints/last.pt); drop resume to "
                          "start a new run")
-
-
-def check_writable(path: Path, what: str) -> None:
-    """Refuse, before any work, a folder that cannot be created or written (a file in the way, a
-    read-only place, a name too long)."""
-    import errno
-    import tempfile
-
-    from .artifacts import write_error
-
-    for part in path.parts:
-        if len(part.encode()) > 255:
-            raise MixcdError(f"{what}={path}: the name '{part[:40]}…' is longer than the file system allows")
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise MixcdError(f"{what}={path} cannot be created: {probe} is a file, not a folder")
-    try:
-        with tempfile.NamedTemporaryFile(dir=probe, prefix=".mixcd-probe-"):
-            pass
-    except OSError as exc:
-        if exc.errno == errno.ENAMETOOLONG:
-            raise MixcdError(f"{what}={path}: the path is longer than the file system allows") from exc
-        raise write_error(path, exc) from exc
 
 
 def failed_jobs(sweep_dir: Path) -> list[str]:
@@ -408,14 +430,15 @@ def run_stage(stage: str, overrides: list[str], multirun: bool = False, hydra_ar
 
     overrides = normalise_overrides(list(overrides))
     check_sweeper(overrides, multirun)
-    cfg = validate(stage, overrides, multirun)
+    cfg, first, trials = validate(stage, overrides, multirun)
     named = dict(item.partition("=")[::2] for item in overrides if "=" in item)
     for key in ("hydra.run.dir", "hydra.sweep.dir"):  # a folder named on the command line must be creatable
         if named.get(key) and "," not in named[key]:
             check_writable(Path(named[key]), key)
-    preflight(stage, cfg, named.get("hydra.run.dir"))
-    devices = int(cfg.trainer.get("devices", 1) or 1)
     inspect_only = any(a in (hydra_args or []) for a in ("--cfg", "--info", "--hydra-help"))
+    if not inspect_only:  # printing the configuration reads no file
+        preflight(stage, cfg, first, trials, multirun, overrides)
+    devices = int(cfg.trainer.get("devices", 1) or 1)
     if devices > 1 and distributed.env_world_size() == 1 and not inspect_only:
         if multirun:
             raise MixcdError("trainer.devices > 1 runs one job over several processes; sweep with a launcher "

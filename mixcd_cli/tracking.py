@@ -407,6 +407,41 @@ def check_available(names: Iterable[str]) -> None:
             raise MixcdError(f"logger={name} needs the {name} package; {INSTALL_HINT}")
 
 
+# What start() passes a tracker itself; the rest of its constructor's arguments are the logger's options.
+_GIVEN = ("run", "lock_dir", "previous")
+
+
+def check_can_start(logger_cfg: dict[str, Any]) -> None:
+    """Refuse, before any work, a logger that could not start here: its package missing, an option it does not
+    take or lacks, or a local folder it would write that cannot be written. (A server it talks to is reached
+    only when it starts.)"""
+    import inspect
+
+    from .places import check_writable
+
+    check_available(sorted(logger_cfg))
+    for name in sorted(logger_cfg):
+        options = dict(logger_cfg[name] or {})
+        params = {k: v for k, v in inspect.signature(LOGGERS.get(name)).parameters.items() if k not in _GIVEN}
+        unknown = sorted(set(options) - set(params))
+        missing = sorted(k for k, v in params.items() if v.default is inspect.Parameter.empty and k not in options)
+        if unknown or missing:
+            wrong = f"unknown option {unknown[0]!r}" if unknown else f"option {missing[0]!r} is not set"
+            raise MixcdError(f"logger={name}: {wrong} (its options: {', '.join(params)})")
+        for key, folder in _local_folders(name, options):
+            check_writable(folder, f"logger.{name}.{key}")
+
+
+def _local_folders(name: str, options: dict[str, Any]) -> list[tuple[str, Path]]:
+    if name == "tensorboard":
+        return [("dir", Path(str(options["dir"])))]
+    if name == "mlflow":
+        uri = str(options["tracking_uri"])
+        store = [("tracking_uri", Path(uri[len("sqlite:///"):]).parent)] if uri.startswith("sqlite:///") else []
+        return [*store, ("artifact_dir", Path(str(options["artifact_dir"])))]
+    return []
+
+
 def start(logger_cfg: dict[str, Any] | None, run: RunIdentity, lock_dir: Path) -> Tracking | None:
     """Start the chosen trackers (none: None); one that cannot start raises one clear MixcdError."""
     if not logger_cfg:

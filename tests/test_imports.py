@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mixcd_cli"
 LAYERS: dict[str, int] = {
     # foundations: errors, registries, files, processes, output; nothing about tasks or models
     "errors": 0, "registry": 0, "options": 0, "hub": 0, "callbacks": 0, "artifacts": 0,
-    "runtime": 0, "distributed": 0, "clustering": 0, "metrics": 0,
+    "runtime": 0, "distributed": 0, "clustering": 0, "metrics": 0, "places": 0,
     # what a task kind means (the objective seam), the typed results a run writes, and the rich output that
     # prints them
     "objectives": 1, "results": 1, "console": 1,

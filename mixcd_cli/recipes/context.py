@@ -91,18 +91,37 @@ def setup(cfg: DictConfig, run_dir: Path | None = None) -> Context:
     return Context(cfg, run_dir, device, exp, Ledger(), {"data": time.perf_counter() - t0}, resume)
 
 
+# The file a stage writes last, when it has finished: a folder holding it is a finished run.
+RESULT_FILES = {"train": "metrics.json", "eval": "metrics.json", "pretrain": "pretrain.json",
+                "snapshot": "snapshot.json"}
+
+
 def check_run_folder(cfg: DictConfig, run_dir: Path, cfg_yaml: str) -> bool:
-    """Whether `mixcd train` continues an unfinished run in ``run_dir``; refuse a finished one, or an unfinished
-    one made with another configuration."""
-    if cfg.stage != "train":
-        return False
+    """Whether `mixcd train` continues an unfinished run in ``run_dir``; refuse a folder holding another stage's
+    run, a finished run, or an unfinished one made with another configuration (it has progress to lose)."""
+    stage = str(cfg.stage)
     checkpoint, previous = run_dir / "checkpoints" / "last.pt", run_dir / "config.yaml"
-    if (run_dir / "metrics.json").is_file():
+    if previous.is_file():
+        made_by = _stage_of(previous)
+        if made_by != stage:
+            raise MixcdError(f"{run_dir} holds a run of `mixcd {made_by}` already; choose another hydra.run.dir")
+    if (run_dir / RESULT_FILES[stage]).is_file():
         raise MixcdError(f"{run_dir} already holds a finished run; choose another hydra.run.dir")
+    if stage != "train":
+        return False
     if checkpoint.is_file() and previous.is_file() and _comparable(previous.read_text()) != _comparable(cfg_yaml):
         raise MixcdError(f"{run_dir} holds an unfinished run made with a different configuration; "
                          "rerun with its original overrides, or choose another hydra.run.dir")
     return resume_decision(cfg.resume, run_dir, checkpoint)
+
+
+def _stage_of(config_file: Path) -> str:
+    """The stage that wrote a run folder's config.yaml ("another tool" when it is not mixcd's)."""
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(config_file))
+    except Exception:  # not YAML, or not a mapping: a file of someone else's
+        return "another tool"
+    return str(data.get("stage", "another tool")) if isinstance(data, dict) else "another tool"
 
 
 def write_run_folder(run_dir: Path, cfg_yaml: str) -> None:
@@ -123,8 +142,9 @@ def load_experiment(cfg: DictConfig, device: torch.device) -> Experiment:
     return exp
 
 
-def experiment_of(cfg: DictConfig) -> Experiment:
-    """The prior task and the stages of ``cfg`` (``finetune`` alone when it lists no ``stages``)."""
+def experiment_of(cfg: DictConfig, encode: bool = True) -> Experiment:
+    """The prior task and the stages of ``cfg`` (``finetune`` alone when it lists no ``stages``), checked against
+    the model and the sampler; text tasks tokenised too unless ``encode`` is false (tokenising writes a cache)."""
     stages = plain(cfg.stages) if cfg.get("stages") is not None else None
     exp = build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
                            cfg.image_size, stages)
@@ -136,11 +156,19 @@ def experiment_of(cfg: DictConfig) -> Experiment:
     if spec.needs_classes(sampler_options(plain(cfg.sampler))) and not exp.objective.has_classes:
         raise MixcdError(f"sampler={spec.name} with these options needs a class column, and task kind "
                          f"'{exp.objective.name}' has none; use a partition by loss or a sampler that reads no classes")
-    if exp.text:
-        encode_experiment(exp, model.get("name"), model.get("tokenizer"), int(model["max_length"]),
-                          model_position_limit(model.get("name"), model.get("config")), Path(cfg.paths.cache_dir),
-                          bool(model.get("lowercase", True)))
+    if encode:
+        encode_text(cfg, exp)
     return exp
+
+
+def encode_text(cfg: DictConfig, exp: Experiment) -> None:
+    """Tokenise a text experiment's tasks in place (cached under paths.cache_dir); images: nothing to do."""
+    if not exp.text:
+        return
+    model = plain(cfg.model)
+    encode_experiment(exp, model.get("name"), model.get("tokenizer"), int(model["max_length"]),
+                      model_position_limit(model.get("name"), model.get("config")), Path(cfg.paths.cache_dir),
+                      bool(model.get("lowercase", True)))
 
 
 def place_data(exp: Experiment, device: torch.device, mode: Any) -> None:

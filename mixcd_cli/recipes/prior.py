@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from .. import console, distributed
 from ..artifacts import config_digest, file_lock
+from ..data import Experiment
 from ..errors import MixcdError, phase
 from ..models import FINETUNE_ONLY, MixcdNet, create_model, load_model, model_spec, save_model
 from ..results import LedgerSummary, PretrainResult, SnapshotResult, write_result
@@ -30,11 +31,9 @@ def prior_checkpoint(ctx: Context, allow_train: bool = True) -> tuple[Path, bool
         return path, True
     spec = model_spec(plain(cfg.model))
     heads = {exp.prior_head(): exp.head_sizes()[exp.prior_head()]}
-    arch = {k: v for k, v in plain(cfg.model).items() if k not in FINETUNE_ONLY}  # weights count, bn does not
-    key = config_digest({"model": arch, "pool": exp.pool.fingerprint(),
-                         "transform": exp.transform.describe(), "heads": heads, "pretrain": plain(cfg.pretrain)})
     cache = Path(cfg.paths.cache_dir)
-    path = cache / "prior" / key / "model.pt"
+    path = cached_prior_path(cfg, exp)
+    key = path.parent.name
     if distributed.world() > 1:
         # θ0 is trained by rank 0 alone (no collectives); the others wait for its outcome, error included,
         # so a failure there cannot leave them blocked.
@@ -51,15 +50,29 @@ def prior_checkpoint(ctx: Context, allow_train: bool = True) -> tuple[Path, bool
     return _prior_locked(ctx, cache, key, path, spec, heads, allow_train)
 
 
+def cached_prior_path(cfg: DictConfig, exp: Experiment) -> Path:
+    """Where θ0 for this model, pool, transform, prior head and pretraining lives in the cache (made or not)."""
+    heads = {exp.prior_head(): exp.head_sizes()[exp.prior_head()]}
+    arch = {k: v for k, v in plain(cfg.model).items() if k not in FINETUNE_ONLY}  # weights count, bn does not
+    key = config_digest({"model": arch, "pool": exp.pool.fingerprint(),
+                         "transform": exp.transform.describe(), "heads": heads, "pretrain": plain(cfg.pretrain)})
+    return Path(cfg.paths.cache_dir) / "prior" / key / "model.pt"
+
+
+NO_PRIOR = ("no prior model yet for this configuration: run `mixcd pretrain` (same overrides) or give "
+            "prior_model.checkpoint=PATH")
+
+
 def _prior_locked(ctx: Context, cache: Path, key: str, path: Path, spec: dict[str, Any], heads: dict[str, int],
                   allow_train: bool) -> tuple[Path, bool]:
     cfg, exp = ctx.cfg, ctx.experiment
+    if not allow_train:  # read, never made: no lock (it would be left behind for a model that does not exist)
+        if not path.is_file():
+            raise MixcdError(NO_PRIOR)
+        return path, True
     with file_lock(cache / "locks" / f"prior-{key}.lock"):
         if path.is_file():
             return path, True
-        if not allow_train:
-            raise MixcdError("no prior model yet for this configuration: run `mixcd pretrain` (same overrides) "
-                             "or give prior_model.checkpoint=PATH")
         pre = cfg.pretrain
         torch.manual_seed(derive_seed(int(pre.seed), "prior-init"))
         model = create_model(spec["backbone"], exp.channels, heads, exp.vocab_size, **model_args(cfg))
@@ -78,16 +91,21 @@ def _prior_locked(ctx: Context, cache: Path, key: str, path: Path, spec: dict[st
 
 
 def load_prior(ctx: Context, path: Path) -> MixcdNet:
-    exp = ctx.experiment
-    model, _ = load_model(path, model_spec(plain(ctx.cfg.model)), exp.channels, vocab_size=exp.vocab_size,
-                          yours=bool(ctx.cfg.prior_model.checkpoint))
+    """θ0 from ``path`` on the run's device, refused when it is not this experiment's model and prior head."""
+    return prior_model(ctx.cfg, ctx.experiment, path).to(ctx.device)
+
+
+def prior_model(cfg: DictConfig, exp: Experiment, path: Path) -> MixcdNet:
+    """θ0 from ``path`` (on the host), refused when it is not this experiment's model and prior head."""
+    model, _ = load_model(path, model_spec(plain(cfg.model)), exp.channels, vocab_size=exp.vocab_size,
+                          yours=bool(cfg.prior_model.checkpoint))
     expected = exp.head_sizes()[exp.prior_head()]
     head = model.heads[exp.prior_head()] if exp.prior_head() in model.heads else None
     if head is None or head.out_features != expected:
         have = {n: h.out_features for n, h in model.heads.items()}
         raise MixcdError(f"prior checkpoint {path} has heads {have}, but this experiment's prior head "
                          f"'{exp.prior_head()}' needs {expected} classes")
-    return model.to(ctx.device)
+    return model
 
 
 def run_pretrain(cfg: DictConfig, run_dir: Path | None = None) -> PretrainResult:
