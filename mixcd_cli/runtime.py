@@ -47,7 +47,9 @@ def autocast_for(device: torch.device, amp: str) -> Any:
 def stop_on_sigint() -> Iterator[dict[str, bool]]:
     """Turn Ctrl-C into a flag checked between steps, so the checkpoint written is consistent."""
     flag = {"stop": False}
-    if threading.current_thread() is not threading.main_thread():
+    # A process started with SIGINT ignored (a background job of a shell) ignores it in every phase alike,
+    # fine-tuning included: a terminal's Ctrl-C is not meant for it.
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield flag
         return
 

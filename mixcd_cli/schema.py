@@ -20,7 +20,7 @@ from typing import Any, Optional  # noqa: UP035  (OmegaConf reads these annotati
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from .data import HEAD_MODES, POOL_MODES, stage_specs
-from .errors import MixcdError, unknown_choice
+from .errors import MixcdError, closest, unknown_choice
 from .models import BN_MODES, NORMS, POOLINGS
 from .options import check_value, opt
 from .results import OPTIMIZABLE
@@ -307,6 +307,35 @@ def check_ranges(schema: type, node: Any, prefix: str = "") -> None:
             check_value(key, value, dict(f.metadata))
 
 
+# The nodes that take keys of the user's choosing (a dataset's options, a transform, a text model's config, the
+# loggers): there `+key=value` adds one; everywhere else the schema names every key.
+OPEN_NODES = ("prior.options", "finetune.options", "prior.transform", "finetune.transform", "model.config", "logger")
+
+
+def open_node(key: str) -> bool:
+    """Whether ``key`` lies under a node that takes new keys (OPEN_NODES)."""
+    return any(key == node or key.startswith(node + ".") for node in OPEN_NODES)
+
+
+def _first_leaf(value: Any) -> str:
+    """'.a.b' down to the first leaf of a mapping (what was typed, +foo.bar=x, for the unknown key foo)."""
+    path = ""
+    while isinstance(value, dict | DictConfig) and len(value):
+        key = next(iter(value))
+        path, value = f"{path}.{key}", value[key]
+    return path
+
+
+def _keys_under(schema: type, path: str) -> list[str]:
+    """The field names of the dataclass at dotted ``path`` below ``schema`` ('' for its own)."""
+    for part in [p for p in path.split(".") if p]:
+        match = next((f for f in fields(schema) if f.name == part), None)
+        if match is None or match.default_factory is NO_FACTORY or not is_dataclass(match.default_factory):
+            return []
+        schema = match.default_factory
+    return [f.name for f in fields(schema)]
+
+
 def typed(schema: type, node: Any, prefix: str) -> DictConfig:
     """``node`` merged into ``schema`` (types checked, unknown keys refused), as one clear error."""
     from omegaconf.errors import ConfigKeyError, ValidationError
@@ -314,10 +343,20 @@ def typed(schema: type, node: Any, prefix: str) -> DictConfig:
     try:
         return OmegaConf.merge(OmegaConf.structured(schema), node)
     except ConfigKeyError as exc:
-        raise MixcdError(f"unknown config key '{prefix}{exc.key}' for this {prefix.rstrip('.')} "
-                         f"(valid: {', '.join(f.name for f in fields(schema))})") from exc
+        relative = str(getattr(exc, "full_key", None) or exc.key)
+        full = prefix + relative
+        parent, _, leaf = full.rpartition(".")
+        valid = _keys_under(schema, relative.rpartition(".")[0])
+        where = f" under '{parent}'" if parent else ""
+        shown = full + _first_leaf(OmegaConf.select(node, relative) if isinstance(node, DictConfig) else None)
+        raise MixcdError(f"unknown config key '{shown}'{closest(leaf, valid)}; keys{where}: {', '.join(valid)} "
+                         f"(mixcd's keys are fixed; + adds keys only under {', '.join(OPEN_NODES)})") from exc
     except ValidationError as exc:
         raise type_error(exc, prefix) from exc
+
+
+# Lists whose items are not class labels get an example of their own in a type error.
+LIST_EXAMPLES = {"stages": "[{classes: [3]}, {classes: [4]}]"}
 
 
 def type_error(exc: Exception, prefix: str = "") -> MixcdError:
@@ -332,6 +371,8 @@ def type_error(exc: Exception, prefix: str = "") -> MixcdError:
              ("to Dict", "a mapping, e.g. {0: 1}"), ("is not Optional", "set (it cannot be null)"))
     for needle, kind in kinds:
         if needle in text:
+            if key in LIST_EXAMPLES and needle == "is not a ListConfig":
+                kind = f"a list, e.g. {LIST_EXAMPLES[key]} (quote it in a shell: 'KEY={LIST_EXAMPLES[key]}')"
             return MixcdError(f"{key} must be {kind.replace('KEY', key)}, got {shown}")
     return MixcdError(f"invalid value for {key}: {text}")
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 SLOW = {
-    "data loading": "import mixcd_cli.recipes.context as s; f = s.build_experiment; "
-                    "s.build_experiment = lambda *a, **k: (time.sleep(60), f(*a, **k))[1]",
+    # the run's own data loading, not the checks before it (which read the data first, before any folder exists)
+    "data loading": "import mixcd_cli.recipes.context as s; f = s.build_experiment; n = []; "
+                    "s.build_experiment = lambda *a, **k: (n.append(1), len(n) > 1 and time.sleep(60), f(*a, **k))[2]",
     "the snapshot": "import mixcd_cli.recipes.prior as s; f = s.get_or_create_snapshot; "
                     "s.get_or_create_snapshot = lambda *a, **k: (time.sleep(60), f(*a, **k))[1]",
     "evaluation": "import mixcd_cli.recipes.train as s; f = s.evaluate; "
@@ -33,8 +34,11 @@ MARK = {"data loading": "mixcd train in", "the snapshot": "pretrain step 90/90",
 def _start(patch: str, args: list[str]) -> subprocess.Popen:
     code = f"import sys, time; {patch}; from mixcd_cli.cli import main; sys.argv = ['mixcd', *sys.argv[1:]]; main()"
     env = {**os.environ, "MIXCD_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    # SIGINT as a terminal's foreground job has it, whatever this suite inherited: a shell starts background
+    # jobs with it ignored, and a process started so ignores Ctrl-C by design
     return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(log: Path, text: str, proc: subprocess.Popen) -> None:
@@ -86,3 +90,18 @@ def test_usage_errors_print_usage_and_exit_2(args: list[str]) -> None:
 def test_dash_h_is_help() -> None:
     proc = subprocess.run([sys.executable, "-m", "mixcd_cli.cli", "train", "-h"], capture_output=True, text=True)
     assert proc.returncode == 0 and "Usage: mixcd train" in proc.stdout
+
+
+def test_an_interrupt_in_a_sequence_names_its_stage(tiny: list[str], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    slow_second = ("import mixcd_cli.training.finetuner as t; f = t.FineTuner.step; "
+                   "t.FineTuner.step = lambda self, i: (self.settings.stage == 2 and time.sleep(0.2), f(self, i))[1]")
+    proc = _start(slow_second, ["train", *tiny, "trainer.steps=40", "trainer.log_every=2", "threads=1",
+                                "stages=[{classes: [3], trainer: {steps: 2}}, {classes: [4]}]",
+                                f"hydra.run.dir={run_dir}"])
+    _wait_for(run_dir / "train.log", "finetune step 2/40", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130 and len(lines) == 1, err
+    assert "of stage 2/2" in lines[0], lines[0]

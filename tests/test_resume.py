@@ -42,8 +42,10 @@ def telemetry(run_dir: Path) -> list[dict]:
 
 def start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "MIXCD_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    # SIGINT as a foreground job has it, even when this suite runs as a shell's background job (SIGINT ignored)
     return subprocess.Popen([sys.executable, "-m", "mixcd_cli.cli", "train", *args, "threads=1"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_checkpoint(proc: subprocess.Popen, ckpt: Path, min_step: int) -> None:

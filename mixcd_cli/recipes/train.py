@@ -188,7 +188,8 @@ def stage_settings(cfg: DictConfig, k: int, overrides: dict[str, Any], telemetry
                              rehearsal_weight=float(t.rehearsal_weight), log_every=int(t.log_every),
                              audit_every=int(t.audit_every), checkpoint_every=int(t.checkpoint_every),
                              amp=str(t.amp), channels_last=bool(t.channels_last), compile=bool(t.get("compile", False)),
-                             stage=k, telemetry_start=telemetry_start)
+                             stage=k, stages=len(cfg.stages) if cfg.get("stages") else 1,
+                             telemetry_start=telemetry_start)
     if "lr" in overrides:
         settings.lr = float(overrides["lr"])
     return settings
@@ -243,8 +244,9 @@ def train_stage(ctx: Context, k: int, snap: Snapshot, snap_cached: bool, model: 
     if distributed.rank() != 0:
         return StageOutcome(None, [], loop, sampler)
     t1 = time.perf_counter()
-    with phase("evaluation", f"{ctx.run_dir / 'checkpoints' / 'last.pt'} is kept; rerun the same command to "
-                             "evaluate it"):
+    of = "" if last and k == 1 else f" of stage {k}/{len(exp.stages)} ('{stage.name}')"
+    with phase(f"evaluation{of}", f"{ctx.run_dir / 'checkpoints' / 'last.pt'} is kept; rerun the same command to "
+                                  "evaluate it"):
         row = accuracy_row(ctx, model, k)
     ctx.timings["eval"] = ctx.timings.get("eval", 0.0) + time.perf_counter() - t1
     prior_classes = exp.objective.classes(exp.prior_test.targets)
@@ -264,7 +266,8 @@ def fine_tune(ctx: Context, k: int, stage: Stage, model: MixcdNet, pool: Task, s
         "no checkpoint of this stage was written yet" + ("" if k == 1 else "; rerun the same command to resume "
                                                          "from the stages already done")
     what = f"fine-tune [{cfg.sampler.name}]" + ("" if len(exp.stages) == 1 else f" stage {k}/{len(exp.stages)}")
-    with phase("fine-tuning (second Ctrl-C: stopped at once)", kept), \
+    of = "" if len(exp.stages) == 1 else f" of stage {k}/{len(exp.stages)} ('{stage.name}')"
+    with phase(f"fine-tuning{of} (second Ctrl-C: stopped at once)", kept), \
             console.step_progress(what, settings.steps) as progress:
         rehearsal = Rehearsal(sampler, pool, exp.prior_head(), snap.pool.correct.bool())
         loop = FineTuner(model, stage.train, stage.head, exp.transform, ctx.device, settings, ctx.ledger,

@@ -62,6 +62,7 @@ class TrainSettings:
     distributed: bool = True  # False: train on this process alone even inside a process group
     purpose: str = "finetune"
     stage: int = 0  # the stage of a sequence this run is (1, 2, ...); 0: not a stage (pretraining)
+    stages: int = 1  # how many stages the sequence has (an interrupt names the stage when there are several)
     telemetry_start: int = 0  # the telemetry file's length when this stage began (earlier stages' records stay)
 
 
@@ -520,7 +521,8 @@ class FineTuner:
             path = self.checkpoint_path
             where = f"checkpoint saved to {path}; rerun the same command with resume=true " \
                     f"hydra.run.dir=<this run folder> to continue" if path else "nothing was saved"
-            raise Interrupted(f"interrupted at step {done}/{s.steps}; {where}")
+            of = f" of stage {s.stage}/{s.stages}" if s.stages > 1 else ""
+            raise Interrupted(f"interrupted at step {done}/{s.steps}{of}; {where}")
 
     def _telemetry(self) -> dict[str, Any]:
         interval = self.state.interval
