@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import hashlib
@@ -36,19 +37,25 @@ def honour_umask(path: Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_current_umask())
 
 
-def write_error(path: Path, exc: OSError) -> MixcdError:
+def write_error(path: Path, exc: OSError, key: str | None = None) -> MixcdError:
+    """One line for a failed write. ``key``: the setting that chose the folder (paths.cache_dir,
+    hydra.run.dir, ...), so the advice names what would actually move it; without one the advice names
+    no key, since pointing at the wrong one (paths.output_dir for a cache) would not help."""
     if exc.errno == errno.ENOSPC:
         return MixcdError(f"disk full while writing {path}; free space and rerun (earlier files are intact)")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return MixcdError(f"no permission to write {path}; choose another output folder (paths.output_dir=...)")
-    return MixcdError(f"could not write {path}: {exc.strerror or exc}")
+        advice = f"choose another folder ({key}=...)" if key else "make it writable or choose another folder"
+        return MixcdError(f"no permission to write {path}; {advice}")
+    advice = f"; choose another folder ({key}=...)" if key else ""
+    return MixcdError(f"could not write {path}: {exc.strerror or exc}{advice}")
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, key: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename over it only if the body succeeds.
 
     A reader therefore sees either the old complete file or the new complete one, never half.
+    ``key``: the setting that chose the folder, for the advice of a failed write (`write_error`).
     """
     path = Path(path)
     try:
@@ -57,18 +64,18 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.close(fd)
         honour_umask(Path(tmp))
     except OSError as exc:
-        raise write_error(path, exc) from exc
+        raise write_error(path, exc, key) from exc
     try:
         yield Path(tmp)
         os.replace(tmp, path)
     except OSError as exc:
-        raise write_error(path, exc) from exc
+        raise write_error(path, exc, key) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
+def atomic_torch_save(obj: Any, path: Path, key: str | None = None) -> None:
     """torch.save, atomically, with bytes that depend on ``obj`` alone.
 
     Serialising to memory first keeps the archive's internal name fixed ('archive'): saved
@@ -77,7 +84,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     """
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, key) as tmp:
         tmp.write_bytes(buffer.getbuffer())
 
 
@@ -116,6 +123,33 @@ def read_json(path: Path, what: str = "file") -> Any:
         raise MixcdError(f"{what} {path} is corrupt ({exc}); delete it and rerun") from exc
 
 
+# What torch.save writes first: a zip archive (since torch 1.6), or the legacy format, a pickle
+# (protocol 2+ opens with 0x80). Anything else was never a torch file, whatever torch.load then says.
+TORCH_SIGNATURES = (b"PK\x03\x04", b"\x80")
+
+
+def not_torch_file(path: Path) -> str | None:
+    """Why ``path`` cannot be a torch.save file (its first bytes fit neither format), or None.
+
+    Checked before torch.load because the unpickler, fed text, fails with whatever its opcodes hit
+    ("pop from empty list", "could not find MARK", a KeyError), which says nothing about the file.
+    """
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(TORCH_SIGNATURES):
+        return None
+    if not head:
+        return "it is empty"
+    try:  # incremental: a character cut in two at byte 64 is still text
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)
+    except UnicodeDecodeError:
+        return f"it starts with the bytes {head[:8].hex(' ')}"
+    if any(ord(c) < 32 and c not in "\t\n\r" for c in text):  # control bytes: binary, not text
+        return f"it starts with the bytes {head[:8].hex(' ')}"
+    words = " ".join(text.split())
+    return f"it holds text ('{words[:24]}{'…' if len(words) > 24 or len(head) == 64 else ''}')"
+
+
 def safe_torch_load(path: Path, what: str = "checkpoint", yours: bool = False) -> Any:
     """torch.load with one clear message for a missing, truncated or foreign file.
 
@@ -124,11 +158,15 @@ def safe_torch_load(path: Path, what: str = "checkpoint", yours: bool = False) -
     path = Path(path)
     if not path.is_file():
         raise MixcdError(f"{what} not found: {path}")
+    advice = "check that it is a complete mixcd model checkpoint" if yours else "delete it and rerun to recompute"
+    foreign = not_torch_file(path)
+    if foreign:
+        # "corrupt or truncated" stays: a file damaged in its first bytes looks the same as a foreign one
+        raise MixcdError(f"{what} {path} is not a torch checkpoint: {foreign}, not a torch.save archive "
+                         f"(another kind of file, or one corrupt or truncated); {advice}")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        advice = "check that it is a complete mixcd model checkpoint" if yours else \
-            "delete it and rerun to recompute"
         raise MixcdError(f"{what} {path} is corrupt or truncated ({type(exc).__name__}); {advice}") from exc
 
 
@@ -145,13 +183,23 @@ def config_digest(obj: Any) -> str:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock across processes (filelock), so parallel jobs compute a shared cache entry once."""
+def file_lock(path: Path, key: str | None = None) -> Iterator[None]:
+    """An exclusive lock across processes (filelock), so parallel jobs compute a shared cache entry once.
+
+    ``key``: the setting that chose the lock's folder (paths.cache_dir, ...), named if it cannot be written.
+    """
     from filelock import FileLock
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path)):
+    lock = FileLock(str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as exc:  # a read-only cache: one line, not filelock's traceback
+        raise write_error(path, exc, key) from exc
+    try:
         yield
+    finally:
+        lock.release()
 
 
 def git_sha(start: Path) -> str | None:
@@ -192,13 +240,16 @@ class JsonlWriter:
 
     def __init__(self, path: Path, truncate_to: int | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if truncate_to is not None and self.path.exists():
-            with open(self.path, "r+b") as f:
-                f.truncate(truncate_to)
-        elif truncate_to is None and self.path.exists():
-            self.path.unlink()
-        self._f = open(self.path, "ab")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if truncate_to is not None and self.path.exists():
+                with open(self.path, "r+b") as f:
+                    f.truncate(truncate_to)
+            elif truncate_to is None and self.path.exists():
+                self.path.unlink()
+            self._f = open(self.path, "ab")
+        except OSError as exc:  # the folder turned read-only or full since the checks before the run
+            raise write_error(self.path, exc) from exc
 
     def write(self, record: dict[str, Any]) -> None:
         try:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import hub
-from .artifacts import atomic_torch_save, safe_torch_load
+from .artifacts import atomic_torch_save, not_torch_file, safe_torch_load
 from .errors import MixcdError, closest, unknown_choice
 from .registry import Registry
 from .sources import PAD
@@ -204,10 +204,21 @@ def _hf(in_chans: int, name: str | None = None, config: dict[str, Any] | None = 
     return TextBackbone(encoder, pooling), int(encoder.config.hidden_size)
 
 
+def check_weights_file(path: Path) -> None:
+    """model.weights names a file that could hold weights: there, not a folder, and (unless .safetensors) a
+    torch.save archive by its first bytes. Cheap, so it can be asked before any work, without a model."""
+    if not path.is_file():
+        raise MixcdError(f"model.weights {'is a folder, not a file' if path.is_dir() else 'not found'}: {path}")
+    foreign = None if path.suffix == ".safetensors" else not_torch_file(path)
+    if foreign:
+        raise MixcdError(f"model.weights {path} is not a torch checkpoint: {foreign}, not a torch.save archive "
+                         "(another kind of file, or one corrupt or truncated); give a .safetensors/.pth/.bin "
+                         "state dict")
+
+
 def load_backbone_weights(net: nn.Module, path: Path) -> None:
     """Load a local timm-style state dict; classifier keys are dropped, shapes must match."""
-    if not path.is_file():
-        raise MixcdError(f"weights file not found: {path}")
+    check_weights_file(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -216,12 +227,18 @@ def load_backbone_weights(net: nn.Module, path: Path) -> None:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or foreign file
-        raise MixcdError(f"could not read weights {path}: {exc}") from exc
-    if isinstance(state, dict) and "state_dict" in state:
+        # the first line only: torch's weights-only refusal runs to a dozen lines of advice
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise MixcdError(f"could not read model.weights {path} ({type(exc).__name__}"
+                         f"{': ' + first if first else ''})") from exc
+    if not isinstance(state, dict):
+        raise MixcdError(f"model.weights {path} holds a {type(state).__name__}, not a state dict of tensors")
+    if isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+    if isinstance(state.get("model"), dict):
         state = state["model"]
     own = net.state_dict()
+    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}  # epochs, optimiser names, ...
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if bad:
         k = bad[0]

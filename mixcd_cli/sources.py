@@ -9,6 +9,7 @@ and each split is loaded once per process (`load_source`).
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import shutil
@@ -27,6 +28,40 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 DATASETS: Registry = Registry("dataset")
 PAD = -1  # the padding value of token batches: never a token id, so the mask is `ids != PAD`
+DATA_DIR_KEY = "paths.data_dir"  # the key that chooses a dataset's folder when its task names no root
+
+
+class DataFolderError(MixcdError):
+    """A dataset's files could not be written into its folder (prepared or downloaded there).
+
+    Raised by the loaders, which only know the folder; `load_source` raises it again naming the key
+    that chose the folder, since the fix is to point that key elsewhere.
+    """
+
+    def __init__(self, path: Path, exc: OSError, root: str = "", key: str = DATA_DIR_KEY) -> None:
+        self.path, self.exc, self.root, self.key = Path(path), exc, root, key
+        super().__init__(self._message())
+
+    def naming(self, root: str, key: str) -> DataFolderError:
+        return DataFolderError(self.path, self.exc, root, key)
+
+    def _message(self) -> str:
+        where = f"{self.key}={self.root}" if self.root else self.key
+        if self.key == DATA_DIR_KEY:  # the default root comes from MIXCD_DATA_DIR when that is set
+            where += " (or MIXCD_DATA_DIR)"
+            advice = f"set {DATA_DIR_KEY}=... or MIXCD_DATA_DIR=... to a folder you can write"
+        else:
+            advice = f"set {self.key}=... to a folder you can write"
+        advice += ", or to one that already holds the dataset's files"
+        if self.exc.errno == errno.ENOSPC:
+            return f"disk full while writing {self.path}, the dataset folder chosen by {where}; free space and rerun"
+        if self.exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"no permission to write {self.path}, the dataset folder chosen by {where}; {advice}"
+        return (f"could not write {self.path}, the dataset folder chosen by {where} "
+                f"({self.exc.strerror or self.exc}); {advice}")
+
+
+WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC)
 
 
 class Source(Protocol):
@@ -136,15 +171,22 @@ def prepare_fashion_mnist(root: Path, debian_dir: Path = DEBIAN_FASHION_MNIST) -
     sources = [debian_dir / f"{n}.gz" for n in names]
     if not all(s.is_file() for s in sources):
         return raw
-    raw.mkdir(parents=True, exist_ok=True)
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only data folder: one line naming it, not mkdir's traceback
+        raise DataFolderError(Path(exc.filename or raw), exc) from exc
     for name, src in zip(names, sources, strict=True):
         dst = raw / name
         if dst.is_file():
             continue
         tmp = dst.with_suffix(".part")
-        with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout)
-        tmp.replace(dst)
+        try:
+            with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+            tmp.replace(dst)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)  # a disk that filled up midway keeps no half file
+            raise DataFolderError(raw, exc) from exc
     return raw
 
 
@@ -180,7 +222,10 @@ def _load_torchvision(name: str, root: Path, train: bool, download: bool) -> Arr
             ds = cls(str(root), train=train, download=download)
     except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
         raise MixcdError(f"dataset '{name}' not found under {root}: {how}") from exc
-    except OSError as exc:  # download attempted without network
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:  # the folder, not the network: "could not fetch it" would mislead
+            raise DataFolderError(Path(exc.filename or root), exc) from exc
+        # download attempted without network
         raise MixcdError(f"dataset '{name}' could not be downloaded to {root} ({exc}); {how}") from exc
     data = ds.data
     data = torch.as_tensor(np.asarray(data))
@@ -292,15 +337,20 @@ def check_task_transform(spec: Any) -> dict[str, Any]:
 
 
 def load_source(dataset: str, root: str, train: bool, download: bool = False,
-                options: dict[str, Any] | None = None, transform: dict[str, Any] | None = None) -> Source:
+                options: dict[str, Any] | None = None, transform: dict[str, Any] | None = None,
+                root_key: str = DATA_DIR_KEY) -> Source:
     """Load one split of a registered dataset (memoised per process: tasks share splits); ``options.domain``
-    names a `DOMAIN_SHIFTS` entry applied to every image, ``transform`` `TASK_TRANSFORMS` applied after it."""
+    names a `DOMAIN_SHIFTS` entry applied to every image, ``transform`` `TASK_TRANSFORMS` applied after it.
+    ``root_key``: the key that chose ``root`` (paths.data_dir, prior.root, ...), named when it cannot be written."""
     options = dict(options or {})
     domain = options.pop("domain", None)
     transform = check_task_transform(transform)
     key = (dataset, str(root), train, json.dumps(options, sort_keys=True, default=str))
     if key not in _SOURCE_CACHE:
-        _SOURCE_CACHE[key] = DATASETS.get(dataset)(root=root, train=train, download=download, **options)
+        try:
+            _SOURCE_CACHE[key] = DATASETS.get(dataset)(root=root, train=train, download=download, **options)
+        except DataFolderError as exc:
+            raise exc.naming(str(root), root_key) from exc.__cause__
     if domain is not None and domain not in DOMAIN_SHIFTS:
         raise unknown_choice("task option domain", str(domain), DOMAIN_SHIFTS)
     steps: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = []

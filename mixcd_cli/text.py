@@ -31,6 +31,7 @@ from .errors import MixcdError, unknown_choice
 from .hub import TEXT_EXTRA, hf_location, require_text_extra
 from .sources import DATASETS, PAD
 
+CACHE_KEY = "paths.cache_dir"  # what chooses the folder of the token and vocabulary caches, for write errors
 TEXT_DATASETS = ("text", "topic_text")  # the registered datasets that hold text (sources.DATASETS)
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
@@ -68,8 +69,13 @@ def content_fingerprint(texts: Sequence[tuple[str, ...]], targets: torch.Tensor)
     return h.hexdigest()[:16]
 
 
+# utf-8-sig: a byte-order mark (Excel and Notepad write one) is dropped, not glued to the first field name,
+# where it would make the header 'label' unequal to options.label=label although both print the same.
+TEXT_ENCODING = "utf-8-sig"
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding=TEXT_ENCODING)
     if text.lstrip().startswith("["):  # a .json file holding one list of records
         try:
             rows = json.loads(text)
@@ -93,11 +99,17 @@ def _columns_of_rows(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
 
 def _read_file(path: Path) -> dict[str, list[Any]]:
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        return _columns_of_rows(_read_jsonl(path))
-    if suffix in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8") as f:
-            return _columns_of_rows(list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")))
+    try:
+        if suffix in (".jsonl", ".json"):
+            return _columns_of_rows(_read_jsonl(path))
+        if suffix in (".csv", ".tsv"):
+            with open(path, newline="", encoding=TEXT_ENCODING) as f:
+                return _columns_of_rows(list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")))
+    except UnicodeDecodeError as exc:
+        raise MixcdError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                         "save it as UTF-8") from exc
+    except csv.Error as exc:  # e.g. a NUL byte, or a field past csv's size limit
+        raise MixcdError(f"{path} is not a readable {suffix[1:].upper()} file ({exc})") from exc
     if suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
@@ -360,8 +372,7 @@ def word_level_tokenizer(corpus: Callable[[], list[tuple[str, ...]]], lowercase:
                 counts.update(w for w, _ in split.pre_tokenize_str(norm.normalize_str(segment)))
         words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
         if vocab_file is not None:
-            vocab_file.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(vocab_file) as tmp:
+            with atomic_path(vocab_file, CACHE_KEY) as tmp:  # makes the folder, or says which key to change
                 tmp.write_text(json.dumps(words))
     vocab = {s: i for i, s in enumerate(SPECIALS)} | {w: len(SPECIALS) + i for i, w in enumerate(words)}
     tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
@@ -514,12 +525,12 @@ def tokenise(source: TextSource, encoder: TextEncoder, cache_dir: Path | None,
         entry, cached = _encoded(source, encoder, key), False
     else:
         path = cache_dir / "tokens" / f"{key}.pt"
-        with file_lock(path.with_suffix(".lock")):
+        with file_lock(path.with_suffix(".lock"), CACHE_KEY):
             entry = _read_token_cache(path, key, note)
             cached = entry is not None
             if entry is None:
                 entry = _encoded(source, encoder, key)
-                atomic_torch_save(entry, path)
+                atomic_torch_save(entry, path, CACHE_KEY)
     if entry["truncated"] and note is not None:
         note(f"{entry['truncated']} of {len(source)} rows of {source.description} are longer than "
              f"{encoder.max_length} tokens and were truncated (model.max_length, or the model's own limit)")

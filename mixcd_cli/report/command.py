@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from ..artifacts import write_json
+from ..artifacts import write_error, write_json
 from ..console import console, note
 from ..errors import MixcdError
 from . import compare
@@ -39,7 +40,11 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
     eq = equivalents(groups, memo)
     vs = compare.against_default(groups, lambda g, seeds: fold_on(groups, g, seeds, memo), RETENTION)
     out = Path(out) if out else Path(paths[0])
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc, OUT_KEY) from exc
 
     print_report(shown, runs, groups, eq, vs)
     if skipped:  # one line, however many folders: the list is in report.md and report.json
@@ -51,17 +56,41 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
         note(f"{duplicates} run(s) repeat a seed already in their group and count once")
 
     parts = sections(groups, eq, skipped, vs)
-    write_csv(groups, out / "report.csv")
-    (out / "report.md").write_text(markdown(parts))
-    pngs = _plots(groups, vs, out) if plots else []
-    summary = summary_of(runs, groups, eq, vs, skipped, pngs)
-    write_json(summary, out / "report.json")
-    if html:
-        title = f"mixcd report: {len(runs)} {stage} runs, {len(groups)} groups"
-        write_html(out / "report.html", title, parts, pngs, sources=[str(p) for p in paths])
+    try:  # a folder that turns read-only or full midway: one line, like every other write
+        write_csv(groups, out / "report.csv")
+        (out / "report.md").write_text(markdown(parts))
+        pngs = _plots(groups, vs, out) if plots else []
+        summary = summary_of(runs, groups, eq, vs, skipped, pngs)
+        write_json(summary, out / "report.json")
+        if html:
+            title = f"mixcd report: {len(runs)} {stage} runs, {len(groups)} groups"
+            write_html(out / "report.html", title, parts, pngs, sources=[str(p) for p in paths])
+    except OSError as exc:
+        raise write_error(Path(exc.filename or out), exc, OUT_KEY) from exc
     shown.print(f"wrote {out / 'report.csv'}, report.md, report.json" + (", report.html" if html else "")
                   + (f" and {len(pngs)} plots" if pngs else ""), highlight=False, soft_wrap=True)
     return summary
+
+
+OUT_KEY = "--out"  # what moves the report's folder, given or not (it defaults to the first PATH)
+
+
+def check_out(out: Path) -> None:
+    """Refuse, before anything is printed or made, a report folder that cannot be created or written.
+
+    The nearest existing folder is probed with a temporary file (removed at once): permission bits do
+    not tell, since root passes them and a read-only mount refuses everyone.
+    """
+    probe = out
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise MixcdError(f"{OUT_KEY} {out} cannot be created: {probe} is a file, not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".mixcd-probe-"):
+            pass
+    except OSError as exc:
+        raise write_error(out, exc, OUT_KEY) from exc
 
 
 def _plots(groups: Sequence[Group], vs: Sequence[dict[str, Any]], out: Path) -> list[Path]:
