@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -18,9 +18,10 @@ import torch.nn.functional as F
 
 from .errors import MixcdError, unknown_choice
 from .objectives import DEFAULT_KIND, Batch, Objective, objective_of
-from .sources import PAD, Source, load_source
+from .sources import DATA_DIR_KEY, PAD, Source, load_source
 
 HEAD_MODES = ("shared", "multi")  # one head over the union of labels, or one head per task
+MISSING = "???"  # OmegaConf's mandatory value, left as this string by to_container: a key nobody set
 
 
 # ---------------------------------------------------------------- tasks
@@ -85,15 +86,16 @@ class Task:
 def make_task(name: str, dataset: str, root: str, split: str, classes: Sequence[int] | None,
               label_map: dict[int, int] | None, label_mode: str, download: bool = False,
               options: dict[str, Any] | None = None, limit: int | None = None,
-              transform: dict[str, Any] | None = None) -> Task:
+              transform: dict[str, Any] | None = None, root_key: str = DATA_DIR_KEY) -> Task:
     """Build a task.
 
     ``label_mode='original'`` keeps (or ``label_map``s) the dataset's labels, for one shared head
     over the union of tasks; ``'local'`` renumbers the task's classes 0..k-1, for its own head.
+    ``root_key``: the key that chose ``root``, for a message about the folder.
     """
     if split not in ("train", "test"):
         raise MixcdError(f"split must be 'train' or 'test', got '{split}'")
-    source = load_source(dataset, root, split == "train", download, options, transform)
+    source = load_source(dataset, root, split == "train", download, options, transform, root_key)
     definition = {"name": name, "dataset": dataset, "split": split, "classes": classes, "label_map": label_map,
                   "options": options or {}, "limit": limit}
     if transform:  # only when given, so the tasks of earlier versions keep their fingerprints (and caches)
@@ -389,6 +391,18 @@ def stage_specs(finetune: dict[str, Any], stages: list[Any] | None) -> list[tupl
     return out
 
 
+def unset_keys(spec: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted names of a task spec's values left at ``???`` (a task option that must be set, such as an
+    ImageFolder's root), so the refusal names the key rather than a path like ``???/train``."""
+    out = []
+    for name, value in spec.items():
+        if isinstance(value, dict):
+            out += unset_keys(value, f"{prefix}{name}.")
+        elif isinstance(value, str) and value == MISSING:
+            out.append(f"{prefix}{name}")
+    return out
+
+
 def _inputs(spec: dict[str, Any]) -> str:
     return json.dumps({k: spec.get(k) for k in ("dataset", "options", "transform")}, sort_keys=True, default=str)
 
@@ -401,17 +415,35 @@ def build_experiment(prior: dict[str, Any], finetune: dict[str, Any], head: str,
         raise unknown_choice("head mode", head, HEAD_MODES)
     mode = "original" if head == "shared" else "local"
 
-    def task(spec: dict[str, Any], split: str, role: str) -> Task:
+    def task(spec: dict[str, Any], split: str, role: str, key_of: Callable[[str], str]) -> Task:
+        unset = unset_keys(spec)
+        if unset:
+            name = key_of(unset[0])
+            example = " (a folder such as /data/imagenet)" if unset[0] == "root" else ""
+            who = "fine-tune" if role == "finetune" else role
+            raise MixcdError(f"{name} is not set: the {who} task '{spec.get('name', role)}' (dataset "
+                             f"{spec.get('dataset')}) needs it; add {name}=...{example}")
         limit = spec.get(f"limit_{split}")
+        root_key = key_of("root") if spec.get("root") else DATA_DIR_KEY
         return make_task(f"{spec.get('name', role)}/{split}", spec["dataset"], spec.get("root") or data_root,
                          split, spec.get("classes"), spec.get("label_map"), mode,
-                         bool(spec.get("download", False)), spec.get("options"), limit, spec.get("transform"))
+                         bool(spec.get("download", False)), spec.get("options"), limit, spec.get("transform"),
+                         root_key)
 
-    pool, prior_test = task(prior, "train", "prior"), task(prior, "test", "prior")
+    def stage_key(k: int) -> Callable[[str], str]:
+        # a stage list entry overrides finetune's keys: name the one that holds the value
+        entry = stages[k - 1] if stages is not None and isinstance(stages[k - 1], dict) else {}
+        return lambda name: f"stages[{k - 1}].{name}" if name.split(".")[0] in entry else f"finetune.{name}"
+
+    def prior_key(name: str) -> str:
+        return f"prior.{name}"
+
+    pool, prior_test = task(prior, "train", "prior", prior_key), task(prior, "test", "prior", prior_key)
     built: list[Stage] = []
     for k, (spec, trainer) in enumerate(stage_specs(finetune, stages), 1):
-        built.append(Stage(str(spec.get("name") or f"stage{k}"), task(spec, "train", "finetune"),
-                           task(spec, "test", "finetune"), _stage_head(k, head), trainer, _inputs(spec)))
+        built.append(Stage(str(spec.get("name") or f"stage{k}"), task(spec, "train", "finetune", stage_key(k)),
+                           task(spec, "test", "finetune", stage_key(k)), _stage_head(k, head), trainer,
+                           _inputs(spec)))
     for s in built:
         if pool.objective.name != s.train.objective.name:
             raise MixcdError(f"the prior task is of kind '{pool.objective.name}' and stage '{s.name}' of kind "
@@ -423,7 +455,7 @@ def build_experiment(prior: dict[str, Any], finetune: dict[str, Any], head: str,
                              f"({pool.source.channels} vs {s.train.source.channels})")
     if len(pool) == 0 or any(len(s.train) == 0 for s in built):
         raise MixcdError("a task selected no samples: check the classes lists")
-    if head == "shared" and len(built) > 1 and pool.objective.has_classes:
+    if head == "shared" and pool.objective.has_classes:
         seen = [("the prior task", _inputs(prior), set(pool.targets.unique().tolist()))]
         for s in built:
             labels = set(s.train.targets.unique().tolist())

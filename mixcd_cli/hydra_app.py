@@ -432,12 +432,14 @@ def run_stage(stage: str, overrides: list[str], multirun: bool = False, hydra_ar
     check_sweeper(overrides, multirun)
     cfg, first, trials = validate(stage, overrides, multirun)
     named = dict(item.partition("=")[::2] for item in overrides if "=" in item)
-    for key in ("hydra.run.dir", "hydra.sweep.dir"):  # a folder named on the command line must be creatable
-        if named.get(key) and "," not in named[key]:
-            check_writable(Path(named[key]), key)
     inspect_only = any(a in (hydra_args or []) for a in ("--cfg", "--info", "--hydra-help"))
     if not inspect_only:  # printing the configuration reads no file
         preflight(stage, cfg, first, trials, multirun, overrides)
+    # a folder named on the command line must be creatable; probed once the checks that refuse an existing run
+    # folder have passed, so a refused command does not even touch its time stamp
+    for key in ("hydra.run.dir", "hydra.sweep.dir"):
+        if named.get(key) and "," not in named[key]:
+            check_writable(Path(named[key]), key)
     devices = int(cfg.trainer.get("devices", 1) or 1)
     if devices > 1 and distributed.env_world_size() == 1 and not inspect_only:
         if multirun:

@@ -31,4 +31,4 @@ def check_writable(path: Path, what: str) -> None:
     except OSError as exc:
         if exc.errno == errno.ENAMETOOLONG:
             raise MixcdError(f"{what}={path}: the path is longer than the file system allows") from exc
-        raise write_error(path, exc) from exc
+        raise write_error(path, exc, what) from exc

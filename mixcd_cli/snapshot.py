@@ -171,13 +171,13 @@ def get_or_create_snapshot(cache_dir: Path, checkpoint: Path, model: Any, pool: 
             pool_cols = compute_part(model, pool, head, transform, device, batch_size, ledger, amp, progress)
             test_cols = compute_part(model, prior_test, head, transform, device, batch_size, ledger, amp, progress)
             if distributed.rank() == 0:
-                with file_lock(cache_dir / "locks" / f"snapshot-{key}.lock"):
+                with file_lock(cache_dir / "locks" / f"snapshot-{key}.lock", "paths.cache_dir"):
                     if not (folder / "meta.json").is_file():
                         write_snapshot(folder, _meta(key, checkpoint, pool, prior_test, transform, head, pool_cols,
                                                      test_cols), pool_cols, test_cols)
         distributed.barrier()
         return load_snapshot(folder, key, pool, prior_test), bool(cached)
-    with file_lock(cache_dir / "locks" / f"snapshot-{key}.lock"):
+    with file_lock(cache_dir / "locks" / f"snapshot-{key}.lock", "paths.cache_dir"):
         if (folder / "meta.json").is_file():
             return load_snapshot(folder, key, pool, prior_test), True
         pool_cols = compute_part(model, pool, head, transform, device, batch_size, ledger, amp, progress)
@@ -195,7 +195,7 @@ def cluster_column(folder: Path, model: Any, pool: Task, transform: BatchTransfo
     folder = Path(folder)
     name = f"kmeans-k{int(k)}-s{int(seed)}"
     column, meta_path = folder / f"{name}.npy", folder / f"{name}.json"
-    with file_lock(folder.parent / f".{folder.name}-{name}.lock"):
+    with file_lock(folder.parent / f".{folder.name}-{name}.lock", "paths.cache_dir"):
         if meta_path.is_file():
             meta = read_json(meta_path, what="k-means clusters")
             if not column.is_file() or file_digest(column) != meta.get("checksum"):

@@ -129,7 +129,7 @@ def write_run_folder(run_dir: Path, cfg_yaml: str) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise write_error(run_dir, exc) from exc
+        raise write_error(run_dir, exc, "hydra.run.dir") from exc
     with atomic_path(run_dir / "config.yaml") as tmp:
         tmp.write_text(cfg_yaml)
     write_json(environment_info(), run_dir / "env.json")

@@ -19,7 +19,7 @@ from .. import tracking
 from ..artifacts import file_digest, safe_torch_load
 from ..data import Experiment
 from ..errors import MixcdError
-from ..models import load_model, model_spec
+from ..models import check_weights_file, load_model, model_spec
 from ..snapshot import load_snapshot, snapshot_key
 from .context import check_run_folder, encode_text, experiment_of, plain
 from .evaluate import check_finished_run, eval_config
@@ -66,6 +66,8 @@ def check_inputs(cfg: DictConfig) -> None:
             what = "a file" if not folder.is_dir() else "a folder without meta.json"
             raise MixcdError(f"snapshot.path={folder} is {what}; it names a snapshot folder (meta.json and its "
                              "columns, made by `mixcd snapshot`)")
+    if cfg.model.get("weights"):
+        check_weights_file(Path(str(cfg.model.weights)))
     if cfg.get("logger"):
         tracking.check_can_start(plain(cfg.logger))
     exp = experiment_of(cfg, encode=False)

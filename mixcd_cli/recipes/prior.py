@@ -70,7 +70,7 @@ def _prior_locked(ctx: Context, cache: Path, key: str, path: Path, spec: dict[st
         if not path.is_file():
             raise MixcdError(NO_PRIOR)
         return path, True
-    with file_lock(cache / "locks" / f"prior-{key}.lock"):
+    with file_lock(cache / "locks" / f"prior-{key}.lock", "paths.cache_dir"):
         if path.is_file():
             return path, True
         pre = cfg.pretrain
