@@ -13,6 +13,7 @@ work, in one line.
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import time
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .artifacts import file_lock, read_json, write_json
 from .console import note
 from .errors import MixcdError
+from .places import check_writable
 from .registry import Registry
 
 if TYPE_CHECKING:  # only for annotations: finish() reads the result it is handed
@@ -415,10 +417,6 @@ def check_can_start(logger_cfg: dict[str, Any]) -> None:
     """Refuse, before any work, a logger that could not start here: its package missing, an option it does not
     take or lacks, or a local folder it would write that cannot be written. (A server it talks to is reached
     only when it starts.)"""
-    import inspect
-
-    from .places import check_writable
-
     check_available(sorted(logger_cfg))
     for name in sorted(logger_cfg):
         options = dict(logger_cfg[name] or {})
