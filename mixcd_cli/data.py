@@ -456,13 +456,17 @@ def build_experiment(prior: dict[str, Any], finetune: dict[str, Any], head: str,
     if len(pool) == 0 or any(len(s.train) == 0 for s in built):
         raise MixcdError("a task selected no samples: check the classes lists")
     if head == "shared" and pool.objective.has_classes:
-        seen = [("the prior task", _inputs(prior), set(pool.targets.unique().tolist()))]
+        # A stage that trains on rows an earlier task already holds, on the same inputs, under the same head, is
+        # not a new task (a single stage too). Rows, not label values: a label_map that gives other classes an
+        # earlier task's labels (new meanings, as text_topics does) trains on rows of its own.
+        seen = [("the prior task", _inputs(prior), pool)]
         for s in built:
-            labels = set(s.train.targets.unique().tolist())
-            for name, inputs, have in seen:
-                if inputs == s.inputs and labels & have:
-                    raise MixcdError(f"stage '{s.name}' reuses labels {sorted(labels & have)} of {name} on the same "
-                                     "inputs under a shared head: give it new classes (class-incremental), a "
-                                     "transform such as {rotate: 45} (domain-incremental), or head=multi")
-            seen.append((f"stage '{s.name}'", s.inputs, labels))
+            for name, inputs, earlier in seen:
+                shared = torch.isin(s.train.index, earlier.index) if inputs == s.inputs else None
+                if shared is not None and bool(shared.any()):
+                    labels = sorted(s.train.targets[shared].unique().tolist())
+                    raise MixcdError(f"stage '{s.name}' reuses labels {labels} of {name} on the same inputs under "
+                                     "a shared head: give it new classes (class-incremental), a transform such as "
+                                     "{rotate: 45} (domain-incremental), or head=multi")
+            seen.append((f"stage '{s.name}'", s.inputs, s.train))
     return Experiment(pool, prior_test, built, head, make_transform(pool.source, image_size))

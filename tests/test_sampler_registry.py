@@ -112,7 +112,7 @@ def test_a_new_samplers_unknown_option_is_refused_naming_it(every_kth: str) -> N
     with pytest.raises(MixcdError, match="unknown config key 'sampler.bogus'"):
         compose("train", [f"sampler={every_kth}", "sampler.bogus=1"])
     added = compose("train", [f"sampler={every_kth}", "+sampler.bogus=1"])  # forced in past Hydra
-    with pytest.raises(MixcdError, match=r"unknown config key 'sampler.bogus' .*valid: name, k"):
+    with pytest.raises(MixcdError, match=r"unknown config key 'sampler.bogus'; keys under 'sampler': name, k"):
         validate_config(added)
     with pytest.raises(MixcdError, match="unknown option for sampler 'every_kth' 'bogus'; choose one of: k"):
         create_sampler(every_kth, pool(), 4, seed=0, bogus=1)
