@@ -1,5 +1,6 @@
 """The ablation at a glance: one row per setting, per ratio its Δ retention against the default mix-cd
-(95% t-interval over paired seeds), verdict and random-equivalent fold, from a report.json.
+(over paired seeds, with the interval the report labels: 95% Student-t from 5 pairs, the range below), verdict
+and random-equivalent fold, from a report.json.
 
     python scripts/ablation_table.py results/ablate_fmnist/report.json > results/ablate_fmnist/ablation.md
 """
@@ -11,11 +12,23 @@ import sys
 from pathlib import Path
 
 
-def fold(x: object, ci: object) -> str:
+def fold(x: object, iv: dict | None, ci: object = None) -> str:
+    """A fold with its labelled interval (report.json's ``*_interval``), or an older report's ``*_ci95``."""
     def one(v: object) -> str:
         return "-" if v is None else str(v) if isinstance(v, str) else f"{v:.2f}x"
 
-    return one(x) + (f" [{one(ci[0])}, {one(ci[1])}]" if ci else "")
+    if iv:
+        return one(x) + f" [{one(iv['lo'])}, {one(iv['hi'])}] {iv['label']}"
+    return one(x) + (f" [{one(ci[0])}, {one(ci[1])}] bootstrap, nominal 95%" if ci else "")
+
+
+def points(d: dict) -> str:
+    """Δ in points with its labelled interval (an older report's t-interval bounds otherwise)."""
+    iv = d.get("interval")
+    if iv:
+        return f"{100 * d['mean']:+.2f} [{100 * iv['lo']:+.2f}, {100 * iv['hi']:+.2f}] {iv['label']}"
+    bounds = f" [{100 * d['lo']:+.2f}, {100 * d['hi']:+.2f}] 95% Student-t" if d["lo"] is not None else ""
+    return f"{100 * d['mean']:+.2f}{bounds}"
 
 
 def main(path: Path) -> None:
@@ -26,16 +39,16 @@ def main(path: Path) -> None:
     table: dict[str, dict[float, str]] = {}
     for r in rows:
         d = r["retention"]
-        cell = "-" if d is None else f"{100 * d['mean']:+.2f}" + (
-            f" [{100 * d['lo']:+.2f}, {100 * d['hi']:+.2f}]" if d["lo"] is not None else "")
+        cell = "-" if d is None else points(d)
         mark = {"better": " **better**", "worse": " *worse*", "identical": " (identical)"}.get(r["verdict"], "")
-        table.setdefault(r["sampler"], {})[r["mix_ratio"]] = f"{cell}{mark} · {fold(r['fold'], r['fold_ci95'])}"
-        defaults[r["mix_ratio"]] = fold(r["default_fold"], r["default_fold_ci95"])
+        own = fold(r["fold"], r.get("fold_interval"), r.get("fold_ci95"))
+        table.setdefault(r["sampler"], {})[r["mix_ratio"]] = f"{cell}{mark} · {own}"
+        defaults[r["mix_ratio"]] = fold(r["default_fold"], r.get("default_fold_interval"), r.get("default_fold_ci95"))
     exp = rows[0]["experiment"] if rows else "-"
     print(f"Ablation on `{exp}`: each setting against the paper-faithful mix-cd at the same ratio. Cell: Δ "
-          f"{report['retention']} in points, mean over seeds paired with the default's [95% t-interval] "
+          f"{report['retention']} in points, mean over seeds paired with the default's [interval, as labelled] "
           "(bold: better, italic: worse, beyond the interval; identical: the same result on every seed) · "
-          "random-equivalent fold [bootstrap 95% CI].\n")
+          "random-equivalent fold [interval, as labelled].\n")
     print("| setting | " + " | ".join(f"r = {r:g}" for r in ratios) + " |")
     print("|---|" + "---|" * len(ratios))
     print("| **mixcd (default)** | " + " | ".join(f"0 · {defaults.get(r, '-')}" for r in ratios) + " |")

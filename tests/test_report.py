@@ -81,8 +81,10 @@ def test_aggregation_means_stds_and_skips(runs_dir: Path) -> None:
 
 def test_random_equivalent_interpolation() -> None:
     curve = [(0.0, 0.1), (100.0, 0.6), (200.0, 0.8)]
-    assert equivalent_budget(curve, 0.7)[0] == pytest.approx(150.0)
-    assert equivalent_budget(curve, 0.35)[0] == pytest.approx(50.0)
+    # halfway from (100, .6) to (200, .8) in log budget: 100 · 2^0.5; linearly 150
+    assert equivalent_budget(curve, 0.7)[0] == pytest.approx(100 * 2 ** 0.5)
+    assert equivalent_budget(curve, 0.7, "linear")[0] == pytest.approx(150.0)
+    assert equivalent_budget(curve, 0.35)[0] == pytest.approx(50.0)  # the segment from 0: linear
     budget, label = equivalent_budget(curve, 0.9)
     assert budget is None and label.startswith("> 200")
     assert equivalent_budget(curve, 0.05)[0] is None
@@ -93,10 +95,16 @@ def test_equivalents_on_runs(runs_dir: Path) -> None:
     groups = group_runs(collect([runs_dir])[0])
     eq = {e["mix_ratio"]: e for e in equivalents(groups)}
     # mixcd has seed 0 only, and so has random at budget 200: the curve is seed 0's, (0, .10) (100, .50)
-    # (200, .80), not the mean over random's three seeds at 100 (.60); mixcd's .70 → random needs 166.7
-    assert eq[0.25]["random_equivalent_budget"] == pytest.approx(100 + 100 * 0.2 / 0.3)
-    assert eq[0.25]["fold"] == pytest.approx(eq[0.25]["fold_per_seed"][0]) == pytest.approx(5 / 3)
+    # (200, .80), not the mean over random's three seeds at 100 (.60); mixcd's .70 is 2/3 of the way from .50
+    # to .80 → random needs 100 · 2^(2/3) = 158.7 in log budget (100 + 200/3 = 166.7 linearly)
+    assert eq[0.25]["random_equivalent_budget"] == pytest.approx(100 * 2 ** (2 / 3))
+    assert eq[0.25]["random_equivalent_budget_linear"] == pytest.approx(100 + 100 * 0.2 / 0.3)
+    assert eq[0.25]["fold"] == pytest.approx(eq[0.25]["fold_per_seed"][0]) == pytest.approx(2 ** (2 / 3))
+    assert eq[0.25]["fold_linear"] == pytest.approx(5 / 3)
+    # at its own budget, 100, random (seed 0) has .50: the gap is .20, one pair, so no interval
+    assert eq[0.25]["gap_to_random"] == pytest.approx(0.2) and eq[0.25]["gap_to_random_interval"] is None
     assert eq[0.5]["random_equivalent_budget"] is None and eq[0.5]["random_equivalent"].startswith(">")
+    assert eq[0.5]["gap_to_random"] == pytest.approx(0.1)  # .90 against random's .80 at 200: a fold > max
 
 
 def test_report_writes_files(runs_dir: Path, tmp_path: Path) -> None:
@@ -150,17 +158,72 @@ def _seeded_runs(root: Path, seeds: list[int]) -> None:
         fake_run(root / f"m-{s}", "mixcd", 0.25, s, 0.62 + noise + rnd.Random(100 + s).gauss(0, 0.02), rehearsal=100)
 
 
-def test_bootstrap_interval_holds_the_point_estimate_and_narrows_with_seeds(tmp_path: Path) -> None:
+def test_fold_intervals_hold_the_point_estimate_and_narrow_with_seeds(tmp_path: Path) -> None:
+    """Three seeds: the range of the per-seed folds (and no ci95); twelve: the 95% bootstrap, narrower."""
     widths = []
-    for n in (3, 12):
+    for n, method, ci in ((3, "range", False), (12, "bootstrap", True)):
         _seeded_runs(tmp_path / str(n), list(range(n)))
         (e,) = equivalents(group_runs(collect([tmp_path / str(n)])[0]))
-        lo, hi = e["fold_ci95"]
+        iv = e["fold_interval"]
+        lo, hi = iv["lo"], iv["hi"]
+        assert (iv["method"], iv["n"], e["fold_ci95"] == [lo, hi]) == (method, n, ci)
         assert lo <= e["fold"] <= hi, (lo, e["fold"], hi)
         assert e["paired_seeds"] == n and len(e["fold_per_seed"]) == n
         assert min(e["fold_per_seed"].values()) <= e["fold"] <= max(e["fold_per_seed"].values())
+        if method == "range":
+            assert (lo, hi) == (min(e["fold_per_seed"].values()), max(e["fold_per_seed"].values()))
         widths.append(hi - lo)
     assert widths[1] < widths[0], widths
+
+
+def _curve_and_mixcd(root: Path, seeds: list[int]) -> None:
+    """Random at budgets 100 (.60) and 400 (.80), plain fine-tuning (.10), and mix-cd at budget 200 keeping
+    .75, .76, … by seed: random's curve reads .70 at 200 in log budget (halfway from 100 to 400)."""
+    for s in seeds:
+        fake_run(root / f"n{s}", "none", 0.0, s, 0.10)
+        fake_run(root / f"r1-{s}", "random", 0.25, s, 0.60, rehearsal=100)
+        fake_run(root / f"r4-{s}", "random", 1.0, s, 0.80, rehearsal=400)
+        fake_run(root / f"m-{s}", "mixcd", 0.5, s, 0.74 + s / 100, rehearsal=200)
+
+
+def test_the_fold_table_gives_log_and_linear_folds_and_the_gap_with_labelled_intervals(tmp_path: Path) -> None:
+    """Three seeds, mix-cd at .75/.76/.77 (mean .76) on own budget 200. Log budget: .76 is t = .8 of the way
+    from (100, .6) to (400, .8) → 100 · 4^.8 = 303.1 → fold 1.52x; per seed t = .75, .8, .85 → 1.41x, 1.52x,
+    1.62x. Linearly 100 + .8 · 300 = 340 → 1.70x. Gap at 200: random .70 → +5, +6, +7 pts: +6.00, the range
+    over 3 pairs. Five seeds (.75 … .79): the 95% bootstrap for the fold, and gaps +5 … +9 pts → 7 ± 2.776 ·
+    √2.5 / √5 = 7 ± 1.96 (Student-t, 5 pairs)."""
+    _curve_and_mixcd(tmp_path / "three", [1, 2, 3])
+    summary = run_report([tmp_path / "three"], tmp_path / "rep3", plots=False)
+    (e,) = summary["random_equivalent"]
+    assert e["fold"] == pytest.approx(4 ** 0.8 / 2) and e["fold_linear"] == pytest.approx(1.7)
+    assert e["random_equivalent_budget"] == pytest.approx(100 * 4 ** 0.8)
+    assert e["random_equivalent_budget_linear"] == pytest.approx(340.0)
+    assert e["fold_interval"] == {"lo": pytest.approx(4 ** 0.75 / 2), "hi": pytest.approx(4 ** 0.85 / 2),
+                                  "level": None, "method": "range", "n": 3, "label": "range over 3 seeds"}
+    assert e["fold_ci95"] is None  # the older key never holds a range
+    assert e["gap_to_random"] == pytest.approx(0.06)
+    assert e["gap_to_random_per_seed"] == {"1": pytest.approx(0.05), "2": pytest.approx(0.06),
+                                           "3": pytest.approx(0.07)}
+    assert e["gap_to_random_interval"] == {"lo": pytest.approx(0.05), "hi": pytest.approx(0.07), "level": None,
+                                           "method": "range", "n": 3, "label": "range over 3 pairs"}
+    md = (tmp_path / "rep3" / "report.md").read_text()
+    assert ("| random needs | fold | fold, linear interp. | fold interval | per seed | "
+            "Δ pre_acc vs random at same budget, pts [interval] | frontier |") in md
+    assert ("| exp | - | mixcd | 0.5 | 200 | 76.00 | 303 | 1.52x | 1.70x | [1.41x, 1.62x] range over 3 seeds | "
+            "1.41x 1.52x 1.62x | +6.00 [+5.00, +7.00] range over 3 pairs | yes |") in md
+    assert "95%" not in md.split("| experiment | config | sampler | r | budget")[1]  # no row claims 95%
+
+    _curve_and_mixcd(tmp_path / "five", [1, 2, 3, 4, 5])
+    (e,) = run_report([tmp_path / "five"], tmp_path / "rep5", plots=False)["random_equivalent"]
+    iv = e["fold_interval"]
+    assert (iv["method"], iv["level"], iv["n"], iv["label"]) == ("bootstrap", 0.95, 5, "95% bootstrap over 5 seeds")
+    assert e["fold_ci95"] == [iv["lo"], iv["hi"]]
+    half = 2.776 * 0.025 ** 0.5 / 5 ** 0.5 / 10
+    assert e["gap_to_random"] == pytest.approx(0.07)
+    assert e["gap_to_random_interval"] == {"lo": pytest.approx(0.07 - half), "hi": pytest.approx(0.07 + half),
+                                           "level": 0.95, "method": "t", "n": 5, "label": "95% Student-t, 5 pairs"}
+    md = (tmp_path / "rep5" / "report.md").read_text()
+    assert "95% bootstrap over 5 seeds | " in md and "| +7.00 [+5.04, +8.96] 95% Student-t, 5 pairs |" in md
 
 
 def test_bootstrap_is_seeded_and_covers_the_resampled_statistic() -> None:
@@ -235,7 +298,7 @@ def test_multi_stage_runs_compare_on_earlier_task_accuracy(tmp_path: Path) -> No
     summary = run_report([tmp_path], tmp_path / "rep")
     eq = {e["sampler"]: e for e in summary["random_equivalent"]}
     assert set(eq) == {"mixcd", "mixcd (partition=aux)"}  # two variants, never merged; the default unnamed
-    assert eq["mixcd"]["random_equivalent_budget"] == pytest.approx(150)
+    assert eq["mixcd"]["random_equivalent_budget"] == pytest.approx(100 * 2 ** 0.5)  # halfway in log budget
     assert eq["mixcd (partition=aux)"]["random_equivalent_budget"] == pytest.approx(200)
     assert summary["retention"] == "earlier_acc"
     group = next(g for g in summary["groups"] if g["sampler"] == "random" and g["mix_ratio"] == 0.5)
@@ -281,8 +344,11 @@ def test_each_setting_against_the_default_mixcd_paired_by_seed(tmp_path: Path) -
     assert sorted(rows) == ["mixcd (estimate=thompson)", "mixcd (memory=recent)"]
     v = rows["mixcd (estimate=thompson)"]
     assert v["retention"]["n"] == 3 and v["retention"]["mean"] == pytest.approx(0.05)
+    # lo/hi: the 95% t-interval the verdict tests; printed, with three pairs, the range of the differences
     assert v["retention"]["lo"] == pytest.approx(0.05 - 4.303 * 0.01 / 3 ** 0.5)
     assert v["retention"]["hi"] == pytest.approx(0.05 + 4.303 * 0.01 / 3 ** 0.5)
+    assert v["retention"]["interval"] == {"lo": pytest.approx(0.04), "hi": pytest.approx(0.06), "level": None,
+                                          "method": "range", "n": 3, "label": "range over 3 pairs"}
     assert v["ft_acc"]["mean"] == pytest.approx(-0.02) and v["verdict"] == "better"
     assert rows["mixcd (memory=recent)"]["verdict"] == "within noise"
     from mixcd_cli.report.folds import verdict
@@ -290,7 +356,7 @@ def test_each_setting_against_the_default_mixcd_paired_by_seed(tmp_path: Path) -
     assert verdict({"mean": 0.0, "lo": 0.0, "hi": 0.0, "n": 3}) == "identical"
     assert verdict({"mean": 0.01, "lo": -0.01, "hi": 0.03, "n": 3}) == "within noise"
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "| exp | - | mixcd (estimate=thompson) | 0.25 | 3 | +5.00 [+2.52, +7.48] |" in md
+    assert "| exp | - | mixcd (estimate=thompson) | 0.25 | 3 | +5.00 [+4.00, +6.00] range over 3 pairs |" in md
     assert (tmp_path / "rep" / "exp_vs_default.png").read_bytes().startswith(PNG_MAGIC)
 
 
@@ -308,10 +374,11 @@ def test_folds_against_the_default_use_the_seeds_the_pair_shares(tmp_path: Path)
         cfg.write_text(cfg.read_text() + "  estimate: thompson\n")
     summary = run_report([tmp_path], tmp_path / "rep")
     (row,) = summary["against_default"]
-    # seeds 1-3: random curve (100, .50) (200, .80); default .62 → 140 → 1.4x; variant .65 → 150 → 1.5x
-    assert row["default_fold"] == pytest.approx(1.4) and row["fold"] == pytest.approx(1.5)
+    # seeds 1-3: random curve (100, .50) (200, .80); default .62 is t = .4 of the way → 100 · 2^.4 → 1.32x;
+    # variant .65, t = .5 → 100 · 2^.5 → 1.41x (log budget)
+    assert row["default_fold"] == pytest.approx(2 ** 0.4) and row["fold"] == pytest.approx(2 ** 0.5)
     own = next(e for e in summary["random_equivalent"] if e["sampler"] == "mixcd")
-    assert own["paired_seeds"] == 4 and own["fold"] == pytest.approx((100 + 100 * (0.6625 - 0.5) / 0.3) / 100)
+    assert own["paired_seeds"] == 4 and own["fold"] == pytest.approx(2 ** ((0.6625 - 0.5) / 0.3))
 
 
 def _browser() -> str | None:
@@ -479,7 +546,10 @@ def normalised(path: Path) -> str:
 def test_a_report_of_old_format_run_folders_equals_todays(case: str, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The report of old-format run folders is, byte for byte, what the report wrote before it read typed
-    results (tests/data/report_expected/<case>, made by the code of the commit before, as below).
+    results (tests/data/report_expected/<case>, made by the code of the commit before, as below), less the
+    changes made on purpose since: remade with the report's own code when folds moved to log-budget
+    interpolation with the linear fold beside them, intervals were labelled (a range below five seeds or
+    pairs) and the gap to random at the same budget was added ($OLD = this checkout).
 
     To make them again (the report code to compare against checked out in $OLD, e.g. `git worktree add $OLD
     6fd8f33`, and this repository's tests on the path)::

@@ -6,8 +6,8 @@ model's norm — never merge; a seed run twice in one group counts once. Each gr
 std (n) beside the ledger. For every sampler other than random, the *random-equivalent budget* is
 the rehearsal budget random rehearsal with the same settings would need, interpolated on its own
 curve, to reach the same prior-test accuracy; it is given from the means, for each seed pair, and
-with a paired bootstrap interval over seeds. At each ratio the samplers on the Pareto frontier of
-(pre_acc, ft_acc) are marked.
+with an interval over seeds labelled with its level and method (a range below 5 seeds). At each ratio
+the samplers on the Pareto frontier of (pre_acc, ft_acc) are marked.
 
 The parts: `read` (run folders → runs, through the typed results), `groups` (runs → groups, labels,
 frontier), `folds` (the mathematics on plain numbers), `equivalence` (random-equivalent budgets of

@@ -3,31 +3,34 @@
 The report's random-equivalent budget says how far each setting is from random rehearsal; this says
 whether a setting beats the default mix-cd (same experiment, settings and ratio) by more than the
 seeds' noise: the mean over seeds of (setting − default), each seed paired with the same seed of the
-default, with a 95% Student-t interval of that mean (`folds.paired_difference`). Both random-equivalent
-folds are taken over the seeds the pair shares, so a default with more seeds is never set against a variant
-with fewer.
+default. The verdict is the paired t-test (the 95% Student-t interval of that mean excludes 0,
+`folds.paired_difference`); the interval printed beside the mean is that t-interval from
+`folds.MIN_SEEDS_FOR_INTERVAL` pairs and, below, the range of the per-pair differences, labelled as such
+(a "95%" over three pairs is not shown). Both random-equivalent folds are taken over the seeds the pair
+shares, so a default with more seeds is never set against a variant with fewer.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import folds
 from .equivalence import CURVE_SAMPLERS
 from .groups import Group
+from .tables import fold_text, points_text
 
 # The comparison is against the paper-faithful method: the default mix-cd (the group of this sampler with no
 # variant name) is its reference by definition, whatever else the registry holds.
 REFERENCE = "mixcd"
-HEAD = ["experiment", "config", "sampler", "r", "pairs", "Δ retention pts [95% CI]", "Δ ft_acc pts [95% CI]",
-        "Δ hit rate pts (audited)", "fold [95% CI]", "default's fold [95% CI]", "verdict"]
+HEAD = ["experiment", "config", "sampler", "r", "pairs", "Δ retention pts [interval]", "Δ ft_acc pts [interval]",
+        "Δ hit rate pts (audited)", "fold [interval]", "default's fold [interval]", "verdict"]
 FoldOn = Callable[[Group, Sequence[int]], tuple[Any, Any, list[int]]]
 
 
 def paired_difference(group: Group, reference: Group, key: str) -> dict[str, Any] | None:
-    """Mean of ``key``(group) − ``key``(reference) over the seeds both have, with its 95% t-interval."""
+    """Mean of ``key``(group) − ``key``(reference) over the seeds both have, with its t-interval and the
+    labelled interval the report prints (`folds.paired_difference`)."""
     return folds.paired_difference(group.by_seed(key), reference.by_seed(key))
 
 
@@ -35,7 +38,8 @@ def against_default(groups: Sequence[Group], fold_on: FoldOn, retention: str) ->
     """One row per group (other than none, random and the default mix-cd itself) that has a default mix-cd
     group at its experiment, settings and ratio: paired differences in retention, ft_acc and audited hit
     rate, and both random-equivalent folds over the seeds the pair shares (``fold_on(group, seeds)`` →
-    (fold, interval, seeds used))."""
+    (fold, labelled interval, seeds used)). ``fold_ci95``/``default_fold_ci95`` keep report.json's older keys:
+    the bounds of a 95% interval, None where the interval is a range."""
     reference = {(g.experiment, g.settings, g.mix_ratio): g for g in groups
                  if g.sampler == REFERENCE and not g.variant}
     rows = []
@@ -49,24 +53,14 @@ def against_default(groups: Sequence[Group], fold_on: FoldOn, retention: str) ->
         rows.append({"experiment": g.experiment, "config": g.label, "sampler": g.name, "mix_ratio": g.mix_ratio,
                      "retention": d_ret, "ft_acc": paired_difference(g, ref, "ft_acc"),
                      "hit_rate": paired_difference(g, ref, "hit_rate"),
-                     "fold": mine[0], "fold_ci95": list(mine[1]) if mine[1] else None,
-                     "default_fold": theirs[0], "default_fold_ci95": list(theirs[1]) if theirs[1] else None,
-                     "verdict": folds.verdict(d_ret)})
+                     "fold": mine[0], "fold_interval": mine[1], "fold_ci95": folds.ci95(mine[1]),
+                     "default_fold": theirs[0], "default_fold_interval": theirs[1],
+                     "default_fold_ci95": folds.ci95(theirs[1]), "verdict": folds.verdict(d_ret)})
     return rows
 
 
 def _pts(diff: dict[str, Any] | None) -> str:
-    if diff is None:
-        return "-"
-    text = f"{100 * diff['mean']:+.2f}"
-    return text + (f" [{100 * diff['lo']:+.2f}, {100 * diff['hi']:+.2f}]" if diff["lo"] is not None else "")
-
-
-def _fold(x: Any, ci: Any) -> str:
-    def one(v: Any) -> str:
-        return "-" if v is None else "> max" if (isinstance(v, float) and math.isinf(v)) else f"{v:.2f}x"
-
-    return one(x) + (f" [{one(ci[0])}, {one(ci[1])}]" if ci else "")
+    return "-" if diff is None else points_text(diff["mean"], diff.get("interval"))
 
 
 def rows_of(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
@@ -74,5 +68,6 @@ def rows_of(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
     return [[r["experiment"], r["config"] or "-", r["sampler"], f"{r['mix_ratio']:g}",
              str(r["retention"]["n"]) if r["retention"] else "0", _pts(r["retention"]), _pts(r["ft_acc"]),
              "-" if r["hit_rate"] is None else f"{100 * r['hit_rate']['mean']:+.2f}",
-             _fold(r["fold"], r["fold_ci95"]), _fold(r["default_fold"], r["default_fold_ci95"]), r["verdict"]]
+             fold_text(r["fold"], r["fold_interval"]), fold_text(r["default_fold"], r["default_fold_interval"]),
+             r["verdict"]]
             for r in rows]

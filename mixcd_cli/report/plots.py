@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .folds import MIN_SEEDS_FOR_INTERVAL
 from .groups import RETENTION, Group
 from .render import mean_matrix
 from .tables import is_sequence
@@ -135,7 +136,8 @@ def _forest_name(r: dict[str, Any]) -> str:
 
 
 def plot_against_default(rows: Sequence[dict[str, Any]], out: Path, retention_label: str) -> list[Path]:
-    """One forest plot per experiment: Δ retention against the default mix-cd, a panel per ratio."""
+    """One forest plot per experiment: Δ retention against the default mix-cd, a panel per ratio; the bars are
+    the interval the tables print, the colour the verdict."""
     plt = _pyplot()
     written = []
     by_exp: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -151,7 +153,8 @@ def plot_against_default(rows: Sequence[dict[str, Any]], out: Path, retention_la
             for r in (r for r in rs if r["mix_ratio"] == ratio):
                 d = r["retention"]
                 colour = {"better": "tab:green", "worse": "tab:red"}.get(r["verdict"], "tab:gray")
-                err = None if d["lo"] is None else [[100 * (d["mean"] - d["lo"])], [100 * (d["hi"] - d["mean"])]]
+                iv = d.get("interval")  # the interval the tables print: a range below 5 pairs, as they say
+                err = None if iv is None else [[100 * (d["mean"] - iv["lo"])], [100 * (iv["hi"] - d["mean"])]]
                 ax.errorbar([100 * d["mean"]], [names.index(_forest_name(r))], xerr=err, fmt="o", color=colour,
                             capsize=3)
             ax.axvline(0, color="black", linewidth=0.8)
@@ -159,7 +162,8 @@ def plot_against_default(rows: Sequence[dict[str, Any]], out: Path, retention_la
             ax.set_xlabel(f"Δ {retention_label} vs default mix-cd (pts)")
             ax.grid(alpha=0.3)
         axes[0][0].set_yticks(range(len(names)), names, fontsize=7)
-        fig.suptitle(f"{exp}: each setting against the paper-faithful mix-cd (95% t-interval over paired seeds)",
+        fig.suptitle(f"{exp}: each setting against the paper-faithful mix-cd (bars: 95% t-interval over paired seeds "
+                     f"from {MIN_SEEDS_FOR_INTERVAL} pairs, the range of the pairs below; colour: paired t-test)",
                      fontsize=9)
         written.append(save_figure(fig, out / f"{file_name(exp, 'vs_default')}.png"))
     return written

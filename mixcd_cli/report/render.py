@@ -22,6 +22,12 @@ from .tables import (
     table_rows,
 )
 
+# How the report's intervals are made, said once in each section that prints them (each cell names its own).
+_INTERVALS = (f"Fold intervals: the 95% percentile bootstrap over seeds ({folds.BOOTSTRAP_SAMPLES} resamples) from "
+              f"{folds.MIN_SEEDS_FOR_INTERVAL} seeds, else the range of the per-seed folds, named a range.")
+_PAIRS = (f"Intervals of paired differences: the 95% Student-t interval from {folds.MIN_SEEDS_FOR_INTERVAL} pairs, "
+          "else the range of the per-pair differences, named a range.")
+
 
 @dataclass
 class Section:
@@ -47,15 +53,20 @@ def sections(groups: Sequence[Group], eq: Sequence[dict[str, Any]], skipped: Seq
     out = [Section([], LEAD + [HEADERS[k] for k in metric_keys(groups)], table_rows(groups)), Section(notes)]
     if eq:
         out.append(Section(["Random-equivalent rehearsal budget (the budget random rehearsal with the same settings "
-                            f"needs for the same {retention}), from the means, per seed pair, and a paired bootstrap "
-                            f"95% interval over seeds ({folds.BOOTSTRAP_SAMPLES} resamples):"],
+                            f"needs for the same {retention}), from the means and per seed pair. fold: that budget "
+                            f"over the group's own, reading random's curve as linear in log budget (the segment from "
+                            f"budget 0, plain fine-tuning, linearly); fold, linear interp.: the same read linearly "
+                            f"between budgets, which on a concave curve reads high. {_INTERVALS} Δ at same budget: "
+                            f"{retention} minus random's curve (log budget) at the group's own budget, in points, "
+                            f"each seed paired with random's curve of that seed. {_PAIRS}"],
                            eq_head(groups), eq_rows(eq)))
     if vs:
         out.append(Section([f"Against the paper-faithful mix-cd (the default `mixcd` at the same experiment, settings "
                             f"and ratio): the mean over seeds of (setting − default), each seed paired with the "
-                            f"default's, with a 95% Student-t interval; Δ retention is in {retention}. "
-                            "verdict: better / worse when the interval excludes 0, identical when every seed's result "
-                            "is, else within noise. fold: random-equivalent budget over own budget."],
+                            f"default's; Δ retention is in {retention}. {_PAIRS} verdict: the paired t-test, better / "
+                            "worse when the 95% Student-t interval of the mean excludes 0 (computed from 2 pairs up, "
+                            "also where the range is what is printed), identical when every seed's result is, else "
+                            f"within noise. fold: random-equivalent budget over own budget. {_INTERVALS}"],
                            compare.HEAD, compare.rows_of(vs)))
     if skipped:
         out.append(Section(["Skipped runs:"], items=[f"`{p}`: {why}" for p, why in skipped]))
@@ -96,11 +107,12 @@ def print_report(console: Any, runs: Sequence[Run], groups: Sequence[Group], eq:
     console.print(_rich_table(f"mixcd report: {len(runs)} runs, {len(groups)} groups (mean ± std over seeds)",
                               LEAD + [HEADERS[k] for k in metric_keys(groups)], table_rows(groups)))
     if eq:
-        console.print(_rich_table("random-equivalent rehearsal budget (paired bootstrap 95% interval over seeds)",
+        console.print(_rich_table("random-equivalent rehearsal budget (log-budget interpolation; each interval "
+                                  "labelled: 95% with ≥ 5 seeds or pairs, else the range)",
                                   eq_head(groups), eq_rows(eq)))
     if vs:
-        console.print(_rich_table("against the paper-faithful mix-cd (paired by seed, 95% t-interval)",
-                                  compare.HEAD, compare.rows_of(vs)))
+        console.print(_rich_table("against the paper-faithful mix-cd (paired by seed; verdict: paired t-test; each "
+                                  "interval labelled)", compare.HEAD, compare.rows_of(vs)))
 
 
 def mean_matrix(g: Group) -> list[list[float | None]] | None:
@@ -116,18 +128,35 @@ def _json_folds(xs: Sequence[float | None] | None) -> list[float | str | None] |
     return [_json_fold(x) for x in xs] if xs else None
 
 
+def _json_interval(iv: folds.Interval | None) -> dict[str, Any] | None:
+    """A labelled fold interval for report.json, an infinite bound as "> max"."""
+    return None if iv is None else {**iv, "lo": _json_fold(iv["lo"]), "hi": _json_fold(iv["hi"])}
+
+
+def _json_equivalent(e: dict[str, Any]) -> dict[str, Any]:
+    return {**e, "fold": _json_fold(e["fold"]), "fold_linear": _json_fold(e["fold_linear"]),
+            "fold_per_seed": {str(k): _json_fold(v) for k, v in e["fold_per_seed"].items()},
+            "fold_interval": _json_interval(e["fold_interval"]), "fold_ci95": _json_folds(e["fold_ci95"]),
+            "gap_to_random_per_seed": {str(k): v for k, v in e["gap_to_random_per_seed"].items()}}
+
+
+def _json_against(v: dict[str, Any]) -> dict[str, Any]:
+    return {**v, "fold": _json_fold(v["fold"]), "default_fold": _json_fold(v["default_fold"]),
+            "fold_interval": _json_interval(v["fold_interval"]), "fold_ci95": _json_folds(v["fold_ci95"]),
+            "default_fold_interval": _json_interval(v["default_fold_interval"]),
+            "default_fold_ci95": _json_folds(v["default_fold_ci95"])}
+
+
 def summary_of(runs: Sequence[Run], groups: Sequence[Group], eq: Sequence[dict[str, Any]],
                vs: Sequence[dict[str, Any]], skipped: Sequence[tuple[Path, str]], pngs: Sequence[Path]
                ) -> dict[str, Any]:
-    """report.json: every group with its statistics, the folds (infinite ones as "> max"), skipped runs, plots."""
+    """report.json: every group with its statistics, the folds (infinite ones as "> max") with their labelled
+    intervals, skipped runs, plots. The older ``*_ci95`` keys stay for readers written before intervals were
+    labelled: the bounds of a 95% interval, null where the interval is a range (docs/design.md §6)."""
     return {"runs": len(runs), "groups": [_group_summary(g, metric_keys(groups)) for g in groups],
             "retention": retention_key(groups),
-            "random_equivalent": [{**e, "fold": _json_fold(e["fold"]),
-                                   "fold_per_seed": {str(k): _json_fold(v) for k, v in e["fold_per_seed"].items()},
-                                   "fold_ci95": _json_folds(e["fold_ci95"])} for e in eq],
-            "against_default": [{**v, "fold": _json_fold(v["fold"]), "default_fold": _json_fold(v["default_fold"]),
-                                 "fold_ci95": _json_folds(v["fold_ci95"]),
-                                 "default_fold_ci95": _json_folds(v["default_fold_ci95"])} for v in vs],
+            "random_equivalent": [_json_equivalent(e) for e in eq],
+            "against_default": [_json_against(v) for v in vs],
             "skipped": [[str(p), why] for p, why in skipped], "plots": [p.name for p in pngs]}
 
 

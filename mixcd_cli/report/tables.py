@@ -1,5 +1,5 @@
-"""The report's tables as rows of text: the groups with mean ± std, the random-equivalent budgets, and the
-groups as CSV numbers."""
+"""The report's tables as rows of text: the groups with mean ± std, the random-equivalent budgets (every interval
+with its label), and the groups as CSV numbers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .folds import Interval
 from .groups import NO_REHEARSAL, RETENTION, Group
 
 METRICS = ("pre_acc", "forgetting", "ft_acc", "hit_rate", "signal_rate", "signal_precision", "signal_recall",
@@ -29,8 +30,14 @@ HEADERS = {"pre_acc": "pre_acc %", "forgetting": "forgetting pts", "ft_acc": "ft
            "earlier_acc": "earlier-task acc %", "avg_acc": "avg acc %", "bwt": "BWT pts",
            "avg_forgetting": "avg forgetting pts"}
 LEAD = ["experiment", "config", "sampler", "r", "n", "frontier"]
-EQ_HEAD = ["experiment", "config", "sampler", "r", "budget", "pre_acc %", "random needs", "fold", "95% CI (bootstrap)",
-           "per seed", "frontier"]
+# The random-equivalent table. "fold" reads random's curve in log budget; the linear reading stands beside it
+# because it is what reports before log-budget interpolation printed (and reads high on a concave curve).
+# Beside the folds, the retention gap to random at the same budget: a large fold on a flat curve can be a
+# fraction of a point, and a reader must see both. Every interval cell carries its own label (level, method,
+# n), since groups with different numbers of seeds share the table.
+EQ_HEAD = ["experiment", "config", "sampler", "r", "budget", "pre_acc %", "random needs", "fold",
+           "fold, linear interp.", "fold interval", "per seed", "Δ pre_acc vs random at same budget, pts [interval]",
+           "frontier"]
 
 
 def is_sequence(groups: Sequence[Group]) -> bool:
@@ -55,14 +62,32 @@ def retention_key(groups: Sequence[Group]) -> str:
 
 def eq_head(groups: Sequence[Group]) -> list[str]:
     """The random-equivalent table's header, its accuracy named as retention is."""
-    return [f"{retention_name(groups)} %" if h == "pre_acc %" else h for h in EQ_HEAD]
+    return [h.replace("pre_acc", retention_name(groups)) for h in EQ_HEAD]
 
 
-def fold_text(x: float | None) -> str:
-    """A fold as the tables show it: ``1.50x``, ``> max`` for an infinite one, ``-`` for none."""
+def fold_text(x: float | None, iv: Interval | None = None) -> str:
+    """A fold as the tables show it: ``1.50x``, ``> max`` for an infinite one, ``-`` for none; with ``iv``, its
+    labelled interval: ``1.43x [1.36x, 1.47x] range over 3 seeds``."""
+    return _fold(x) + (f" {interval_text(iv)}" if iv else "")
+
+
+def interval_text(iv: Interval | None) -> str:
+    """A fold interval with its label, ``[1.36x, > max] range over 3 seeds``; ``-`` for none."""
+    return "-" if iv is None else f"[{_fold(iv['lo'])}, {_fold(iv['hi'])}] {iv['label']}"
+
+
+def _fold(x: float | None) -> str:
     if x is None:
         return "-"
     return "> max" if math.isinf(x) else f"{x:.2f}x"
+
+
+def points_text(mean: float | None, iv: Interval | None) -> str:
+    """An accuracy difference in points with its labelled interval, ``+5.00 [+4.00, +6.00] range over 3
+    pairs``; ``-`` for none."""
+    if mean is None:
+        return "-"
+    return f"{100 * mean:+.2f}" + (f" [{100 * iv['lo']:+.2f}, {100 * iv['hi']:+.2f}] {iv['label']}" if iv else "")
 
 
 def _fmt(mean: float | None, std: float | None, kind: str) -> str:
@@ -94,12 +119,12 @@ def eq_rows(eq: Sequence[dict[str, Any]]) -> list[list[str]]:
     """The random-equivalent table's rows, from `equivalence.equivalents`."""
     rows = []
     for e in eq:
-        ci = e["fold_ci95"]
         rows.append([e["experiment"], e["config"] or "-", e["sampler"], f"{e['mix_ratio']:g}",
                      f"{e['rehearsal_budget'] or 0:,.0f}", "-" if e["pre_acc"] is None else f"{100 * e['pre_acc']:.2f}",
-                     e["random_equivalent"], fold_text(e["fold"]),
-                     f"[{fold_text(ci[0])}, {fold_text(ci[1])}]" if ci else "-",
+                     e["random_equivalent"], fold_text(e["fold"]), fold_text(e["fold_linear"]),
+                     interval_text(e["fold_interval"]),
                      " ".join(fold_text(f) for f in e["fold_per_seed"].values()) or "-",
+                     points_text(e["gap_to_random"], e["gap_to_random_interval"]),
                      "-" if e["frontier"] is None else ("yes" if e["frontier"] else "no")])
     return rows
 
