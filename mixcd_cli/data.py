@@ -407,43 +407,32 @@ def _inputs(spec: dict[str, Any]) -> str:
     return json.dumps({k: spec.get(k) for k in ("dataset", "options", "transform")}, sort_keys=True, default=str)
 
 
-def build_experiment(prior: dict[str, Any], finetune: dict[str, Any], head: str, data_root: str,
-                     image_size: int | None = None, stages: list[Any] | None = None) -> Experiment:
-    """Build the prior task and every stage from plain dicts (dataset, classes, label_map, download, options,
-    transform, limit_*); ``stages`` entries are filled in from ``finetune`` (None: ``finetune`` is the one stage)."""
-    if head not in HEAD_MODES:
-        raise unknown_choice("head mode", head, HEAD_MODES)
-    mode = "original" if head == "shared" else "local"
+def _spec_task(spec: dict[str, Any], split: str, role: str, key_of: Callable[[str], str], data_root: str,
+               mode: str) -> Task:
+    """One split of a task spec; a value left at ``???`` is refused by the key that holds it (``key_of``)."""
+    unset = unset_keys(spec)
+    if unset:
+        name = key_of(unset[0])
+        example = " (a folder such as /data/imagenet)" if unset[0] == "root" else ""
+        who = "fine-tune" if role == "finetune" else role
+        raise MixcdError(f"{name} is not set: the {who} task '{spec.get('name', role)}' (dataset "
+                         f"{spec.get('dataset')}) needs it; add {name}=...{example}")
+    root_key = key_of("root") if spec.get("root") else DATA_DIR_KEY
+    return make_task(f"{spec.get('name', role)}/{split}", spec["dataset"], spec.get("root") or data_root,
+                     split, spec.get("classes"), spec.get("label_map"), mode,
+                     bool(spec.get("download", False)), spec.get("options"), spec.get(f"limit_{split}"),
+                     spec.get("transform"), root_key)
 
-    def task(spec: dict[str, Any], split: str, role: str, key_of: Callable[[str], str]) -> Task:
-        unset = unset_keys(spec)
-        if unset:
-            name = key_of(unset[0])
-            example = " (a folder such as /data/imagenet)" if unset[0] == "root" else ""
-            who = "fine-tune" if role == "finetune" else role
-            raise MixcdError(f"{name} is not set: the {who} task '{spec.get('name', role)}' (dataset "
-                             f"{spec.get('dataset')}) needs it; add {name}=...{example}")
-        limit = spec.get(f"limit_{split}")
-        root_key = key_of("root") if spec.get("root") else DATA_DIR_KEY
-        return make_task(f"{spec.get('name', role)}/{split}", spec["dataset"], spec.get("root") or data_root,
-                         split, spec.get("classes"), spec.get("label_map"), mode,
-                         bool(spec.get("download", False)), spec.get("options"), limit, spec.get("transform"),
-                         root_key)
 
-    def stage_key(k: int) -> Callable[[str], str]:
-        # a stage list entry overrides finetune's keys: name the one that holds the value
-        entry = stages[k - 1] if stages is not None and isinstance(stages[k - 1], dict) else {}
-        return lambda name: f"stages[{k - 1}].{name}" if name.split(".")[0] in entry else f"finetune.{name}"
+def _stage_key(stages: list[Any] | None, k: int) -> Callable[[str], str]:
+    """Stage k's config key for a task key: a stage list entry overrides finetune's keys, so name the one that
+    holds the value."""
+    entry = stages[k - 1] if stages is not None and isinstance(stages[k - 1], dict) else {}
+    return lambda name: f"stages[{k - 1}].{name}" if name.split(".")[0] in entry else f"finetune.{name}"
 
-    def prior_key(name: str) -> str:
-        return f"prior.{name}"
 
-    pool, prior_test = task(prior, "train", "prior", prior_key), task(prior, "test", "prior", prior_key)
-    built: list[Stage] = []
-    for k, (spec, trainer) in enumerate(stage_specs(finetune, stages), 1):
-        built.append(Stage(str(spec.get("name") or f"stage{k}"), task(spec, "train", "finetune", stage_key(k)),
-                           task(spec, "test", "finetune", stage_key(k)), _stage_head(k, head), trainer,
-                           _inputs(spec)))
+def _check_stages_agree(pool: Task, built: list[Stage]) -> None:
+    """Every stage of the prior task's kind, medium (text or images) and channel count; no task empty."""
     for s in built:
         if pool.objective.name != s.train.objective.name:
             raise MixcdError(f"the prior task is of kind '{pool.objective.name}' and stage '{s.name}' of kind "
@@ -455,18 +444,45 @@ def build_experiment(prior: dict[str, Any], finetune: dict[str, Any], head: str,
                              f"({pool.source.channels} vs {s.train.source.channels})")
     if len(pool) == 0 or any(len(s.train) == 0 for s in built):
         raise MixcdError("a task selected no samples: check the classes lists")
+
+
+def _refuse_reused_rows(pool: Task, prior_inputs: str, built: list[Stage]) -> None:
+    """Under a shared head, a stage that trains on rows an earlier task already holds, on the same inputs, is not
+    a new task (a single stage too). Rows, not label values: a label_map that gives other classes an earlier
+    task's labels (new meanings, as text_topics does) trains on rows of its own."""
+    seen = [("the prior task", prior_inputs, pool)]
+    for s in built:
+        for name, inputs, earlier in seen:
+            shared = torch.isin(s.train.index, earlier.index) if inputs == s.inputs else None
+            if shared is not None and bool(shared.any()):
+                labels = sorted(s.train.targets[shared].unique().tolist())
+                raise MixcdError(f"stage '{s.name}' reuses labels {labels} of {name} on the same inputs under "
+                                 "a shared head: give it new classes (class-incremental), a transform such as "
+                                 "{rotate: 45} (domain-incremental), or head=multi")
+        seen.append((f"stage '{s.name}'", s.inputs, s.train))
+
+
+def build_experiment(prior: dict[str, Any], finetune: dict[str, Any], head: str, data_root: str,
+                     image_size: int | None = None, stages: list[Any] | None = None) -> Experiment:
+    """Build the prior task and every stage from plain dicts (dataset, classes, label_map, download, options,
+    transform, limit_*); ``stages`` entries are filled in from ``finetune`` (None: ``finetune`` is the one stage)."""
+    if head not in HEAD_MODES:
+        raise unknown_choice("head mode", head, HEAD_MODES)
+    mode = "original" if head == "shared" else "local"
+
+    def prior_key(name: str) -> str:
+        return f"prior.{name}"
+
+    pool = _spec_task(prior, "train", "prior", prior_key, data_root, mode)
+    prior_test = _spec_task(prior, "test", "prior", prior_key, data_root, mode)
+    built: list[Stage] = []
+    for k, (spec, trainer) in enumerate(stage_specs(finetune, stages), 1):
+        key_of = _stage_key(stages, k)
+        built.append(Stage(str(spec.get("name") or f"stage{k}"),
+                           _spec_task(spec, "train", "finetune", key_of, data_root, mode),
+                           _spec_task(spec, "test", "finetune", key_of, data_root, mode), _stage_head(k, head),
+                           trainer, _inputs(spec)))
+    _check_stages_agree(pool, built)
     if head == "shared" and pool.objective.has_classes:
-        # A stage that trains on rows an earlier task already holds, on the same inputs, under the same head, is
-        # not a new task (a single stage too). Rows, not label values: a label_map that gives other classes an
-        # earlier task's labels (new meanings, as text_topics does) trains on rows of its own.
-        seen = [("the prior task", _inputs(prior), pool)]
-        for s in built:
-            for name, inputs, earlier in seen:
-                shared = torch.isin(s.train.index, earlier.index) if inputs == s.inputs else None
-                if shared is not None and bool(shared.any()):
-                    labels = sorted(s.train.targets[shared].unique().tolist())
-                    raise MixcdError(f"stage '{s.name}' reuses labels {labels} of {name} on the same inputs under "
-                                     "a shared head: give it new classes (class-incremental), a transform such as "
-                                     "{rotate: 45} (domain-incremental), or head=multi")
-            seen.append((f"stage '{s.name}'", s.inputs, s.train))
+        _refuse_reused_rows(pool, _inputs(prior), built)
     return Experiment(pool, prior_test, built, head, make_transform(pool.source, image_size))

@@ -269,14 +269,21 @@ def save_model(model: MixcdNet, path: Path, spec: dict[str, Any], extra: dict[st
         n: h.out_features for n, h in model.heads.items()}, **(extra or {})}, path)
 
 
-def load_model(path: Path, spec: dict[str, Any], in_chans: int, yours: bool = False,
-               vocab_size: int = 0) -> tuple[MixcdNet, dict[str, Any]]:
-    """Load a mixcd checkpoint; refuses one made for another architecture (``yours``: a file the user named)."""
+def read_checkpoint(path: Path, spec: dict[str, Any], yours: bool = False) -> dict[str, Any]:
+    """A mixcd model checkpoint's contents, refused when unreadable or made for another architecture
+    (``yours``: a file the user named, never to be deleted)."""
     ckpt = safe_torch_load(path, what="model checkpoint", yours=yours)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "spec" not in ckpt:
         raise MixcdError(f"{path} is not a mixcd model checkpoint")
     if ckpt["spec"] != spec:
         raise MixcdError(f"checkpoint {path} was made for model {ckpt['spec']}, not {spec}")
+    return ckpt
+
+
+def load_model(path: Path, spec: dict[str, Any], in_chans: int, yours: bool = False,
+               vocab_size: int = 0, ckpt: dict[str, Any] | None = None) -> tuple[MixcdNet, dict[str, Any]]:
+    """Load a mixcd checkpoint (``ckpt``: its contents, already read by `read_checkpoint`) into a model."""
+    ckpt = read_checkpoint(path, spec, yours) if ckpt is None else ckpt
     args = {k: v for k, v in spec.items() if k != "backbone"}
     model = create_model(spec["backbone"], in_chans, ckpt["heads"], vocab_size, **args)
     try:

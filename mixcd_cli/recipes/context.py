@@ -205,9 +205,8 @@ def settings_from(node: DictConfig, steps: int, seed: int, purpose: str, eval_ba
 
 
 def resume_decision(mode: Any, run_dir: Path, checkpoint: Path) -> bool:
-    """auto: continue when the folder holds an unfinished run; true: must continue; false: must be fresh."""
-    if (run_dir / "metrics.json").is_file():
-        raise MixcdError(f"{run_dir} already holds a finished run; choose another hydra.run.dir")
+    """auto: continue when the folder holds an unfinished run; true: must continue; false: must be fresh (a
+    finished run is refused before, by `check_run_folder`)."""
     has = checkpoint.is_file()
     if mode is True and not has:
         raise MixcdError(f"resume=true but {checkpoint} does not exist; drop resume to start a new run")

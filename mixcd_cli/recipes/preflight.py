@@ -12,14 +12,15 @@ once every other check has passed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from .. import tracking
-from ..artifacts import file_digest, safe_torch_load
+from ..artifacts import file_digest
 from ..data import Experiment
 from ..errors import MixcdError
-from ..models import check_weights_file, load_model, model_spec
+from ..models import check_weights_file, load_model, model_spec, read_checkpoint
 from ..snapshot import load_snapshot, snapshot_key
 from .context import check_run_folder, encode_text, experiment_of, plain
 from .evaluate import check_finished_run, eval_config
@@ -56,8 +57,7 @@ def check_inputs(cfg: DictConfig) -> None:
     cached θ0 a stage that does not train it needs, a given snapshot, and (eval) the fine-tuned model."""
     stage = str(cfg.stage)
     given = Path(str(cfg.prior_model.checkpoint)) if cfg.prior_model.checkpoint else None
-    if given is not None:
-        _check_model_file(given, "prior_model.checkpoint", cfg)
+    given_ckpt = _check_model_file(given, "prior_model.checkpoint", cfg) if given is not None else None
     if cfg.snapshot.path:
         folder = Path(str(cfg.snapshot.path))
         if not folder.exists():
@@ -71,14 +71,15 @@ def check_inputs(cfg: DictConfig) -> None:
     if cfg.get("logger"):
         tracking.check_can_start(plain(cfg.logger))
     exp = experiment_of(cfg, encode=False)
-    encode_text(cfg, exp)  # the last check that could refuse reads the tokens; the cache it writes is the data's
+    encode_text(cfg, exp)  # writes the text cache: only once every check that needs no tokens has passed
+    if given is not None:
+        prior_model(cfg, exp, given, given_ckpt)  # this experiment's prior head
+    # θ0 from the cache was made for this model and head (they are in its key): only whether it is there matters
     prior = given if given is not None else cached_prior_path(cfg, exp)
     if not prior.is_file():
         if stage in ("snapshot", "eval"):
             raise MixcdError(NO_PRIOR)
         prior = None
-    if prior is not None:
-        prior_model(cfg, exp, prior)  # this model and prior head; a corrupt file said so
     if cfg.snapshot.path:
         _check_snapshot(Path(str(cfg.snapshot.path)), prior, exp, cfg)
     if stage == "eval":
@@ -99,19 +100,14 @@ def _eval_source(cfg: DictConfig, run_dir: Path | None, overrides: list[str]) ->
     return eval_config(cfg, source, overrides)
 
 
-def _check_model_file(path: Path, key: str, cfg: DictConfig) -> None:
-    """A model file the user names: there, a file, a torch checkpoint, made for this model (its fit to this
-    experiment's heads is checked once the data is read)."""
+def _check_model_file(path: Path, key: str, cfg: DictConfig) -> dict[str, Any]:
+    """A model file the user names: there, a file, a mixcd checkpoint made for this model. → its contents (its fit
+    to this experiment's heads is checked once the data is read, from these, not from a second read)."""
     if path.is_dir():
         raise MixcdError(f"{key}={path} is a folder; it names a model file (model.pt)")
     if not path.is_file():
         raise MixcdError(f"{key} not found: {path}")
-    ckpt = safe_torch_load(path, what="model checkpoint", yours=True)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "spec" not in ckpt:
-        raise MixcdError(f"{key}={path} is not a mixcd model checkpoint")
-    spec = model_spec(plain(cfg.model))
-    if ckpt["spec"] != spec:
-        raise MixcdError(f"checkpoint {path} was made for model {ckpt['spec']}, not {spec}")
+    return read_checkpoint(path, model_spec(plain(cfg.model)), yours=True)
 
 
 def _check_snapshot(folder: Path, prior: Path | None, exp: Experiment, cfg: DictConfig) -> None:

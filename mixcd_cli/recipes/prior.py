@@ -95,10 +95,11 @@ def load_prior(ctx: Context, path: Path) -> MixcdNet:
     return prior_model(ctx.cfg, ctx.experiment, path).to(ctx.device)
 
 
-def prior_model(cfg: DictConfig, exp: Experiment, path: Path) -> MixcdNet:
-    """θ0 from ``path`` (on the host), refused when it is not this experiment's model and prior head."""
+def prior_model(cfg: DictConfig, exp: Experiment, path: Path, ckpt: dict[str, Any] | None = None) -> MixcdNet:
+    """θ0 from ``path`` (on the host; ``ckpt``: its contents if already read), refused when it is not this
+    experiment's model and prior head."""
     model, _ = load_model(path, model_spec(plain(cfg.model)), exp.channels, vocab_size=exp.vocab_size,
-                          yours=bool(cfg.prior_model.checkpoint))
+                          yours=bool(cfg.prior_model.checkpoint), ckpt=ckpt)
     expected = exp.head_sizes()[exp.prior_head()]
     head = model.heads[exp.prior_head()] if exp.prior_head() in model.heads else None
     if head is None or head.out_features != expected:
