@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.console import Console
 from rich.progress import (
@@ -111,14 +111,15 @@ def _pct(x: float | None) -> str:
 
 
 def print_run(result: RunResult | EvalResult, run_dir: Path) -> None:
-    """The result table of one run: accuracies, forgetting, categories, ledger, wall time."""
+    """The result table of one run: accuracies, forgetting, categories, ledger, compute, wall time."""
     title = f"mixcd {result.STAGE}: {result.experiment} · sampler={result.sampler}"
     if result.mix_ratio:
         title += f" · r={result.mix_ratio}"
     table = Table(title=title, show_header=True)
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
-    rows = _accuracy_rows(result) + _signal_rows(result) + _ledger_rows(result.ledger)
+    rows = _accuracy_rows(result) + _signal_rows(result) + _ledger_rows(result.ledger) \
+        + (_compute_rows(cast("RunResult", result)) if result.STAGE == "train" else [])
     rows.append(("wall time (s)", " · ".join(f"{k} {v:.1f}" for k, v in result.wall_time.items())))
     for row in rows:
         table.add_row(*row)
@@ -179,3 +180,43 @@ def _ledger_rows(ledger: LedgerSummary | None) -> list[tuple[str, str]]:
     if ledger.training_passes is not None:
         rows.append(("ledger fine-tuning total passes", f"{ledger.training_passes:,}"))
     return rows
+
+
+def _compute_rows(result: RunResult) -> list[tuple[str, str]]:
+    """Compute = fwd + 2·bwd (docs/design.md §11): by purpose (those with any), the fine-tuning part, the total
+    and its one-time part, each artifact the run needed (and whether this run found it cached); in tokens too
+    for token tasks. A run written before compute was kept has none."""
+    compute = result.compute
+    if compute is None:
+        return []
+    rows = [(f"compute {purpose} (fwd + 2·bwd rows)", f"{n:,}") for purpose, n in compute.by_purpose.items() if n]
+    rows += [("compute fine-tuning: fine-tune + rehearsal + selection", f"{compute.training:,}"),
+             ("compute total", f"{compute.total:,}"),
+             ("compute one-time (shared by every run of θ0)", f"{compute.one_time:,}")]
+    if compute.sampler is not None:
+        rows.append(("compute the sampler adds: rehearsal + selection + snapshots it reads",
+                     f"{compute.sampler:,}" + (f" (one-time {compute.sampler_one_time:,})"
+                                               if compute.sampler_one_time else "")))
+    for a in compute.artifacts:
+        how = ["one-time" if a.one_time else "this run's"] + ([] if a.needed else ["measures only"])
+        cached = _found_cached(result, a.what, a.stage)
+        if cached is not None:
+            how.append("cached" if cached else "made")
+        name = f"compute {a.what} of {a.model.replace('theta', 'θ')}" + (f" (stage {a.stage})" if a.stage else "")
+        rows.append((name, " · ".join([f"{a.compute:,}", *how])))
+    if compute.tokens is not None:
+        tokens = compute.tokens
+        rows += [("compute fine-tuning in tokens (fwd + 2·bwd)", f"{tokens.training:,}"),
+                 ("compute total in tokens", f"{tokens.total:,}"),
+                 ("compute one-time in tokens", f"{tokens.one_time:,}")]
+    return rows
+
+
+def _found_cached(result: RunResult, what: str, stage: int) -> bool | None:
+    """Whether the run read θ0 or a stage's snapshot from the cache (its own keys say); None where unknown."""
+    if what == "pretraining":
+        return result.cached.prior if result.cached else None
+    if what.startswith("snapshot"):
+        record = next((r for r in result.stages if r.stage == stage), None)
+        return record.snapshot_cached if record is not None else None
+    return None

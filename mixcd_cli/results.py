@@ -88,13 +88,38 @@ class Categories(_Part):
 
 
 @dataclass(kw_only=True)
+class LedgerArtifact(_Part):
+    """Something a run needed that runs can share (metrics.Artifact): θ0's pretraining, a snapshot, its clusters,
+    with what it costs to make, made now or cached, and whether it is one-time (shared by every run of θ0)."""
+
+    what: str
+    purpose: str
+    model: str
+    stage: int
+    one_time: bool
+    forward: int
+    backward: int = 0
+    forward_tokens: int | None = _omitted()  # token tasks only
+    backward_tokens: int | None = _omitted()
+    needed: bool = True  # the sampler reads it (False: made only to measure)
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
 class LedgerSummary(_Part):
-    """Sample passes by purpose (metrics.Ledger.summary): a run's ``ledger``, a stage's ``ledger_delta``."""
+    """Sample passes by purpose (metrics.Ledger.summary): a run's ``ledger``, a stage's ``ledger_delta``.
+
+    ``forward_tokens``/``backward_tokens`` (token tasks) and ``artifacts`` are absent from runs made before
+    they were kept, and left out where there is nothing to say.
+    """
 
     forward: dict[str, int] = field(default_factory=dict)
     backward: dict[str, int] = field(default_factory=dict)
     training_passes: int | None = None
     rehearsal_budget: int | None = None
+    forward_tokens: dict[str, int] | None = _omitted()
+    backward_tokens: dict[str, int] | None = _omitted()
+    artifacts: list[LedgerArtifact] | None = _omitted()
     extra: dict[str, Any] = _extra()
 
     def since(self, before: LedgerSummary | None) -> LedgerSummary:
@@ -102,16 +127,71 @@ class LedgerSummary(_Part):
         def minus(now: int | None, then: int | None) -> int | None:
             return None if now is None else now - (then or 0)
 
-        earlier = before or LedgerSummary()
-        return LedgerSummary(
-            forward={p: n - earlier.forward.get(p, 0) for p, n in self.forward.items()},
-            backward={p: n - earlier.backward.get(p, 0) for p, n in self.backward.items()},
-            training_passes=minus(self.training_passes, earlier.training_passes),
-            rehearsal_budget=minus(self.rehearsal_budget, earlier.rehearsal_budget))
+        def per_purpose(now: dict[str, int] | None, then: dict[str, int] | None) -> dict[str, int] | None:
+            return None if now is None else {p: n - (then or {}).get(p, 0) for p, n in now.items()}
 
-    def state_dict(self) -> dict[str, dict[str, int]]:
+        earlier = before or LedgerSummary()
+        # artifacts are only ever added: those after the earlier ledger's are this span's
+        later = None if self.artifacts is None else self.artifacts[len(earlier.artifacts or []):] or None
+        return LedgerSummary(
+            forward=per_purpose(self.forward, earlier.forward) or {},
+            backward=per_purpose(self.backward, earlier.backward) or {},
+            training_passes=minus(self.training_passes, earlier.training_passes),
+            rehearsal_budget=minus(self.rehearsal_budget, earlier.rehearsal_budget),
+            forward_tokens=per_purpose(self.forward_tokens, earlier.forward_tokens),
+            backward_tokens=per_purpose(self.backward_tokens, earlier.backward_tokens), artifacts=later)
+
+    def state_dict(self) -> dict[str, Any]:
         """What metrics.Ledger.load_state_dict takes: a resumed run's ledger from a finished stage's record."""
-        return {"forward": dict(self.forward), "backward": dict(self.backward)}
+        out: dict[str, Any] = {"forward": dict(self.forward), "backward": dict(self.backward)}
+        for name in ("forward_tokens", "backward_tokens"):
+            if getattr(self, name) is not None:
+                out[name] = dict(getattr(self, name))
+        if self.artifacts is not None:
+            out["artifacts"] = [{k: v for k, v in a.to_dict().items() if k in ARTIFACT_FIELDS}
+                                for a in self.artifacts]
+        return out
+
+
+ARTIFACT_FIELDS = tuple(f.name for f in dataclasses.fields(LedgerArtifact) if f.name != "extra")
+
+
+@dataclass(kw_only=True)
+class ComputeArtifact(_Part):
+    """One artifact's compute (forward + 2 × backward; ``compute_tokens`` for token tasks), one-time or the run's
+    own, the same whether this run made it or read it from the cache (metrics.Ledger.compute)."""
+
+    what: str
+    model: str
+    stage: int
+    one_time: bool
+    compute: int
+    needed: bool = True
+    compute_tokens: int | None = _omitted()
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class ComputeTotals(_Part):
+    """Compute = forward + 2 × backward by purpose, in total, its training part (fine-tune, rehearsal,
+    selection) and its one-time part (shared by every run of the same θ0), in rows or tokens."""
+
+    by_purpose: dict[str, int] = field(default_factory=dict)
+    total: int
+    training: int
+    one_time: int
+    sampler: int | None = None  # rehearsal + selection + the snapshots the sampler reads: the total axis
+    sampler_one_time: int | None = None  # of which one-time (θ0's snapshot): what --amortize spreads
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
+class Compute(ComputeTotals):
+    """A run's ``compute`` (metrics.Ledger.compute, docs/design.md §11): in rows, with every artifact the run
+    needed, and the same totals in non-padding tokens for token tasks."""
+
+    artifacts: list[ComputeArtifact] = field(default_factory=list)
+    tokens: ComputeTotals | None = _omitted()
 
 
 @dataclass(kw_only=True)
@@ -276,6 +356,7 @@ class RunResult(_Result):
     accuracy_matrix: list[list[float | None]] | None = None
     sequence: SequenceSummary = _flat(SequenceSummary)
     stages: list[StageRecord] = field(default_factory=list)
+    compute: Compute | None = _omitted()  # absent from runs made before compute was kept
     extra: dict[str, Any] = _extra()
 
     @classmethod

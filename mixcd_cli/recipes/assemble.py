@@ -14,6 +14,7 @@ from ..metrics import accuracy, sequence_metrics
 from ..results import (
     Cached,
     Categories,
+    Compute,
     LedgerSummary,
     Retention,
     RunResult,
@@ -56,7 +57,8 @@ def stage_record(ctx: Context, k: int, stage: Stage, settings: TrainSettings, po
 def run_result(ctx: Context, records: list[StageRecord], metrics: dict[str, Any], outcome: Any,
                snap0: Snapshot, prior_path: Path, cached: dict[str, bool]) -> RunResult:
     """metrics.json of a `mixcd train` run: the final evaluation, the counters and ledger summed over stages,
-    the accuracy matrix and its sequence metrics, and every stage's record."""
+    the accuracy matrix and its sequence metrics, every stage's record, and the run's compute (forward + 2 ×
+    backward, with θ0's one-time artifacts counted whether they were made now or cached)."""
     cfg, exp = ctx.cfg, ctx.experiment
     n = len(exp.stages)
     counts = {key: sum(int(r.rehearsal_counts[key]) for r in records) for key in COUNTERS}
@@ -77,7 +79,7 @@ def run_result(ctx: Context, records: list[StageRecord], metrics: dict[str, Any]
         sampler_notes=list(dict.fromkeys(m for r in records for m in r.sampler_notes)),
         num_stages=n, stage_names=[s.name for s in exp.stages], rehearsal_pool=str(cfg.rehearsal.pool),
         accuracy_matrix=matrix, sequence=SequenceSummary.from_dict(sequence_metrics(matrix)),
-        stages=with_deltas(records))
+        stages=with_deltas(records), compute=Compute.from_dict(ctx.ledger.compute()))
 
 
 def _resumed_from(records: list[StageRecord], loop: LoopResult) -> Any:

@@ -11,18 +11,32 @@ from omegaconf import DictConfig
 
 from .. import console, distributed
 from ..artifacts import config_digest, file_lock
-from ..data import Experiment
+from ..data import Experiment, Task
 from ..errors import MixcdError, phase
+from ..metrics import Artifact
 from ..models import FINETUNE_ONLY, MixcdNet, create_model, load_model, model_spec, save_model
 from ..results import LedgerSummary, PretrainResult, SnapshotResult, write_result
 from ..runtime import derive_seed
+from ..samplers import SAMPLERS, sampler_options
 from ..snapshot import Snapshot, get_or_create_snapshot
-from ..training import FineTuner, largest_batch, predict_task
+from ..training import FineTuner, TrainSettings, largest_batch, predict_task
+from ..training.finetuner import planned_rows
+from ..training.inference import row_tokens, task_tokens
 from .context import Context, model_args, plain, settings_from, setup
 
 
 def prior_checkpoint(ctx: Context, allow_train: bool = True) -> tuple[Path, bool]:
-    """θ0: the given checkpoint, or the cached pretrained one (trained now if missing). → (path, cached)."""
+    """θ0: the given checkpoint, or the cached pretrained one (trained now if missing). → (path, cached).
+
+    A θ0 mixcd pretrains is recorded in the ledger as a one-time artifact, cached or not; a given one's
+    pretraining is not mixcd's to know, and is not recorded."""
+    path, cached = _prior(ctx, allow_train)
+    if not ctx.cfg.prior_model.checkpoint:
+        ctx.ledger.need(pretraining_artifact(ctx))
+    return path, cached
+
+
+def _prior(ctx: Context, allow_train: bool) -> tuple[Path, bool]:
     cfg, exp = ctx.cfg, ctx.experiment
     if cfg.prior_model.checkpoint:
         path = Path(cfg.prior_model.checkpoint)
@@ -73,21 +87,40 @@ def _prior_locked(ctx: Context, cache: Path, key: str, path: Path, spec: dict[st
     with file_lock(cache / "locks" / f"prior-{key}.lock", "paths.cache_dir"):
         if path.is_file():
             return path, True
-        pre = cfg.pretrain
-        torch.manual_seed(derive_seed(int(pre.seed), "prior-init"))
+        torch.manual_seed(derive_seed(int(cfg.pretrain.seed), "prior-init"))
         model = create_model(spec["backbone"], exp.channels, heads, exp.vocab_size, **model_args(cfg))
-        batch = min(int(pre.batch_size), len(exp.pool))
-        steps = int(pre.epochs) * max(1, len(exp.pool) // batch)
-        settings = settings_from(pre, steps, int(pre.seed), "pretrain", int(cfg.eval.batch_size),
-                                 amp=str(cfg.trainer.amp), log_every=max(1, steps // 10), distributed=False)
+        settings = pretrain_settings(cfg, exp)
         t0 = time.perf_counter()
         with phase("pretraining of θ0", "the cache holds only finished prior models; rerun to pretrain again"), \
-                console.step_progress("pretrain θ0", steps) as progress:
+                console.step_progress("pretrain θ0", settings.steps) as progress:
             FineTuner(model, exp.pool, exp.prior_head(), exp.transform, ctx.device, settings, ctx.ledger,
                       telemetry_path=path.parent / "pretrain.jsonl", progress=progress).run()
         save_model(model, path, spec, {"experiment_pool": exp.pool.definition})
         ctx.timings["pretrain"] = time.perf_counter() - t0
         return path, False
+
+
+def pretrain_settings(cfg: DictConfig, exp: Experiment) -> TrainSettings:
+    """How θ0 is pretrained on the prior pool: `pretrain.epochs` over it in batches of `pretrain.batch_size`."""
+    pre = cfg.pretrain
+    batch = min(int(pre.batch_size), len(exp.pool))
+    steps = int(pre.epochs) * max(1, len(exp.pool) // batch)
+    return settings_from(pre, steps, int(pre.seed), "pretrain", int(cfg.eval.batch_size),
+                         amp=str(cfg.trainer.amp), log_every=max(1, steps // 10), distributed=False)
+
+
+def pretraining_artifact(ctx: Context) -> Artifact:
+    """θ0's pretraining as a one-time artifact: its rows (and tokens) replayed from its settings' data order,
+    exactly what `FineTuner` charges when it trains θ0, so a cached θ0 costs what a fresh one did."""
+    exp = ctx.experiment
+    settings = pretrain_settings(ctx.cfg, exp)
+    per_row = row_tokens(exp.pool)
+    rows = tokens = 0
+    for step_rows in planned_rows(len(exp.pool), settings):
+        rows += step_rows.numel()
+        tokens += 0 if per_row is None else int(per_row[step_rows].sum())
+    return Artifact("pretraining", "pretrain", "theta0", 0, one_time=True, forward=rows, backward=rows,
+                    forward_tokens=tokens, backward_tokens=tokens)
 
 
 def load_prior(ctx: Context, path: Path) -> MixcdNet:
@@ -144,8 +177,27 @@ def snapshot_for(ctx: Context, path: Path, model: MixcdNet | None = None, k: int
             Path(cfg.paths.cache_dir), path, model, pool, tests, exp.prior_head(), exp.transform,
             ctx.device, int(batch), ctx.ledger, str(cfg.trainer.amp),
             Path(cfg.snapshot.path) if cfg.snapshot.path and k == 1 else None, progress)
+    for artifact in snapshot_artifacts(pool, tests, k, sampler_reads_snapshot(cfg)):
+        ctx.ledger.need(artifact)
     ctx.timings["snapshot"] = ctx.timings.get("snapshot", 0.0) + time.perf_counter() - t0
     return snap, cached
+
+
+def sampler_reads_snapshot(cfg: DictConfig) -> bool:
+    """Whether the run's sampler, with its options, reads the snapshot's pool columns to choose rows."""
+    return SAMPLERS.spec(str(cfg.sampler.name)).needs_snapshot(sampler_options(plain(cfg.sampler)))
+
+
+def snapshot_artifacts(pool: Task, tests: Task, k: int, needed: bool) -> list[Artifact]:
+    """Stage k's snapshot as two artifacts, one forward a row, known from the sizes whether made or read: the
+    pool's part (``needed`` when the sampler reads it) and the test sets' part, which only measures (the
+    report's categories and forgetting) and is never part of a sampler's budget. θ0's (k = 1) is one-time,
+    shared by every fine-tuning of θ0; a later stage's is of this run's own θ(k−1), and the run's own."""
+    model = f"theta{k - 1}"
+    return [Artifact("snapshot", "snapshot", model, k, one_time=k == 1, forward=len(pool),
+                     forward_tokens=task_tokens(pool), needed=needed),
+            Artifact("snapshot of the test sets", "snapshot", model, k, one_time=k == 1, forward=len(tests),
+                     forward_tokens=task_tokens(tests), needed=False)]
 
 
 def run_snapshot(cfg: DictConfig, run_dir: Path | None = None) -> SnapshotResult:

@@ -19,7 +19,7 @@ from .. import console, distributed, tracking
 from ..artifacts import read_json, safe_torch_load, write_json
 from ..data import Stage, Task
 from ..errors import Interrupted, phase
-from ..metrics import categories
+from ..metrics import Artifact, Ledger, categories
 from ..models import MixcdNet, load_model, model_spec, save_model
 from ..results import RunResult, StageRecord, write_result
 from ..runtime import derive_seed
@@ -27,6 +27,7 @@ from ..samplers import RehearsalSampler, create_sampler, rehearsal_batch, sample
 from ..snapshot import Snapshot, cluster_column
 from ..training import FineTuner, Rehearsal, TrainSettings
 from ..training.finetuner import LoopResult
+from ..training.inference import task_tokens
 from .assemble import run_result, stage_record
 from .context import Context, plain, settings_from, setup
 from .evaluate import accuracy_row, evaluate
@@ -215,9 +216,17 @@ def stage_sampler(ctx: Context, k: int, snap: Snapshot, pool: Task, model: Mixcd
     cfg, exp = ctx.cfg, ctx.experiment
     tag = _seed_tag("sampler", k) if distributed.world() == 1 else f"sampler-rank{distributed.rank()}"
     info = snap.pool_info(pool)
-    # θ(k−1) is the snapshot's model: its features give partition=kmeans, computed once per snapshot
-    info.clusters = lambda n, s: cluster_column(snap.path, model, pool, exp.transform, ctx.device,
-                                                settings.eval_batch_size, ctx.ledger, str(cfg.trainer.amp), n, s)
+
+    def clusters(n: int, s: int) -> torch.Tensor:
+        """θ(k−1) is the snapshot's model: its features give partition=kmeans, computed once per snapshot (a
+        feature pass over the pool) and needed like it, one-time at stage 1: an artifact, computed now or cached."""
+        labels = cluster_column(snap.path, model, pool, exp.transform, ctx.device, settings.eval_batch_size,
+                                ctx.ledger, str(cfg.trainer.amp), n, s)
+        ctx.ledger.need(Artifact("clusters", "snapshot", f"theta{k - 1}", k, one_time=k == 1, forward=len(pool),
+                                 forward_tokens=task_tokens(pool)))
+        return labels
+
+    info.clusters = clusters
     sampler = create_sampler(str(cfg.sampler.name), info, settings.rehearsal_batch,
                              derive_seed(int(cfg.seed), tag), **sampler_options(plain(cfg.sampler)))
     if distributed.rank() == 0:
@@ -240,7 +249,7 @@ def train_stage(ctx: Context, k: int, snap: Snapshot, snap_cached: bool, model: 
     sampler = stage_sampler(ctx, k, snap, pool, model, settings)
     loop = fine_tune(ctx, k, stage, model, pool, snap, sampler, settings, resume, on_log)
     if last:
-        distributed.all_reduce_ledger(ctx.ledger)
+        sum_ledger_over_ranks(ctx.ledger)
     if distributed.rank() != 0:
         return StageOutcome(None, [], loop, sampler)
     t1 = time.perf_counter()
@@ -254,6 +263,18 @@ def train_stage(ctx: Context, k: int, snap: Snapshot, snap_cached: bool, model: 
                "theta0": categories(theta0_correct, row[0], prior_classes)}
     record = stage_record(ctx, k, stage, settings, pool, row, against, loop, sampler, snap, snap_cached)
     return StageOutcome(record, row, loop, sampler)
+
+
+def sum_ledger_over_ranks(ledger: Ledger) -> None:
+    """Every rank's passes (rows and tokens, counted where they were made) summed into each; artifacts are
+    recorded alike on every rank, so they are not summed."""
+    if distributed.world() <= 1:
+        return
+    counters = ledger.counters()
+    keys = [(name, purpose) for name, counter in counters.items() for purpose in counter]
+    total = distributed.all_reduce_sum(torch.tensor([counters[n][p] for n, p in keys], dtype=torch.float64))
+    for (name, purpose), value in zip(keys, total.tolist(), strict=True):
+        counters[name][purpose] = int(value)
 
 
 def fine_tune(ctx: Context, k: int, stage: Stage, model: MixcdNet, pool: Task, snap: Snapshot,

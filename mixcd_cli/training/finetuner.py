@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +30,7 @@ from ..models import MixcdNet
 from ..objectives import Batch
 from ..runtime import autocast_for, derive_seed, stop_on_sigint
 from ..samplers.base import RehearsalSampler
-from .inference import ModelSelection
+from .inference import ModelSelection, token_count
 from .optim import create_optimizer, create_schedule
 
 CHECKPOINT_FORMAT = 3
@@ -112,6 +112,20 @@ class BatchOrder:
         self._perm = self._permutation()
 
 
+def order_seed(settings: TrainSettings) -> int:
+    """The seed of a run's data order (`BatchOrder`)."""
+    return derive_seed(settings.seed, f"{settings.purpose}-order")
+
+
+def planned_rows(n: int, settings: TrainSettings) -> Iterator[torch.Tensor]:
+    """The rows each step of a one-process run of ``settings`` over a task of ``n`` rows trains on, in the order
+    its `BatchOrder` gives them: what such a run costs, known without running it (θ0's pretraining read from
+    the cache)."""
+    order = BatchOrder(n, settings.batch_size, order_seed(settings))
+    for _ in range(settings.steps):
+        yield order.next()
+
+
 # Rehearsal counters. signal: drawn rows the training forward pass called collateral damage (prior-correct,
 # now wrong: what the sampler saw). audited: drawn rows checked by an eval-mode pass of the same weights;
 # true: of those, truly collateral damage; called: of those, called so by the signal; both: called and true.
@@ -178,6 +192,7 @@ class _Drawn:
 
     rows: torch.Tensor
     batch: Batch
+    tokens: int  # their non-padding tokens (0 for tasks without tokens)
     order: torch.Tensor | None  # how the drawn rows were regrouped by head (None: as drawn)
     audit_wrong: torch.Tensor | None  # eval-mode "wrong" of the same rows, on audited steps
     splits: list[tuple[str, int, int]]  # (head, start, stop) of each slice in the joined batch
@@ -219,6 +234,8 @@ class FineTuner:
     copied to the host asynchronously and folded in before the next draw, so on a GPU the host
     never waits for the backward pass. Under torch.distributed each rank trains on its shard of
     the fine-tune data and draws its own rehearsal rows; the sampler's counts are all-reduced.
+    The ledger is charged the rows (and non-padding tokens) each step really sends through the model:
+    for rehearsal, what the sampler drew, which may be fewer than ``rehearsal_batch``.
     """
 
     def __init__(self, model: MixcdNet, task: Task, head: str, transform: BatchTransform, device: torch.device,
@@ -255,8 +272,7 @@ class FineTuner:
             self.net = torch.compile(self.net)
         self.optimizer = create_optimizer(model.parameters(), s.optimizer, s.lr, s.momentum, s.weight_decay)
         self.schedule = create_schedule(self.optimizer, s.schedule, s.steps, s.warmup_steps)
-        self.order = BatchOrder(len(self.task), s.batch_size, derive_seed(s.seed, f"{s.purpose}-order"),
-                                self.rank, self.world)
+        self.order = BatchOrder(len(self.task), s.batch_size, order_seed(s), self.rank, self.world)
         self.selection: ModelSelection | None = None
         if self.rehearsal is not None:
             r = self.rehearsal
@@ -341,7 +357,8 @@ class FineTuner:
 
     # ------------------------------------------------------------------ one step
 
-    def _next_batch(self, step: int) -> Batch:
+    def _next_batch(self, step: int) -> tuple[Batch, int]:
+        """This step's fine-tune batch on the device, and its non-padding tokens (counted on the host)."""
         if self._prefetcher is None:
             batch = host_batch(self.task, self.order.next(), self.device)
             self._order_at_step = self.order.state_dict()
@@ -350,13 +367,13 @@ class FineTuner:
             self._order_at_step = self.order.state_dict()  # before the prefetch moves the order ahead
             self._upcoming = self._prefetcher.submit(host_batch, self.task, self.order.next(), self.device) \
                 if step + 1 < self.settings.steps else None
-        return to_device(batch, self.transform, self.device, self.channels_last)
+        return to_device(batch, self.transform, self.device, self.channels_last), token_count(batch.inputs)
 
     def step(self, step: int) -> None:
         """One optimisation step: fine-tune batch, rehearsal rows drawn after folding in step−1's observation."""
         s = self.settings
-        ft = self._next_batch(step)
-        drawn = self._draw(step, ft) if self.rehearsal is not None else None
+        ft, ft_tokens = self._next_batch(step)
+        drawn = self._draw(step, ft, ft_tokens) if self.rehearsal is not None else None
         loss, wrong_parts, loss_parts = self._forward(ft, drawn)
         self._losses.append((step, loss.detach()))
         if not self.cuda:  # on the host a check is free; on a GPU it waits for a boundary
@@ -367,18 +384,23 @@ class FineTuner:
         loss.backward()
         self.optimizer.step()
         self.schedule.step()
-        self.ledger.add(s.purpose, forward=len(ft), backward=len(ft))
+        self.ledger.add(s.purpose, forward=len(ft), backward=len(ft), forward_tokens=ft_tokens,
+                        backward_tokens=ft_tokens)
         if drawn is not None:
-            self.ledger.add("rehearsal", forward=s.rehearsal_batch, backward=s.rehearsal_batch)
+            # what the sampler drew and the step sent through the model, not the b it was asked for: a sampler
+            # that draws fewer rows (or more) is charged for exactly those
+            n = len(drawn.batch)
+            self.ledger.add("rehearsal", forward=n, backward=n, forward_tokens=drawn.tokens,
+                            backward_tokens=drawn.tokens)
         self.state.interval["samples"] += len(ft) + (len(drawn.batch) if drawn is not None else 0)
         self.state.step = step + 1
 
-    def _draw(self, step: int, ft: Batch) -> _Drawn:
+    def _draw(self, step: int, ft: Batch, ft_tokens: int) -> _Drawn:
         """This step's rehearsal rows: drawn after step−1's observation is folded in, on the device, audited
         when due, with the slice of the joined batch each head reads."""
         r, s = self.rehearsal, self.settings
         self.flush()
-        self.selection.ft_batch = ft
+        self.selection.ft_batch, self.selection.ft_tokens = ft, ft_tokens
         # MIR's virtual step must be the step about to be taken: the scheduled rate, not the base one.
         self.selection.lr = self.optimizer.param_groups[0]["lr"]
         rows = r.sampler.draw(step, self.selection)
@@ -386,13 +408,15 @@ class FineTuner:
         if r.pool.head_of is not None:  # rows of several tasks: grouped by head, one slice each
             order = torch.argsort(r.pool.head_of[rows], stable=True)
             rows = rows[order]
-        batch = to_device(host_batch(r.pool, rows, self.device), self.transform, self.device, self.channels_last)
+        host = host_batch(r.pool, rows, self.device)
+        tokens = token_count(host.inputs)
+        batch = to_device(host, self.transform, self.device, self.channels_last)
         # like telemetry, the last (possibly shorter) interval is audited too
         audit_now = s.audit_every and ((step + 1) % s.audit_every == 0 or step + 1 == s.steps)
-        audit_wrong = self.audit(rows, batch) if audit_now else None
+        audit_wrong = self.audit(rows, batch, tokens) if audit_now else None
         n_ft = len(ft)
         splits = [(h, n_ft + int(at[0]), n_ft + int(at[-1]) + 1) for h, at in r.pool.head_groups(rows, r.head)]
-        return _Drawn(rows, batch, order, audit_wrong, splits)
+        return _Drawn(rows, batch, tokens, order, audit_wrong, splits)
 
     def _forward(self, ft: Batch, drawn: _Drawn | None
                  ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
@@ -428,10 +452,11 @@ class FineTuner:
             event.record()
         return _Pending(drawn.rows, wrong, row_loss, audit_wrong, drawn.order, event)
 
-    def audit(self, pool_rows: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def audit(self, pool_rows: torch.Tensor, batch: Batch, tokens: int = 0) -> torch.Tensor:
         """Which drawn rows the current weights truly get wrong: an eval-mode, no-grad pass before the
         training forward (so BatchNorm's running statistics are still those of this step's weights).
-        Charged to the ledger's ``audit`` purpose, never to the training budget; no sampler reads it."""
+        Charged to the ledger's ``audit`` purpose (``tokens``: the rows' non-padding tokens), never to the
+        training budget; no sampler reads it."""
         r = self.rehearsal
         with torch.no_grad(), autocast_for(self.device, self.settings.amp):
             self.model.eval()
@@ -443,7 +468,7 @@ class FineTuner:
                 wrong = torch.cat(parts)
             finally:
                 self.model.train()
-        self.ledger.add("audit", forward=len(batch))
+        self.ledger.add("audit", forward=len(batch), forward_tokens=tokens)
         return wrong
 
     def flush(self) -> None:

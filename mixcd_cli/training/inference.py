@@ -14,6 +14,37 @@ from ..models import MixcdNet
 from ..objectives import Batch, Objective
 from ..runtime import autocast_for
 from ..samplers.base import SelectionContext
+from ..sources import PAD
+
+
+def is_token_batch(inputs: torch.Tensor) -> bool:
+    """Whether model inputs are a token batch: (n, 2, L) integer ids and segments padded with PAD
+    (`text.TokenSource`), told apart from images as `data.join_batches` does."""
+    return inputs.ndim == 3 and not inputs.is_floating_point()
+
+
+def token_count(inputs: torch.Tensor) -> int:
+    """Non-padding tokens of a batch of model inputs (0 for images). Token sources are read on the host, so
+    counting their batches before they move to a device waits for nothing."""
+    return int((inputs[:, 0] != PAD).sum()) if is_token_batch(inputs) else 0
+
+
+def row_tokens(task: Task, batch_size: int = 4096) -> torch.Tensor | None:
+    """Each row's non-padding tokens (int64), or None when the task's rows are not token sequences: what a pass
+    over the rows costs in tokens, known without running the model (a cached artifact's cost)."""
+    if len(task) == 0 or not is_token_batch(task.inputs(torch.arange(1))):
+        return None
+    parts = []
+    for start in range(0, len(task), batch_size):
+        ids = task.inputs(torch.arange(start, min(start + batch_size, len(task))))[:, 0]
+        parts.append((ids != PAD).sum(1).long().cpu())
+    return torch.cat(parts)
+
+
+def task_tokens(task: Task) -> int:
+    """The non-padding tokens of every row of ``task`` (0 for tasks without tokens)."""
+    per_row = row_tokens(task)
+    return 0 if per_row is None else int(per_row.sum())
 
 
 @dataclass
@@ -39,9 +70,11 @@ def predict_task(model: MixcdNet, task: Task, head: str, transform: BatchTransfo
     try:
         for start in range(0, rows.numel(), batch_size):
             chunk = rows[start:start + batch_size]
-            chunks.append(_chunk_columns(model, task, objective, chunk, head, transform, device, amp))
+            batch = task.batch(chunk)
+            tokens = token_count(batch.inputs)  # on the host, before the copy
+            chunks.append(_chunk_columns(model, task, objective, chunk, batch, head, transform, device, amp))
             if ledger is not None:
-                ledger.add(purpose, forward=chunk.numel())
+                ledger.add(purpose, forward=chunk.numel(), forward_tokens=tokens)
             if progress is not None:
                 progress(chunk.numel())
     finally:
@@ -53,10 +86,10 @@ def predict_task(model: MixcdNet, task: Task, head: str, transform: BatchTransfo
     return Predictions(cat["loss"], cat["pred"], cat["conf"], cat["correct"])
 
 
-def _chunk_columns(model: MixcdNet, task: Task, objective: Objective, chunk: torch.Tensor, head: str,
+def _chunk_columns(model: MixcdNet, task: Task, objective: Objective, chunk: torch.Tensor, host: Batch, head: str,
                    transform: BatchTransform, device: torch.device, amp: str) -> dict[str, torch.Tensor | None]:
-    """The objective's columns of one chunk of rows, each group of rows read by its own head."""
-    batch = task.batch(chunk).to(device)
+    """The objective's columns of one chunk of rows (``host``: their batch), each group read by its own head."""
+    batch = host.to(device)
     x = transform(batch.inputs)
     groups = task.head_groups(chunk, head)
     if len(groups) == 1:
@@ -94,10 +127,11 @@ def task_features(model: MixcdNet, task: Task, transform: BatchTransform, device
     try:
         for start in range(0, len(task), batch_size):
             chunk = torch.arange(start, min(start + batch_size, len(task)))
+            inputs = task.inputs(chunk)
             with autocast_for(device, amp):
-                out.append(model.features(transform(task.inputs(chunk).to(device, non_blocking=True))).float().cpu())
+                out.append(model.features(transform(inputs.to(device, non_blocking=True))).float().cpu())
             if ledger is not None:
-                ledger.add(purpose, forward=chunk.numel())
+                ledger.add(purpose, forward=chunk.numel(), forward_tokens=token_count(inputs))
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, model.num_features)
@@ -137,6 +171,7 @@ class ModelSelection(SelectionContext):
         self.batch_size = batch_size
         self.objective = pool.objective
         self.ft_batch: Batch | None = None  # this step's fine-tune batch, set by the trainer before each draw
+        self.ft_tokens = 0  # its non-padding tokens (token tasks), counted by the trainer on the host
 
     def wrong(self, rows: torch.Tensor) -> torch.Tensor:
         preds = predict_task(self.model, self.pool, self.prior_head, self.transform, self.device,
@@ -145,7 +180,9 @@ class ModelSelection(SelectionContext):
 
     @torch.no_grad()
     def pool_losses(self, rows: torch.Tensor, params: dict[str, torch.Tensor] | None) -> torch.Tensor:
-        batch = self.pool.batch(rows).to(self.device)
+        host = self.pool.batch(rows)
+        tokens = token_count(host.inputs)
+        batch = host.to(self.device)
         x, y = self.transform(batch.inputs), batch.targets
         was_training = self.model.training
         self.model.eval()
@@ -160,7 +197,7 @@ class ModelSelection(SelectionContext):
                 losses[at] = self.objective.loss(logits, y[on]).cpu()
         finally:
             self.model.train(was_training)
-        self.ledger.add("selection", forward=rows.numel())
+        self.ledger.add("selection", forward=rows.numel(), forward_tokens=tokens)
         return losses
 
     def virtual_params(self) -> dict[str, torch.Tensor]:
@@ -174,7 +211,8 @@ class ModelSelection(SelectionContext):
         outputs = torch.func.functional_call(self.model, {**params, **buffers}, (ft.inputs,), {"head": self.ft_head})
         loss = self.objective.loss(outputs, ft.targets, "mean")
         grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
-        self.ledger.add("selection", forward=len(ft), backward=len(ft))
+        self.ledger.add("selection", forward=len(ft), backward=len(ft), forward_tokens=self.ft_tokens,
+                        backward_tokens=self.ft_tokens)
         new = {n: (params[n] - self.lr * g).detach() if g is not None else params[n].detach()
                for n, g in zip(names, grads, strict=True)}
         return {**new, **{n: b for n, b in self.model.named_buffers()}}
