@@ -54,7 +54,7 @@ REPRO := $(CURDIR)/outputs/reproduce
 SAMPLERS ?= random,class_balanced,loss_high,mixcd,mir
 ORACLE ?= oracle_cd
 RATIOS ?= 0.0625,0.125,0.25,0.5
-SEEDS ?= 1,2,3
+SEEDS ?= 1,2,3,4,5
 SOURCE ?=
 EXTRA ?=
 JOBS ?= 2
@@ -138,7 +138,7 @@ ablate-text: install ## mix-cd's partitions and variants on the text task → re
 		sampler.estimate=thompson"
 
 # Multi-stage sequences (docs/design.md §9): every rehearsal sampler, and mix-cd partitioned by the task a pool
-# row came from (SOURCE), at three ratios and three seeds; `mixcd report` adds the accuracy matrices.
+# row came from (SOURCE), at three ratios and five seeds; `mixcd report` adds the accuracy matrices.
 SEQ_SAMPLERS ?= random,class_balanced,mixcd,mir
 SPLIT_RATIOS ?= 0.125,0.25,0.5
 DOMAIN_RATIOS ?= 0.0625,0.125,0.25
