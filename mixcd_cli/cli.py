@@ -168,12 +168,21 @@ def report(paths: list[Path] = typer.Argument(..., help="Run folders or folders 
            sampler: list[str] = typer.Option(None, "--sampler", "-s",
                                              help="Only these samplers (repeat the option); default: all."),
            html: bool = typer.Option(False, "--html", help="Also write report.html: one self-contained page with "
-                                     "the tables and the plots inline, to share.")) -> None:
-    """Compare runs: mean ± std over seeds by whole configuration; random-equivalent budgets with bootstrap
-    intervals; CSV, Markdown and plots (and --html: one page to share)."""
+                                     "the tables and the plots inline, to share."),
+           budget: str = typer.Option("total", "--budget", help="The budget axis of the folds, the frontier and the "
+                                      "budget plot: total (the compute a sampler adds: rehearsal + selection + the "
+                                      "snapshots it reads, fwd + 2·bwd) or rehearsal (rows drawn). The fold on the "
+                                      "other axis is shown beside.", metavar="total|rehearsal"),
+           amortize: int = typer.Option(None, "--amortize", help="Spread θ0's one-time snapshot over N "
+                                        "fine-tunings on the total axis (default: charged in full, shown apart).",
+                                        metavar="N")) -> None:
+    """Compare runs: mean ± std over seeds by whole configuration; random-equivalent budgets on the total or the
+    rehearsal axis with labelled intervals; CSV (a row per group, and runs.csv: a row per run), Markdown and
+    plots (and --html: one page to share)."""
     from .report import run_report
 
-    run_report(paths, out, stage=stage.value, plots=plots, samplers=sampler or None, html=html)
+    run_report(paths, out, stage=stage.value, plots=plots, samplers=sampler or None, html=html, budget=budget,
+               amortize=amortize)
 
 
 @app.command("config")

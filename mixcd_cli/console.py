@@ -119,7 +119,8 @@ def print_run(result: RunResult | EvalResult, run_dir: Path) -> None:
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
     rows = _accuracy_rows(result) + _signal_rows(result) + _ledger_rows(result.ledger) \
-        + (_compute_rows(cast("RunResult", result)) if result.STAGE == "train" else [])
+        + (_compute_rows(cast("RunResult", result)) + _fidelity_rows(cast("RunResult", result))
+           if result.STAGE == "train" else [])
     rows.append(("wall time (s)", " · ".join(f"{k} {v:.1f}" for k, v in result.wall_time.items())))
     for row in rows:
         table.add_row(*row)
@@ -199,7 +200,9 @@ def _compute_rows(result: RunResult) -> list[tuple[str, str]]:
                                                if compute.sampler_one_time else "")))
     for a in compute.artifacts:
         how = ["one-time" if a.one_time else "this run's"] + ([] if a.needed else ["measures only"])
-        cached = _found_cached(result, a.what, a.stage)
+        cached = None if a.source == "training" else _found_cached(result, a.what, a.stage)
+        if a.source == "training":
+            how.append("from the training forwards")
         if cached is not None:
             how.append("cached" if cached else "made")
         name = f"compute {a.what} of {a.model.replace('theta', 'θ')}" + (f" (stage {a.stage})" if a.stage else "")
@@ -210,6 +213,28 @@ def _compute_rows(result: RunResult) -> list[tuple[str, str]]:
                  ("compute total in tokens", f"{tokens.total:,}"),
                  ("compute one-time in tokens", f"{tokens.one_time:,}")]
     return rows
+
+
+def _fidelity_rows(result: RunResult) -> list[tuple[str, str]]:
+    """snapshot.source=training: how far the training-time columns the sampler read were from the true pass,
+    per stage in a sequence, and over the run."""
+    if result.snapshot_fidelity is None:
+        return []
+
+    def row(name: str, f: Any) -> list[tuple[str, str]]:
+        mae = "-" if f.loss_mae is None else f"{f.loss_mae:.4f}"
+        return [(f"{name}: precision / recall of correct vs the true pass (%)",
+                 f"{_pct(f.precision)} / {_pct(f.recall)}"),
+                (f"{name}: rows never visited (%) · loss MAE of visited rows",
+                 f"{_pct(f.unvisited)} · {mae}")]
+
+    rows: list[tuple[str, str]] = []
+    if result.num_stages > 1:
+        for record in result.stages:
+            if record.snapshot_fidelity is not None:
+                rows += row(f"snapshot from training, stage {record.stage}", record.snapshot_fidelity)
+        return rows + row("snapshot from training, mean over stages", result.snapshot_fidelity)
+    return row("snapshot from training", result.snapshot_fidelity)
 
 
 def _found_cached(result: RunResult, what: str, stage: int) -> bool | None:

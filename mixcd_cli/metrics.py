@@ -57,6 +57,9 @@ class Artifact:
     forward_tokens: int = 0
     backward_tokens: int = 0
     needed: bool = True
+    # a snapshot's pool columns: "pass" (an eval-mode pass) or "training" (the training forwards' record, at no
+    # pass: snapshot.source=training); None for artifacts that are not snapshots, and in runs made before
+    source: str | None = None
 
     def compute(self) -> int:
         return compute_of(self.forward, self.backward)
@@ -156,7 +159,9 @@ class Ledger:
         out = totals(self.forward, self.backward, Artifact.compute)
         tokens = self.has_tokens()
         out["artifacts"] = [{"what": a.what, "model": a.model, "stage": a.stage, "one_time": a.one_time,
-                             "needed": a.needed, "compute": a.compute(), **({"compute_tokens": a.compute_tokens()} if tokens else {})}
+                             "needed": a.needed, "compute": a.compute(),
+                             **({"compute_tokens": a.compute_tokens()} if tokens else {}),
+                             **({"source": a.source} if a.source is not None else {})}
                             for a in self.artifacts]
         if tokens:
             out["tokens"] = totals(self.forward_tokens, self.backward_tokens, Artifact.compute_tokens)

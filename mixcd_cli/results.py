@@ -102,6 +102,7 @@ class LedgerArtifact(_Part):
     forward_tokens: int | None = _omitted()  # token tasks only
     backward_tokens: int | None = _omitted()
     needed: bool = True  # the sampler reads it (False: made only to measure)
+    source: str | None = _omitted()  # a snapshot's: pass | training (snapshot.source); absent in older runs
     extra: dict[str, Any] = _extra()
 
 
@@ -168,6 +169,7 @@ class ComputeArtifact(_Part):
     compute: int
     needed: bool = True
     compute_tokens: int | None = _omitted()
+    source: str | None = _omitted()  # a snapshot's: pass | training (snapshot.source); absent in older runs
     extra: dict[str, Any] = _extra()
 
 
@@ -247,6 +249,20 @@ class Cached(_Part):
 
 
 @dataclass(kw_only=True)
+class SnapshotFidelity(_Part):
+    """How far the pool columns training recorded (snapshot.source=training) are from the true eval-mode pass of
+    the same model (snapshot.fidelity): precision and recall of the recorded ``correct`` against the true one,
+    the share of rows never visited, the mean absolute loss difference over visited rows, the rows compared."""
+
+    precision: float | None = None
+    recall: float | None = None
+    unvisited: float | None = None
+    loss_mae: float | None = None
+    rows: int | None = None
+    extra: dict[str, Any] = _extra()
+
+
+@dataclass(kw_only=True)
 class StageRecord(_Part):
     """One stage of a sequence: an entry of metrics.json's ``stages`` (and of a stage's resume file).
 
@@ -278,6 +294,7 @@ class StageRecord(_Part):
     sampler_notes: list[str] = field(default_factory=list)
     telemetry_end: int | None = None
     wall_time: float | None = None
+    snapshot_fidelity: SnapshotFidelity | None = _omitted()  # snapshot.source=training only
     extra: dict[str, Any] = _extra()
 
 
@@ -357,6 +374,8 @@ class RunResult(_Result):
     sequence: SequenceSummary = _flat(SequenceSummary)
     stages: list[StageRecord] = field(default_factory=list)
     compute: Compute | None = _omitted()  # absent from runs made before compute was kept
+    # snapshot.source=training only: the stages' fidelities, averaged (rows: summed)
+    snapshot_fidelity: SnapshotFidelity | None = _omitted()
     extra: dict[str, Any] = _extra()
 
     @classmethod

@@ -31,6 +31,8 @@ from .training.optim import OPTIMIZERS, SCHEDULES
 
 RESUME_MODES = ("auto", True, False)
 STAGES = ("pretrain", "snapshot", "train", "eval")
+# Where a sampler's snapshot columns come from (docs/design.md §11): an eval-mode pass, or the training forwards.
+SNAPSHOT_SOURCES = ("pass", "training")
 
 
 # Settings added after runs were already being made, with the value that behaves as runs before them did:
@@ -39,7 +41,7 @@ STAGES = ("pretrain", "snapshot", "train", "eval")
 # (Sampler options need no entry: their declared defaults play that part.) Add a key here when adding one.
 INTRODUCED: dict[str, Any] = {"rehearsal.pool": "all", "stages": None, "logger": None, "optimized_metric": None,
                               "prior.transform": None,
-                              "finetune.transform": None}
+                              "finetune.transform": None, "snapshot.source": "pass", "snapshot.subset": None}
 
 # Keys older runs' configurations carry that now live elsewhere (old key → its home now): dropped from a
 # configuration read back from a run folder (`mixcd eval`, resuming), so it reads as it ran; refused in a
@@ -130,6 +132,8 @@ class PriorModelConf:
 class SnapshotConf:
     path: Optional[str] = _req()  # noqa: UP045
     batch_size: Any = _req(auto_or_ge=1)
+    source: str = _req(choices=SNAPSHOT_SOURCES)
+    subset: Optional[int] = _req(ge=1)  # noqa: UP045
 
 
 @dataclass
@@ -387,9 +391,31 @@ def cross_field_rules(cfg: DictConfig) -> None:
         raise MixcdError("mixcd eval needs run_dir=PATH (a folder written by `mixcd train`)")
     batches = stage_rules(cfg)
     sampler_rules(cfg, max(batches))
+    snapshot_rules(cfg)
     if cfg.trainer.devices > 1 and str(cfg.device).startswith("cuda:"):
         raise MixcdError(f"trainer.devices={cfg.trainer.devices} uses GPUs 0..N-1; give device=auto or cuda, "
                          f"not {cfg.device}")
+
+
+def snapshot_rules(cfg: DictConfig) -> None:
+    """snapshot.source and snapshot.subset against the rest of the run (their ranges: `check_ranges`; what needs
+    the data or θ0: recipes/preflight.py)."""
+    snap = cfg.snapshot
+    source, subset = snap.get("source", "pass"), snap.get("subset")
+    options = OmegaConf.to_container(cfg.sampler) if isinstance(cfg.sampler, DictConfig) else dict(cfg.sampler)
+    if not SAMPLERS.spec(str(options["name"])).needs_snapshot(sampler_options(options)):
+        subset = None  # a sampler that reads no snapshot draws over the whole pool: subset does not apply to it
+    if source == "training" and subset is not None:
+        raise MixcdError(f"snapshot.subset={subset} scores a seeded subset of the pool in an eval-mode pass, and "
+                         "snapshot.source=training makes no pass (it reads the training forwards' record of every "
+                         "row); choose one: drop snapshot.subset or use snapshot.source=pass")
+    if source == "training" and cfg.trainer.devices > 1:
+        raise MixcdError(f"snapshot.source=training records the training forwards in one process, and trainer."
+                         f"devices={cfg.trainer.devices} trains in several; use trainer.devices=1 or "
+                         "snapshot.source=pass")
+    if subset is not None and cfg.eval.on_pool:
+        raise MixcdError(f"eval.on_pool=true counts the categories on every pool row against θ0's snapshot, and "
+                         f"snapshot.subset={subset} scores only some of them; drop one of the two")
 
 
 def sampler_rules(cfg: DictConfig, batch: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,20 @@ import numpy as np
 import torch
 
 from . import distributed
-from .artifacts import config_digest, file_digest, file_lock, honour_umask, read_json, write_json
+from .artifacts import (
+    atomic_torch_save,
+    config_digest,
+    file_digest,
+    file_lock,
+    honour_umask,
+    read_json,
+    safe_torch_load,
+    write_json,
+)
 from .clustering import kmeans
 from .data import BatchTransform, Task
 from .errors import MixcdError
+from .runtime import derive_seed
 from .samplers.base import PoolInfo
 from .training.inference import predict_task, task_features
 
@@ -224,3 +234,193 @@ def _meta(key: str, checkpoint: Path, pool: Task, prior_test: Task, transform: B
             **({} if pool.objective.has_classes else {"class_columns": False}),
             "pool_acc0": float(pool_cols["correct"].float().mean()) if len(pool) else None,
             "test_acc0": float(test_cols["correct"].float().mean()) if len(prior_test) else None}
+
+
+# ----------------------------------------------------------------------------------- snapshot.subset
+
+
+def subset_rows(n: int, size: int, seed: int, k: int) -> torch.Tensor:
+    """The ``size`` rows of stage k's pool of ``n`` rows that a subset snapshot scores (snapshot.subset): drawn
+    without replacement by a generator seeded from the run's seed and the stage, in pool order."""
+    if not 1 <= size <= n:
+        raise MixcdError(f"snapshot.subset={size} must lie between 1 and the pool size {n} (stage {k})")
+    g = torch.Generator().manual_seed(derive_seed(int(seed), f"snapshot-subset-stage{k}"))
+    return torch.randperm(n, generator=g)[:size].sort().values
+
+
+def subset_task(task: Task, rows: torch.Tensor) -> Task:
+    """The rows ``rows`` of ``task`` as a task of their own (the scored part of a pool): its fingerprint, and so a
+    snapshot's cache key, names the pool and the rows."""
+    return replace(task, name=f"{task.name}[subset]", index=task.index[rows], targets=task.targets[rows],
+                   definition={"subset_of": task.fingerprint(), "rows": int(rows.numel())},
+                   head_of=None if task.head_of is None else task.head_of[rows],
+                   columns={name: column[rows] for name, column in task.columns.items()})
+
+
+# ----------------------------------------------------------------------------------- snapshot.source=training
+# A pool row is named across stages by (the task it came from, its position in that task): `row_ids`. Stage j's
+# training rows are task j; the prior pool is task 0. Pool k is made of such tasks in order (Experiment.pool_at),
+# each row carrying its task in the ``source`` column (a one-stage run's pool has none: every row is task 0's).
+ROW_ID_STRIDE = 1 << 40
+
+
+def row_ids(task: Task) -> torch.Tensor:
+    """Every row's id (source task × `ROW_ID_STRIDE` + its position in that task), int64."""
+    n = len(task)
+    source = task.columns.get("source")
+    if source is None:
+        return torch.arange(n, dtype=torch.int64)
+    ids = torch.empty(n, dtype=torch.int64)
+    for s in source.unique().tolist():
+        at = torch.nonzero(source == s).flatten()  # one contiguous part of the pool per source task
+        ids[at] = s * ROW_ID_STRIDE + torch.arange(at.numel(), dtype=torch.int64)
+    return ids
+
+
+def stage_row_ids(k: int, n: int) -> torch.Tensor:
+    """The ids of stage k's ``n`` training rows (task k)."""
+    return k * ROW_ID_STRIDE + torch.arange(n, dtype=torch.int64)
+
+
+RECORD_FLOATS, RECORD_BOOLS = ("loss", "conf"), ("correct",)
+
+
+def merge_visits(ids: torch.Tensor, sources: list[tuple[torch.Tensor, dict[str, torch.Tensor]]],
+                 classes: bool = True) -> dict[str, torch.Tensor]:
+    """The training-time columns of the rows ``ids``: each row takes the values of its latest record among
+    ``sources`` = (ids, columns with ``step``), where step −1 marks a row the source holds nothing for, and
+    ``recorded`` = False where none holds anything (`fill_unrecorded` then gives the row its values).
+
+    A source with a ``recorded`` column instead of ``step`` (an earlier stage's training-time columns) ranks
+    below every visit: its recorded rows count as step −1, its unrecorded ones not at all. So at stage k, the
+    rows stage k−1's training forwards visited take their last visit, every other row keeps what stage k−1's
+    own columns held."""
+    keys, ranks, where, part = [], [], [], []
+    for i, (src_ids, cols) in enumerate(sources):
+        if "step" in cols:
+            step = cols["step"].long()
+            held = step >= 0
+        else:
+            held = cols["recorded"].bool()
+            step = torch.full_like(src_ids, -1)
+        at = torch.nonzero(held).flatten()
+        keys.append(src_ids[at])
+        ranks.append(step[at])
+        where.append(at)
+        part.append(torch.full_like(at, i))
+    n = ids.numel()
+    out: dict[str, torch.Tensor] = {
+        "loss": torch.zeros(n, dtype=torch.float32), "conf": torch.zeros(n, dtype=torch.float32),
+        "correct": torch.zeros(n, dtype=torch.bool), "recorded": torch.zeros(n, dtype=torch.bool),
+        **({"pred": torch.full((n,), -1, dtype=torch.int64)} if classes else {})}
+    if keys and sum(k.numel() for k in keys):
+        key, rank, row, src = (torch.cat(x).numpy() for x in (keys, ranks, where, part))
+        order = np.lexsort((rank, key))  # by id, then by step: the last of each id is its latest record
+        key, row, src = key[order], row[order], src[order]
+        last = np.r_[key[1:] != key[:-1], True]
+        key, row, src = key[last], row[last], src[last]
+        wanted = ids.numpy()
+        pos = np.searchsorted(key, wanted)
+        hit = pos < key.size
+        hit[hit] = key[pos[hit]] == wanted[hit]
+        targets = np.nonzero(hit)[0]
+        chosen_src, chosen_row = src[pos[hit]], row[pos[hit]]
+        for i, (_, cols) in enumerate(sources):
+            mine = chosen_src == i
+            if not mine.any():
+                continue
+            into, rows = torch.from_numpy(targets[mine]), torch.from_numpy(chosen_row[mine])
+            for name in (*RECORD_FLOATS, *RECORD_BOOLS, *(("pred",) if classes else ())):
+                out[name][into] = cols[name][rows].to(out[name].dtype)
+            out["recorded"][into] = True
+    return fill_unrecorded(out)
+
+
+def fill_unrecorded(cols: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A row no training forward ever visited has no record: it reads as not prior-correct (so no sampler takes
+    it for collateral damage), with the largest recorded loss (a loss-weighted sampler sees it as hard, not
+    easy) and confidence 0; the prediction, where kept, is −1. ``recorded`` says which rows these are."""
+    recorded = cols["recorded"]
+    missing = ~recorded
+    if missing.any():
+        cols["correct"][missing] = False
+        cols["loss"][missing] = float(cols["loss"][recorded].max()) if recorded.any() else 0.0
+        cols["conf"][missing] = 0.0
+        if "pred" in cols:
+            cols["pred"][missing] = -1
+    return cols
+
+
+@dataclass
+class TrainingColumns:
+    """A pool's snapshot columns as training recorded them (snapshot.source=training): each row's values as of its
+    last training visit, ``recorded`` False where there was none (`fill_unrecorded`)."""
+
+    part: SnapshotPart
+    recorded: torch.Tensor
+
+    def columns(self) -> dict[str, torch.Tensor]:
+        """The columns `merge_visits` takes as an earlier stage's (and `save_columns` writes)."""
+        out = {"loss": self.part.loss, "conf": self.part.conf, "correct": self.part.correct,
+               "recorded": self.recorded}
+        return {**out, **({"pred": self.part.pred} if self.part.pred is not None else {})}
+
+
+def training_columns(task: Task, cols: dict[str, torch.Tensor]) -> TrainingColumns:
+    """``cols`` (from `merge_visits`) as the pool part of a snapshot of ``task``."""
+    classes = task.objective.has_classes
+    if int(cols["loss"].numel()) != len(task):
+        raise MixcdError(f"the training record has {cols['loss'].numel()} rows, the pool {len(task)}")
+    part = SnapshotPart(loss=cols["loss"].float(), conf=cols["conf"].float(), correct=cols["correct"].bool(),
+                        index=task.index, pred=cols["pred"].long() if classes else None,
+                        target=task.targets if classes else None)
+    return TrainingColumns(part, cols["recorded"].bool())
+
+
+def fidelity(view: TrainingColumns, true: SnapshotPart) -> dict[str, Any]:
+    """How far training-time columns are from a true eval-mode pass of the same model over the same rows:
+    precision = P(truly correct | training says correct), recall = P(training says correct | truly correct),
+    ``unvisited`` the share of rows with no record, ``loss_mae`` the mean absolute loss difference over recorded
+    rows; None where undefined."""
+    said, truth, recorded = view.part.correct.bool(), true.correct.bool(), view.recorded
+    both = int((said & truth).sum())
+    n_said, n_true = int(said.sum()), int(truth.sum())
+    gap = (view.part.loss.float() - true.loss.float()).abs()[recorded]
+    return {"precision": both / n_said if n_said else None, "recall": both / n_true if n_true else None,
+            "unvisited": float((~recorded).float().mean()) if len(true) else None,
+            "loss_mae": float(gap.mean()) if gap.numel() else None, "rows": len(true)}
+
+
+RECORD_FORMAT = 1
+
+
+def save_columns(path: Path, cols: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write columns (a training record) atomically to ``path`` (torch) with a sidecar ``.json``: ``meta``, the row
+    count and the file's sha256. The sidecar comes last, so a record without one was never finished."""
+    atomic_torch_save({"format": RECORD_FORMAT, "columns": {k: v.cpu() for k, v in cols.items()}}, path)
+    write_json({**meta, "format": RECORD_FORMAT, "rows": int(next(iter(cols.values())).numel()),
+                "checksum": file_digest(path)}, path.with_suffix(".json"))
+
+
+def load_columns(path: Path, rows: int, what: str, expect: dict[str, Any] | None = None,
+                 advice: str = "delete it to recompute") -> dict[str, torch.Tensor]:
+    """Columns written by `save_columns`, verified: sidecar, checksum, row count and the ``expect``ed meta values;
+    each refusal one line ending in ``advice`` (what makes the file again)."""
+    side = path.with_suffix(".json")
+    if not path.is_file() or not side.is_file():
+        raise MixcdError(f"{what} not found: {path} (with {side.name}); {advice}")
+    try:
+        meta = read_json(side, what=what)
+    except MixcdError as exc:
+        raise MixcdError(f"{what} {side} is corrupt; {advice}") from exc
+    if file_digest(path) != meta.get("checksum"):
+        raise MixcdError(f"{what} {path} does not match its checksum; {advice}")
+    for key, value in (expect or {}).items():
+        if meta.get(key) != value:
+            raise MixcdError(f"{what} {path} belongs to another {key} ({meta.get(key)} ≠ {value}); {advice}")
+    data = safe_torch_load(path, what=what)
+    cols = data.get("columns") if isinstance(data, dict) else None
+    if not isinstance(cols, dict) or data.get("format") != RECORD_FORMAT or \
+            any(int(v.numel()) != rows for v in cols.values()) or meta.get("rows") != rows:
+        raise MixcdError(f"{what} {path} does not fit this pool of {rows} rows; {advice}")
+    return cols

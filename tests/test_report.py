@@ -24,8 +24,30 @@ from mixcd_cli.report import (
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def fake_compute(rehearsal: int, selection: int = 0, snapshot: int = 0, own_snapshot: int = 0) -> dict:
+    """metrics.json's compute of a run that drew ``rehearsal`` rows, made ``selection`` forwards, and reads θ0's
+    one-time pool snapshot of ``snapshot`` rows and later stages' snapshots of ``own_snapshot`` rows (0: none)."""
+    by_purpose = {"pretrain": 9000, "finetune": 3000, "rehearsal": 3 * rehearsal, "selection": selection,
+                  "snapshot": snapshot + own_snapshot + 100, "eval": 100, "audit": 0}
+    artifacts = [{"what": "pretraining", "model": "theta0", "stage": 0, "one_time": True, "needed": True,
+                  "compute": 9000},
+                 {"what": "snapshot", "model": "theta0", "stage": 1, "one_time": True, "needed": bool(snapshot),
+                  "compute": snapshot},
+                 {"what": "snapshot of the test sets", "model": "theta0", "stage": 1, "one_time": True,
+                  "needed": False, "compute": 100}]
+    if own_snapshot:
+        artifacts.append({"what": "snapshot", "model": "theta1", "stage": 2, "one_time": False, "needed": True,
+                          "compute": own_snapshot})
+    return {"by_purpose": by_purpose, "total": sum(by_purpose.values()), "training": 3000 + 3 * rehearsal + selection,
+            "one_time": 9000 + snapshot + 100, "sampler": 3 * rehearsal + selection + snapshot + own_snapshot,
+            "sampler_one_time": snapshot, "artifacts": artifacts}
+
+
 def fake_run(folder: Path, sampler: str, ratio: float, seed: int, pre_acc: float, ft_acc: float = 0.9,
-             rehearsal: int = 0, hit_rate: float | None = None, steps: int = 600) -> None:
+             rehearsal: int = 0, hit_rate: float | None = None, steps: int = 600, compute: dict | None = None,
+             with_compute: bool = True) -> None:
+    """A finished run's folder; its compute is ``compute``, else that of its rehearsal alone (no snapshot read:
+    the total axis then reads as the rehearsal axis), or none with ``with_compute=False`` (an older run)."""
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(f"stage: train\nseed: {seed}\nthreads: 1\ntrainer:\n  steps: {steps}\n"
                                         f"  mix_ratio: {ratio}\n  log_every: 50\nsampler:\n  name: {sampler}\n")
@@ -37,6 +59,8 @@ def fake_run(folder: Path, sampler: str, ratio: float, seed: int, pre_acc: float
                           "backward": {"finetune": 1000, "rehearsal": rehearsal, "selection": 0},
                           "training_passes": 2000 + 2 * rehearsal},
                "wall_time": {"finetune": 1.0}}
+    if with_compute:
+        metrics["compute"] = compute if compute is not None else fake_compute(rehearsal)
     (folder / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -193,7 +217,7 @@ def test_the_fold_table_gives_log_and_linear_folds_and_the_gap_with_labelled_int
     over 3 pairs. Five seeds (.75 … .79): the 95% bootstrap for the fold, and gaps +5 … +9 pts → 7 ± 2.776 ·
     √2.5 / √5 = 7 ± 1.96 (Student-t, 5 pairs)."""
     _curve_and_mixcd(tmp_path / "three", [1, 2, 3])
-    summary = run_report([tmp_path / "three"], tmp_path / "rep3", plots=False)
+    summary = run_report([tmp_path / "three"], tmp_path / "rep3", plots=False, budget="rehearsal")
     (e,) = summary["random_equivalent"]
     assert e["fold"] == pytest.approx(4 ** 0.8 / 2) and e["fold_linear"] == pytest.approx(1.7)
     assert e["random_equivalent_budget"] == pytest.approx(100 * 4 ** 0.8)
@@ -207,14 +231,16 @@ def test_the_fold_table_gives_log_and_linear_folds_and_the_gap_with_labelled_int
     assert e["gap_to_random_interval"] == {"lo": pytest.approx(0.05), "hi": pytest.approx(0.07), "level": None,
                                            "method": "range", "n": 3, "label": "range over 3 pairs"}
     md = (tmp_path / "rep3" / "report.md").read_text()
-    assert ("| random needs | fold | fold, linear interp. | fold interval | per seed | "
+    assert ("| random needs | fold | fold, linear interp. | fold interval | per seed | fold, total axis [interval] | "
             "Δ pre_acc vs random at same budget, pts [interval] | frontier |") in md
-    assert ("| exp | - | mixcd | 0.5 | 200 | 76.00 | 303 | 1.52x | 1.70x | [1.41x, 1.62x] range over 3 seeds | "
-            "1.41x 1.52x 1.62x | +6.00 [+5.00, +7.00] range over 3 pairs | yes |") in md
+    # with no snapshot read, the total axis (3 × the rows: fwd + 2 · bwd) gives the same folds beside
+    assert ("| exp | - | mixcd | 0.5 | 200 | - | 76.00 | 303 | 1.52x | 1.70x | [1.41x, 1.62x] range over 3 seeds | "
+            "1.41x 1.52x 1.62x | 1.52x [1.41x, 1.62x] range over 3 seeds | +6.00 [+5.00, +7.00] range over 3 pairs "
+            "| yes |") in md
     assert "95%" not in md.split("| experiment | config | sampler | r | budget")[1]  # no row claims 95%
 
     _curve_and_mixcd(tmp_path / "five", [1, 2, 3, 4, 5])
-    (e,) = run_report([tmp_path / "five"], tmp_path / "rep5", plots=False)["random_equivalent"]
+    (e,) = run_report([tmp_path / "five"], tmp_path / "rep5", plots=False, budget="rehearsal")["random_equivalent"]
     iv = e["fold_interval"]
     assert (iv["method"], iv["level"], iv["n"], iv["label"]) == ("bootstrap", 0.95, 5, "95% bootstrap over 5 seeds")
     assert e["fold_ci95"] == [iv["lo"], iv["hi"]]
@@ -295,7 +321,7 @@ def test_multi_stage_runs_compare_on_earlier_task_accuracy(tmp_path: Path) -> No
     # the prior task alone says mixcd equals random at 100; earlier-task accuracy (0.3) says it equals 150
     fake_sequence(tmp_path / "m", "mixcd", 0.25, 1, matrix(0.2, 0.4), rehearsal=100, partition="loss")
     fake_sequence(tmp_path / "s", "mixcd", 0.25, 1, matrix(0.2, 0.6), rehearsal=100, partition="aux")
-    summary = run_report([tmp_path], tmp_path / "rep")
+    summary = run_report([tmp_path], tmp_path / "rep", budget="rehearsal")
     eq = {e["sampler"]: e for e in summary["random_equivalent"]}
     assert set(eq) == {"mixcd", "mixcd (partition=aux)"}  # two variants, never merged; the default unnamed
     assert eq["mixcd"]["random_equivalent_budget"] == pytest.approx(100 * 2 ** 0.5)  # halfway in log budget
@@ -442,14 +468,27 @@ def test_html_report_from_the_command_line(runs_dir: Path, tmp_path: Path) -> No
 
 DATA = Path(__file__).parent / "data"
 EXPECTED = DATA / "report_expected"
-REPORT_FILES = ("report.md", "report.csv", "report.json", "report.html")
-# case → (the folders reported, relative to the inputs' root, and the options)
+REPORT_FILES = ("report.md", "report.csv", "report.json", "report.html", "runs.csv")
+# case → (the folders reported, relative to the inputs' root, and the options). Runs made before compute was
+# counted have no total axis: their reports are read on the rehearsal axis they were made on.
 REPORT_CASES: dict[str, tuple[list[str], list[str]]] = {
-    "old_train": (["old_runs"], ["--stage", "train", "--html", "--no-plots"]),
-    "old_eval": (["old_runs"], ["--stage", "eval", "--no-plots"]),
-    "synthetic": (["synthetic"], ["--html", "--no-plots"]),
-    "sequences": (["sequences"], ["--no-plots"]),
+    "old_train": (["old_runs"], ["--stage", "train", "--html", "--no-plots", "--budget", "rehearsal"]),
+    "old_eval": (["old_runs"], ["--stage", "eval", "--no-plots", "--budget", "rehearsal"]),
+    "synthetic": (["synthetic"], ["--html", "--no-plots", "--budget", "rehearsal"]),
+    "sequences": (["sequences"], ["--no-plots", "--budget", "rehearsal"]),
 }
+
+
+def _without_compute(root: Path) -> None:
+    """Every run under ``root`` as written before compute was counted (no ``compute`` key)."""
+    for path in root.rglob("metrics.json"):
+        try:
+            metrics = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(metrics, dict) and "compute" in metrics:
+            del metrics["compute"]
+            path.write_text(json.dumps(metrics))
 
 
 def _old_runs(root: Path) -> None:
@@ -486,6 +525,7 @@ def _synthetic_runs(root: Path) -> None:
     fake_run(root / "custom" / "a", "aa_custom", 0.25, 1, 0.57, rehearsal=100)
     fake_run(root / "again" / "1", "mixcd", 0.25, 1, 0.99, rehearsal=100)  # seed 1 again
     _skipped_runs(root / "skipped")
+    _without_compute(root)
 
 
 def _skipped_runs(root: Path) -> None:
@@ -519,6 +559,7 @@ def _sequence_runs(root: Path) -> None:
                       partition="loss")
         fake_sequence(root / f"a-{s}", "mixcd", 0.25, s, matrix(0.2, 0.6), rehearsal=100, partition="aux")
     fake_run(root / "single", "mixcd", 0.25, 3, 0.3, rehearsal=100)
+    _without_compute(root)
 
 
 INPUTS = {"old_runs": _old_runs, "synthetic": _synthetic_runs, "sequences": _sequence_runs}

@@ -20,6 +20,7 @@ from ..results import (
     RunResult,
     SequenceSummary,
     SignalQuality,
+    SnapshotFidelity,
     StagePool,
     StageRecord,
     with_deltas,
@@ -34,9 +35,10 @@ from .context import Context
 
 def stage_record(ctx: Context, k: int, stage: Stage, settings: TrainSettings, pool: Task, row: list[torch.Tensor],
                  against: dict[str, dict[str, Any]], loop: LoopResult, sampler: RehearsalSampler, snap: Snapshot,
-                 snap_cached: bool) -> StageRecord:
+                 snap_cached: bool, fidelity: dict[str, Any] | None = None) -> StageRecord:
     """Stage k's entry of metrics.json's ``stages``: its settings, pool, accuracy row, categories against θ(k−1)
-    (every test set seen before the stage) and θ0 (the prior task), rehearsal counters and cumulative ledger."""
+    (every test set seen before the stage) and θ0 (the prior task), rehearsal counters and cumulative ledger;
+    ``fidelity`` (snapshot.source=training): how far the training-time columns were from the pass's."""
     telemetry = ctx.run_dir / "metrics.jsonl"
     sources = pool.columns.get("source")
     by_source = {str(i): int(n) for i, n in enumerate(torch.bincount(sources))} if sources is not None \
@@ -51,7 +53,23 @@ def stage_record(ctx: Context, k: int, stage: Stage, settings: TrainSettings, po
         final_loss=loop.final_loss, ledger=LedgerSummary.from_dict(ctx.ledger.summary()),
         snapshot=str(snap.path), snapshot_cached=snap_cached, resumed_from=loop.resumed_from,
         sampler_final=to_json_safe(sampler.telemetry()), sampler_notes=list(sampler.notes),
-        telemetry_end=telemetry.stat().st_size if telemetry.is_file() else 0, wall_time=loop.wall_time)
+        telemetry_end=telemetry.stat().st_size if telemetry.is_file() else 0, wall_time=loop.wall_time,
+        snapshot_fidelity=None if fidelity is None else SnapshotFidelity.from_dict(fidelity))
+
+
+def mean_fidelity(records: list[StageRecord]) -> SnapshotFidelity | None:
+    """The stages' snapshot fidelities averaged (each field over the stages where it is defined; rows summed);
+    None when no stage has one (snapshot.source=pass)."""
+    parts = [r.snapshot_fidelity for r in records if r.snapshot_fidelity is not None]
+    if not parts:
+        return None
+
+    def mean(name: str) -> float | None:
+        values = [getattr(f, name) for f in parts if getattr(f, name) is not None]
+        return sum(values) / len(values) if values else None
+
+    return SnapshotFidelity(precision=mean("precision"), recall=mean("recall"), unvisited=mean("unvisited"),
+                            loss_mae=mean("loss_mae"), rows=sum(int(f.rows or 0) for f in parts))
 
 
 def run_result(ctx: Context, records: list[StageRecord], metrics: dict[str, Any], outcome: Any,
@@ -79,7 +97,8 @@ def run_result(ctx: Context, records: list[StageRecord], metrics: dict[str, Any]
         sampler_notes=list(dict.fromkeys(m for r in records for m in r.sampler_notes)),
         num_stages=n, stage_names=[s.name for s in exp.stages], rehearsal_pool=str(cfg.rehearsal.pool),
         accuracy_matrix=matrix, sequence=SequenceSummary.from_dict(sequence_metrics(matrix)),
-        stages=with_deltas(records), compute=Compute.from_dict(ctx.ledger.compute()))
+        stages=with_deltas(records), compute=Compute.from_dict(ctx.ledger.compute()),
+        snapshot_fidelity=mean_fidelity(records))
 
 
 def _resumed_from(records: list[StageRecord], loop: LoopResult) -> Any:

@@ -24,7 +24,7 @@ from ..models import check_weights_file, load_model, model_spec, read_checkpoint
 from ..snapshot import load_snapshot, snapshot_key
 from .context import check_run_folder, encode_text, experiment_of, plain
 from .evaluate import check_finished_run, eval_config
-from .prior import NO_PRIOR, cached_prior_path, prior_model
+from .prior import NO_PRIOR, cached_prior_path, prior_model, prior_record, snapshot_source, stage_pools
 
 
 def check_before_running(cfg: DictConfig, run_dir: Path | None, overrides: list[str]) -> None:
@@ -58,6 +58,7 @@ def check_inputs(cfg: DictConfig) -> None:
     stage = str(cfg.stage)
     given = Path(str(cfg.prior_model.checkpoint)) if cfg.prior_model.checkpoint else None
     given_ckpt = _check_model_file(given, "prior_model.checkpoint", cfg) if given is not None else None
+    training_source = stage == "train" and snapshot_source(cfg) == "training"
     if cfg.snapshot.path:
         folder = Path(str(cfg.snapshot.path))
         if not folder.exists():
@@ -74,8 +75,13 @@ def check_inputs(cfg: DictConfig) -> None:
     encode_text(cfg, exp)  # writes the text cache: only once every check that needs no tokens has passed
     if given is not None:
         prior_model(cfg, exp, given, given_ckpt)  # this experiment's prior head
+    _check_subset(cfg, exp)
     # θ0 from the cache was made for this model and head (they are in its key): only whether it is there matters
     prior = given if given is not None else cached_prior_path(cfg, exp)
+    # snapshot.source=training reads θ0's pretraining record: a given θ0 has none, nor does one cached by an earlier
+    # mixcd, and a damaged one is refused too (a θ0 not cached yet is pretrained, and recorded, by the run)
+    if training_source and prior.is_file():
+        prior_record(cfg, exp, prior)
     if not prior.is_file():
         if stage in ("snapshot", "eval"):
             raise MixcdError(NO_PRIOR)
@@ -111,7 +117,24 @@ def _check_model_file(path: Path, key: str, cfg: DictConfig) -> dict[str, Any]:
 
 
 def _check_snapshot(folder: Path, prior: Path | None, exp: Experiment, cfg: DictConfig) -> None:
-    """A given snapshot: whole (checksums), of these samples, and — when θ0 exists — made by θ0 over this pool."""
-    key = snapshot_key(file_digest(prior), exp.pool_at(1, str(cfg.rehearsal.pool)), exp.tests_before(1),
-                       exp.transform, exp.prior_head()) if prior is not None else None
-    load_snapshot(folder, key, exp.pool_at(1, str(cfg.rehearsal.pool)), exp.tests_before(1))
+    """A given snapshot: whole (checksums), of these samples, and — when θ0 exists — made by θ0 over this pool (its
+    scored subset with snapshot.subset)."""
+    _, scored = stage_pools(cfg, exp, 1)
+    key = snapshot_key(file_digest(prior), scored, exp.tests_before(1), exp.transform,
+                       exp.prior_head()) if prior is not None else None
+    load_snapshot(folder, key, scored, exp.tests_before(1))
+
+
+def _check_subset(cfg: DictConfig, exp: Experiment) -> None:
+    """snapshot.subset scores N rows of every stage's pool: no more than the smallest of them holds."""
+    subset = cfg.snapshot.get("subset")
+    if subset is None:
+        return
+    mode = str(cfg.rehearsal.pool)
+    for k in range(1, len(exp.stages) + 1):
+        size = len(exp.pool_at(k, mode))
+        if int(subset) > size:
+            where = f"stage {k}'s pool (rehearsal.pool={mode}: {size} rows)" if len(exp.stages) > 1 else \
+                f"the pool ({size} rows)"
+            raise MixcdError(f"snapshot.subset={subset} is larger than {where}; give at most {size}, or "
+                             "snapshot.subset=null to score the whole pool")

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from .. import console, distributed
-from ..artifacts import config_digest, file_lock
+from ..artifacts import config_digest, file_digest, file_lock
 from ..data import Experiment, Task
 from ..errors import MixcdError, phase
 from ..metrics import Artifact
@@ -18,7 +18,14 @@ from ..models import FINETUNE_ONLY, MixcdNet, create_model, load_model, model_sp
 from ..results import LedgerSummary, PretrainResult, SnapshotResult, write_result
 from ..runtime import derive_seed
 from ..samplers import SAMPLERS, sampler_options
-from ..snapshot import Snapshot, get_or_create_snapshot
+from ..snapshot import (
+    Snapshot,
+    get_or_create_snapshot,
+    load_columns,
+    save_columns,
+    subset_rows,
+    subset_task,
+)
 from ..training import FineTuner, TrainSettings, largest_batch, predict_task
 from ..training.finetuner import planned_rows
 from ..training.inference import row_tokens, task_tokens
@@ -93,11 +100,47 @@ def _prior_locked(ctx: Context, cache: Path, key: str, path: Path, spec: dict[st
         t0 = time.perf_counter()
         with phase("pretraining of θ0", "the cache holds only finished prior models; rerun to pretrain again"), \
                 console.step_progress("pretrain θ0", settings.steps) as progress:
-            FineTuner(model, exp.pool, exp.prior_head(), exp.transform, ctx.device, settings, ctx.ledger,
-                      telemetry_path=path.parent / "pretrain.jsonl", progress=progress).run()
+            # always recorded (it costs no pass): snapshot.source=training reads it, whichever run asks later
+            loop = FineTuner(model, exp.pool, exp.prior_head(), exp.transform, ctx.device, settings, ctx.ledger,
+                             telemetry_path=path.parent / "pretrain.jsonl", progress=progress, record=True).run()
         save_model(model, path, spec, {"experiment_pool": exp.pool.definition})
+        save_columns(prior_record_path(path), loop.record["task"], _record_meta(path, exp))
         ctx.timings["pretrain"] = time.perf_counter() - t0
         return path, False
+
+
+def prior_record_path(path: Path) -> Path:
+    """Where the record of θ0's pretraining (each pool row's last training visit) lies beside θ0 in the cache."""
+    return path.parent / "record.pt"
+
+
+def _record_meta(path: Path, exp: Experiment) -> dict[str, Any]:
+    return {"model": file_digest(path), "pool": exp.pool.fingerprint()}
+
+
+def prior_record_problem(cfg: DictConfig, path: Path) -> str | None:
+    """Why snapshot.source=training cannot read θ0's pretraining record, or None: a given θ0 was not pretrained by
+    mixcd; a cached θ0 pretrained by an earlier mixcd kept no record (this one does not pretrain it again: its
+    weights, and every snapshot cached for them, would change under other runs' feet on a GPU)."""
+    if cfg.prior_model.checkpoint:
+        return (f"snapshot.source=training reads θ0's pool columns from its pretraining, and prior_model.checkpoint="
+                f"{cfg.prior_model.checkpoint} was not pretrained by mixcd (no training record); use "
+                "snapshot.source=pass, or drop prior_model.checkpoint to let mixcd pretrain θ0")
+    if path.is_file() and not prior_record_path(path).with_suffix(".json").is_file():
+        return (f"snapshot.source=training reads the record θ0's pretraining keeps beside it, and the cached θ0 "
+                f"{path} was pretrained by an earlier mixcd that kept none; delete the folder {path.parent} to "
+                "pretrain θ0 again with its record, or use snapshot.source=pass")
+    return None
+
+
+def prior_record(cfg: DictConfig, exp: Experiment, path: Path) -> dict[str, torch.Tensor]:
+    """The record of θ0's pretraining over the prior pool (`FineTuner` with record=True), verified against θ0."""
+    problem = prior_record_problem(cfg, path)
+    if problem is not None:
+        raise MixcdError(problem)
+    return load_columns(prior_record_path(path), len(exp.pool), "the training record of θ0",
+                        _record_meta(path, exp), f"delete the folder {path.parent} to pretrain θ0 again with its "
+                        "record, or use snapshot.source=pass")
 
 
 def pretrain_settings(cfg: DictConfig, exp: Experiment) -> TrainSettings:
@@ -158,12 +201,35 @@ def run_pretrain(cfg: DictConfig, run_dir: Path | None = None) -> PretrainResult
     return result
 
 
-def snapshot_for(ctx: Context, path: Path, model: MixcdNet | None = None, k: int = 1) -> tuple[Snapshot, bool]:
-    """Stage k's snapshot: the model in ``path`` (θ(k−1); θ0 for k = 1) over pool k and the test sets seen
-    before stage k, cached by fingerprint (a sweep's runs share each distinct one)."""
+def snapshot_source(cfg: DictConfig) -> str:
+    """snapshot.source: ``pass`` (an eval-mode pass) or ``training`` (the training forwards' record)."""
+    return str(cfg.snapshot.get("source", "pass"))
+
+
+def subset_applies(cfg: DictConfig) -> bool:
+    """Whether snapshot.subset restricts this run: set, and the sampler reads the snapshot (a sampler that does not
+    draws over the whole pool, and its snapshot only measures, so it scores every row as before)."""
+    return cfg.snapshot.get("subset") is not None and sampler_reads_snapshot(cfg)
+
+
+def stage_pools(cfg: DictConfig, exp: Experiment, k: int) -> tuple[Task, Task]:
+    """Stage k's pool, and the part of it the snapshot scores and the sampler draws from: the whole pool, or with
+    snapshot.subset (`subset_applies`) a seeded subset of its rows (`snapshot.subset_rows`)."""
+    pool = exp.pool_at(k, str(cfg.rehearsal.pool))
+    if not subset_applies(cfg):
+        return pool, pool
+    return pool, subset_task(pool, subset_rows(len(pool), int(cfg.snapshot.subset), int(cfg.seed), k))
+
+
+def snapshot_for(ctx: Context, path: Path, model: MixcdNet | None = None, k: int = 1, source: str = "pass"
+                 ) -> tuple[Snapshot, bool]:
+    """Stage k's snapshot: the model in ``path`` (θ(k−1); θ0 for k = 1) over pool k (or its scored subset,
+    `stage_pools`) and the test sets seen before stage k, cached by fingerprint (a sweep's runs share each
+    distinct one). ``source``: where the sampler's pool columns come from (`snapshot_artifacts`); the pass is
+    made (or read) either way, as the truth the run is measured against."""
     cfg, exp = ctx.cfg, ctx.experiment
     model = load_prior(ctx, path) if model is None else model
-    pool, tests = exp.pool_at(k, str(cfg.rehearsal.pool)), exp.tests_before(k)
+    (_, pool), tests = stage_pools(cfg, exp, k), exp.tests_before(k)
     t0 = time.perf_counter()
     total = len(pool) + len(tests)
     batch = cfg.snapshot.batch_size
@@ -177,7 +243,7 @@ def snapshot_for(ctx: Context, path: Path, model: MixcdNet | None = None, k: int
             Path(cfg.paths.cache_dir), path, model, pool, tests, exp.prior_head(), exp.transform,
             ctx.device, int(batch), ctx.ledger, str(cfg.trainer.amp),
             Path(cfg.snapshot.path) if cfg.snapshot.path and k == 1 else None, progress)
-    for artifact in snapshot_artifacts(pool, tests, k, sampler_reads_snapshot(cfg)):
+    for artifact in snapshot_artifacts(pool, tests, k, sampler_reads_snapshot(cfg), source):
         ctx.ledger.need(artifact)
     ctx.timings["snapshot"] = ctx.timings.get("snapshot", 0.0) + time.perf_counter() - t0
     return snap, cached
@@ -188,16 +254,28 @@ def sampler_reads_snapshot(cfg: DictConfig) -> bool:
     return SAMPLERS.spec(str(cfg.sampler.name)).needs_snapshot(sampler_options(plain(cfg.sampler)))
 
 
-def snapshot_artifacts(pool: Task, tests: Task, k: int, needed: bool) -> list[Artifact]:
-    """Stage k's snapshot as two artifacts, one forward a row, known from the sizes whether made or read: the
-    pool's part (``needed`` when the sampler reads it) and the test sets' part, which only measures (the
-    report's categories and forgetting) and is never part of a sampler's budget. θ0's (k = 1) is one-time,
-    shared by every fine-tuning of θ0; a later stage's is of this run's own θ(k−1), and the run's own."""
+def snapshot_artifacts(pool: Task, tests: Task, k: int, needed: bool, source: str = "pass") -> list[Artifact]:
+    """Stage k's snapshot as artifacts, one forward a row, known from the sizes whether made or read: the
+    pool's part (``needed`` when the sampler reads it; ``pool``: the rows scored, a subset's with snapshot.subset)
+    and the test sets' part, which only measures (the report's categories and forgetting) and is never part of
+    a sampler's budget. θ0's (k = 1) is one-time, shared by every fine-tuning of θ0; a later stage's is of
+    this run's own θ(k−1), and the run's own.
+
+    With ``source="training"`` the sampler's pool columns come from the training forwards already made: its
+    ``snapshot`` costs nothing (forward 0, ``source`` training), and the eval-mode pass over the pool, still made
+    (or read) as the truth the audit and the fidelity are measured against, is a measure-only artifact of its own."""
     model = f"theta{k - 1}"
+    tests_part = Artifact("snapshot of the test sets", "snapshot", model, k, one_time=k == 1, forward=len(tests),
+                          forward_tokens=task_tokens(tests), needed=False, source="pass")
+    if source == "training":
+        return [Artifact("snapshot", "snapshot", model, k, one_time=k == 1, forward=0, needed=needed,
+                         source="training"),
+                Artifact("snapshot, true pass", "snapshot", model, k, one_time=k == 1, forward=len(pool),
+                         forward_tokens=task_tokens(pool), needed=False, source="pass"),
+                tests_part]
     return [Artifact("snapshot", "snapshot", model, k, one_time=k == 1, forward=len(pool),
-                     forward_tokens=task_tokens(pool), needed=needed),
-            Artifact("snapshot of the test sets", "snapshot", model, k, one_time=k == 1, forward=len(tests),
-                     forward_tokens=task_tokens(tests), needed=False)]
+                     forward_tokens=task_tokens(pool), needed=needed, source="pass"),
+            tests_part]
 
 
 def run_snapshot(cfg: DictConfig, run_dir: Path | None = None) -> SnapshotResult:
@@ -210,8 +288,12 @@ def run_snapshot(cfg: DictConfig, run_dir: Path | None = None) -> SnapshotResult
                             test_acc0=float(snap.test.correct.float().mean()),
                             ledger=LedgerSummary.from_dict(ctx.ledger.summary()))
     write_result(result, ctx.run_dir / "snapshot.json")
-    console.print_kv("snapshot", {"folder": str(snap.path), "cached": cached, "pool size": len(snap.pool),
-                                    "pool accuracy θ0": f"{result.pool_acc0:.4f}",
+    pool, scored = stage_pools(cfg, ctx.experiment, 1)
+    size = {"pool size": len(pool)} if scored is pool else {"pool size": len(pool), "rows scored (snapshot.subset)":
+                                                             len(scored)}
+    console.print_kv("snapshot", {"folder": str(snap.path), "cached": cached, **size,
+                                    "pool accuracy θ0" + (" (rows scored)" if scored is not pool else ""):
+                                    f"{result.pool_acc0:.4f}",
                                     "prior-test accuracy θ0": f"{result.test_acc0:.4f}"})
     return result
 

@@ -8,7 +8,7 @@ task seen so far (one row of the accuracy matrix). Resumable at any step of any 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,33 @@ from ..models import MixcdNet, load_model, model_spec, save_model
 from ..results import RunResult, StageRecord, write_result
 from ..runtime import derive_seed
 from ..samplers import RehearsalSampler, create_sampler, rehearsal_batch, sampler_options
-from ..snapshot import Snapshot, cluster_column
+from ..snapshot import (
+    Snapshot,
+    TrainingColumns,
+    cluster_column,
+    fidelity,
+    load_columns,
+    merge_visits,
+    row_ids,
+    save_columns,
+    stage_row_ids,
+    training_columns,
+)
 from ..training import FineTuner, Rehearsal, TrainSettings
 from ..training.finetuner import LoopResult
 from ..training.inference import task_tokens
 from .assemble import run_result, stage_record
 from .context import Context, plain, settings_from, setup
 from .evaluate import accuracy_row, evaluate
-from .prior import load_prior, prior_checkpoint, snapshot_for
+from .prior import (
+    load_prior,
+    prior_checkpoint,
+    prior_record,
+    snapshot_for,
+    snapshot_source,
+    stage_pools,
+    subset_applies,
+)
 
 
 def run_train(cfg: DictConfig, run_dir: Path | None = None) -> RunResult | None:
@@ -86,9 +105,13 @@ class Sequence:
     def run(self, t_start: float) -> RunResult | None:
         """Every stage, then the final evaluation against θ0; the run's result (empty on ranks other than 0)."""
         ctx, exp = self.ctx, self.ctx.experiment
+        source = snapshot_source(ctx.cfg)
         prior_path, prior_cached = prior_checkpoint(ctx)
         model = load_prior(ctx, prior_path)
-        snap0, snap0_cached = snapshot_for(ctx, prior_path, model, 1)
+        snap0, snap0_cached = snapshot_for(ctx, prior_path, model, 1, source)
+        if ctx.cfg.snapshot.get("subset") is not None and not subset_applies(ctx.cfg) and distributed.rank() == 0:
+            console.note(f"snapshot.subset: sampler={ctx.cfg.sampler.name} reads no snapshot and draws over the "
+                         "whole pool, so its snapshot (which only measures) scores every row")
         resume = distributed.broadcast(ctx.resume if distributed.rank() == 0 else None)
         if resume and distributed.rank() == 0:
             console.note(f"resuming from {self.checkpoint}")
@@ -101,12 +124,13 @@ class Sequence:
                 model_path, telemetry_start = done
                 continue
             model, snap, snap_cached = (model, snap0, snap0_cached) if k == 1 else self._next_start(model_path, k)
-            outcome = self._stage(k, snap, snap_cached, model, at_stage == k, telemetry_start, theta0_correct)
+            view = self._training_view(k, prior_path) if source == "training" else None
+            outcome = self._stage(k, snap, snap_cached, model, at_stage == k, telemetry_start, theta0_correct, view)
             if distributed.rank() != 0:
                 continue
             self.records.append(outcome.record)
             if k < len(exp.stages):
-                model_path, telemetry_start = self._keep_stage(k, model, outcome.record)
+                model_path, telemetry_start = self._keep_stage(k, model, outcome, view)
         if distributed.rank() != 0:
             return None
         return self._finish(model, snap0, outcome, t_start, prior_path, {"prior": prior_cached,
@@ -128,21 +152,46 @@ class Sequence:
         model, _ = load_model(model_path, model_spec(plain(ctx.cfg.model)), ctx.experiment.channels,
                               vocab_size=ctx.experiment.vocab_size)
         model.to(ctx.device)
-        snap, cached = snapshot_for(ctx, model_path, model, k)
+        snap, cached = snapshot_for(ctx, model_path, model, k, snapshot_source(ctx.cfg))
         return model, snap, cached
 
+    def _training_view(self, k: int, prior_path: Path) -> TrainingColumns:
+        """snapshot.source=training: pool k's columns as training recorded them. Stage 1: θ0's pretraining record
+        (kept beside θ0 in the cache); stage k ≥ 2: what stage k−1 left beside its model (`_keep_stage`)."""
+        ctx, exp = self.ctx, self.ctx.experiment
+        pool = exp.pool_at(k, str(ctx.cfg.rehearsal.pool))
+        classes = exp.objective.has_classes
+        if k == 1:
+            record = prior_record(ctx.cfg, exp, prior_path)  # over the prior pool, pool 1's rows in its order
+            return training_columns(pool, merge_visits(row_ids(pool), [(row_ids(exp.pool), record)], classes))
+        path = stage_record_file(ctx.run_dir, k - 1)
+        return training_columns(pool, load_columns(path, len(pool), f"the training record of stage {k - 1}",
+                                                   {"pool": pool.fingerprint()},
+                                                   "it is made only while the stage trains: start a new run folder"))
+
     def _stage(self, k: int, snap: Snapshot, snap_cached: bool, model: MixcdNet, resume: bool,
-               telemetry_start: int, theta0_correct: torch.Tensor) -> StageOutcome:
+               telemetry_start: int, theta0_correct: torch.Tensor, view: TrainingColumns | None) -> StageOutcome:
         n = len(self.ctx.experiment.stages)
         on_log = self.tracking.interval_logger(k, n, sum(int(r.steps) for r in self.records)) \
             if self.tracking else None
-        return train_stage(self.ctx, k, snap, snap_cached, model, resume, telemetry_start, theta0_correct, on_log)
+        return train_stage(self.ctx, k, snap, snap_cached, model, resume, telemetry_start, theta0_correct, on_log,
+                           view)
 
-    def _keep_stage(self, k: int, model: MixcdNet, record: StageRecord) -> tuple[Path, int]:
+    def _keep_stage(self, k: int, model: MixcdNet, outcome: StageOutcome, view: TrainingColumns | None
+                    ) -> tuple[Path, int]:
+        """θk and stage k's record for the stages after it (and a resume); with snapshot.source=training first the
+        training-time columns of pool k+1 (`next_training_columns`), so a finished stage always has them."""
         record_path, model_file = stage_files(self.ctx.run_dir, k)
+        if view is not None:
+            exp = self.ctx.experiment
+            pool = exp.pool_at(k + 1, str(self.ctx.cfg.rehearsal.pool))
+            cols = next_training_columns(exp.pool_at(k, str(self.ctx.cfg.rehearsal.pool)), view, k,
+                                         len(exp.stages[k - 1].train), outcome.loop.record or {}, pool,
+                                         exp.objective.has_classes)
+            save_columns(stage_record_file(self.ctx.run_dir, k), cols, {"stage": k, "pool": pool.fingerprint()})
         save_model(model, model_file, model_spec(plain(self.ctx.cfg.model)), {"stage": k})
-        write_json(record.to_dict(), record_path)
-        return model_file, int(record.telemetry_end)
+        write_json(outcome.record.to_dict(), record_path)
+        return model_file, int(outcome.record.telemetry_end)
 
     def _finish(self, model: MixcdNet, snap0: Snapshot, outcome: StageOutcome, t_start: float, prior_path: Path,
                 cached: dict[str, bool]) -> RunResult:
@@ -164,6 +213,28 @@ class Sequence:
 def stage_files(run_dir: Path, k: int) -> tuple[Path, Path]:
     """Stage k's record and model, kept so that an interrupted sequence resumes after its finished stages."""
     return run_dir / "stages" / f"stage{k}.json", run_dir / "stages" / f"model{k}.pt"
+
+
+def stage_record_file(run_dir: Path, k: int) -> Path:
+    """snapshot.source=training: pool k+1's training-time columns as stage k's training left them (with a
+    ``.json`` sidecar holding its checksum), beside θk."""
+    return run_dir / "stages" / f"record{k}.pt"
+
+
+def next_training_columns(pool: Task, view: TrainingColumns, k: int, train_rows: int,
+                          record: dict[str, dict[str, torch.Tensor]], next_pool: Task, classes: bool
+                          ) -> dict[str, torch.Tensor]:
+    """Pool k+1's training-time columns after stage k: a row stage k's training forwards visited (a row of its
+    own task, ``record["task"]``, or a rehearsal row of pool k, ``record["pool"]``) takes its last visit's
+    values; any other row keeps what stage k's own columns (``view``, over ``pool``) held; a row neither holds
+    is unrecorded (`snapshot.fill_unrecorded`)."""
+    ids = row_ids(pool)
+    sources = [(ids, view.columns())]
+    if "task" in record:
+        sources.append((stage_row_ids(k, train_rows), record["task"]))
+    if "pool" in record:
+        sources.append((ids, record["pool"]))
+    return merge_visits(row_ids(next_pool), sources, classes)
 
 
 def checkpoint_stage(path: Path) -> int | None:
@@ -237,17 +308,22 @@ def stage_sampler(ctx: Context, k: int, snap: Snapshot, pool: Task, model: Mixcd
 
 def train_stage(ctx: Context, k: int, snap: Snapshot, snap_cached: bool, model: MixcdNet,
                 resume: bool, telemetry_start: int, theta0_correct: torch.Tensor,
-                on_log: Any = None) -> StageOutcome:
-    """Fine-tune θ(k−1) (``model``; ``snap``: its snapshot) on stage k with rehearsal from pool k, then
-    evaluate on every task seen so far. ``theta0_correct``: θ0 on the prior test set, for the record."""
+                on_log: Any = None, view: TrainingColumns | None = None) -> StageOutcome:
+    """Fine-tune θ(k−1) (``model``; ``snap``: its snapshot) on stage k with rehearsal from pool k (its scored rows
+    with snapshot.subset), then evaluate on every task seen so far. ``theta0_correct``: θ0 on the prior test set,
+    for the record. ``view`` (snapshot.source=training): pool k's training-time columns, which the sampler reads
+    instead of the pass's; the pass stays the truth the audit and the stage's ``snapshot_fidelity`` measure
+    against, and every stage but the last records its own training forwards for the next."""
     cfg, exp = ctx.cfg, ctx.experiment
     stage, last = exp.stages[k - 1], k == len(exp.stages)
-    pool = exp.pool_at(k, str(cfg.rehearsal.pool))
+    pool, scored = stage_pools(cfg, exp, k)
     prepare_model(ctx, k, stage, model)
     torch.manual_seed(derive_seed(int(cfg.seed), _seed_tag("finetune", k)))
     settings = stage_settings(cfg, k, stage.trainer, telemetry_start)
-    sampler = stage_sampler(ctx, k, snap, pool, model, settings)
-    loop = fine_tune(ctx, k, stage, model, pool, snap, sampler, settings, resume, on_log)
+    seen = snap if view is None else replace(snap, pool=view.part)  # what the sampler reads
+    sampler = stage_sampler(ctx, k, seen, scored, model, settings)
+    loop = fine_tune(ctx, k, stage, model, scored, snap, sampler, settings, resume, on_log,
+                     signal0=None if view is None else view.part.correct, record=view is not None and not last)
     if last:
         sum_ledger_over_ranks(ctx.ledger)
     if distributed.rank() != 0:
@@ -261,7 +337,8 @@ def train_stage(ctx: Context, k: int, snap: Snapshot, snap_cached: bool, model: 
     prior_classes = exp.objective.classes(exp.prior_test.targets)
     against = {"previous": categories(snap.test.correct, torch.cat(row[:k]), prior_classes if k == 1 else None),
                "theta0": categories(theta0_correct, row[0], prior_classes)}
-    record = stage_record(ctx, k, stage, settings, pool, row, against, loop, sampler, snap, snap_cached)
+    record = stage_record(ctx, k, stage, settings, pool, row, against, loop, sampler, snap, snap_cached,
+                          None if view is None else fidelity(view, snap.pool))
     return StageOutcome(record, row, loop, sampler)
 
 
@@ -278,8 +355,11 @@ def sum_ledger_over_ranks(ledger: Ledger) -> None:
 
 
 def fine_tune(ctx: Context, k: int, stage: Stage, model: MixcdNet, pool: Task, snap: Snapshot,
-              sampler: RehearsalSampler, settings: TrainSettings, resume: bool, on_log: Any) -> LoopResult:
-    """The training loop of stage k, with progress, Ctrl-C handling and its time kept."""
+              sampler: RehearsalSampler, settings: TrainSettings, resume: bool, on_log: Any,
+              signal0: torch.Tensor | None = None, record: bool = False) -> LoopResult:
+    """The training loop of stage k, with progress, Ctrl-C handling and its time kept. ``signal0``: prior-correct
+    as the sampler's columns say, when they are not the pass's (`Rehearsal`); ``record``: keep each row's last
+    training visit (the next stage's columns under snapshot.source=training)."""
     cfg, exp, run_dir = ctx.cfg, ctx.experiment, ctx.run_dir
     checkpoint = run_dir / "checkpoints" / "last.pt"
     t0 = time.perf_counter()
@@ -290,10 +370,11 @@ def fine_tune(ctx: Context, k: int, stage: Stage, model: MixcdNet, pool: Task, s
     of = "" if len(exp.stages) == 1 else f" of stage {k}/{len(exp.stages)} ('{stage.name}')"
     with phase(f"fine-tuning{of} (second Ctrl-C: stopped at once)", kept), \
             console.step_progress(what, settings.steps) as progress:
-        rehearsal = Rehearsal(sampler, pool, exp.prior_head(), snap.pool.correct.bool())
+        rehearsal = Rehearsal(sampler, pool, exp.prior_head(), snap.pool.correct.bool(),
+                              None if signal0 is None else signal0.bool())
         loop = FineTuner(model, stage.train, stage.head, exp.transform, ctx.device, settings, ctx.ledger,
                          rehearsal, telemetry_path=run_dir / "metrics.jsonl", checkpoint_path=checkpoint,
-                         progress=progress, on_log=on_log).run(resume)
+                         progress=progress, on_log=on_log, record=record).run(resume)
     wall = loop.wall_time if loop.resumed_from is None else time.perf_counter() - t0
     ctx.timings["finetune"] = ctx.timings.get("finetune", 0.0) + wall
     loop.wall_time = wall

@@ -13,19 +13,25 @@ from ..artifacts import write_error, write_json
 from ..console import console, note
 from ..errors import MixcdError
 from . import compare
-from .equivalence import FoldMemo, equivalents, fold_on
+from .axes import DEFAULT_AXIS, budget_key, check_axis, set_total_budgets
+from .equivalence import FoldMemo, fold_on, on_both_axes
 from .groups import RETENTION, Group, group_runs
 from .html import write_html
 from .plots import heatmaps, plot, plot_against_default
 from .read import collect
 from .render import markdown, print_report, sections, summary_of
+from .runs_csv import RUNS_CSV, write_runs_csv
 from .tables import retention_name, write_csv
 
 
 def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "train",
-               plots: bool = True, samplers: Sequence[str] | None = None, html: bool = False) -> dict[str, Any]:
-    """Collect, aggregate, print, and write report.csv / report.md / report.json (+ PNGs, and with ``html``
-    report.html: everything on one self-contained page); ``samplers`` keeps only those samplers' runs."""
+               plots: bool = True, samplers: Sequence[str] | None = None, html: bool = False,
+               budget: str = DEFAULT_AXIS, amortize: int | None = None) -> dict[str, Any]:
+    """Collect, aggregate, print, and write report.csv / runs.csv / report.md / report.json (+ PNGs, and with
+    ``html`` report.html: everything on one self-contained page); ``samplers`` keeps only those samplers' runs.
+    Folds, the frontier and the budget plot are read on the ``budget`` axis (`axes`), the fold on the other axis
+    beside each; ``amortize`` N spreads θ0's one-time snapshot over N fine-tunings on the total axis."""
+    check_axis(budget, amortize)
     # a log or a pipe: do not squeeze the table into 80 columns
     shown = console if console.is_terminal else Console(width=300)
 
@@ -35,10 +41,12 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
     if not runs:
         raise MixcdError(f"no finished {stage} runs under {', '.join(map(str, paths))}"
                          + (f" ({len(skipped)} skipped)" if skipped else ""))
-    groups = group_runs(runs)
+    without_compute = set_total_budgets(runs, amortize)
+    key = budget_key(budget)
+    groups = group_runs(runs, key)
     memo: FoldMemo = {}
-    eq = equivalents(groups, memo)
-    vs = compare.against_default(groups, lambda g, seeds: fold_on(groups, g, seeds, memo), RETENTION)
+    eq = on_both_axes(groups, budget, memo)
+    vs = compare.against_default(groups, lambda g, seeds: fold_on(groups, g, seeds, memo, key), RETENTION)
     out = Path(out) if out else Path(paths[0])
     check_out(out)
     try:
@@ -46,7 +54,11 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
     except OSError as exc:
         raise write_error(out, exc, OUT_KEY) from exc
 
-    print_report(shown, runs, groups, eq, vs)
+    print_report(shown, runs, groups, eq, vs, budget)
+    if without_compute:
+        note(f"{without_compute} run(s) have no compute recorded (made before mixcd counted it): the total axis "
+             "leaves them out of the folds and the frontier" + ("; --budget rehearsal reads them" if budget == "total"
+                                                                 else ""))
     if skipped:  # one line, however many folders: the list is in report.md and report.json
         failed = sum(why.startswith("failed:") for _, why in skipped)
         note(f"{len(skipped)} run folder(s) left out ({failed} failed with error.txt, {len(skipped) - failed} "
@@ -55,20 +67,21 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
     if duplicates:
         note(f"{duplicates} run(s) repeat a seed already in their group and count once")
 
-    parts = sections(groups, eq, skipped, vs)
+    parts = sections(groups, eq, skipped, vs, budget, amortize)
     try:  # a folder that turns read-only or full midway: one line, like every other write
         write_csv(groups, out / "report.csv")
+        write_runs_csv(groups, out / RUNS_CSV, roots=paths)
         (out / "report.md").write_text(markdown(parts))
-        pngs = _plots(groups, vs, out) if plots else []
-        summary = summary_of(runs, groups, eq, vs, skipped, pngs)
+        pngs = _plots(groups, vs, out, key) if plots else []
+        summary = summary_of(runs, groups, eq, vs, skipped, pngs, budget, amortize)
         write_json(summary, out / "report.json")
         if html:
             title = f"mixcd report: {len(runs)} {stage} runs, {len(groups)} groups"
             write_html(out / "report.html", title, parts, pngs, sources=[str(p) for p in paths])
     except OSError as exc:
         raise write_error(Path(exc.filename or out), exc, OUT_KEY) from exc
-    shown.print(f"wrote {out / 'report.csv'}, report.md, report.json" + (", report.html" if html else "")
-                  + (f" and {len(pngs)} plots" if pngs else ""), highlight=False, soft_wrap=True)
+    shown.print(f"wrote {out / 'report.csv'}, {RUNS_CSV}, report.md, report.json" + (", report.html" if html else "")
+                + (f" and {len(pngs)} plots" if pngs else ""), highlight=False, soft_wrap=True)
     return summary
 
 
@@ -93,5 +106,5 @@ def check_out(out: Path) -> None:
         raise write_error(out, exc, OUT_KEY) from exc
 
 
-def _plots(groups: Sequence[Group], vs: Sequence[dict[str, Any]], out: Path) -> list[Path]:
-    return plot(groups, out) + heatmaps(groups, out) + plot_against_default(vs, out, retention_name(groups))
+def _plots(groups: Sequence[Group], vs: Sequence[dict[str, Any]], out: Path, budget: str) -> list[Path]:
+    return plot(groups, out, budget) + heatmaps(groups, out) + plot_against_default(vs, out, retention_name(groups))

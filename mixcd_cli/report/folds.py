@@ -208,17 +208,30 @@ def ci95(iv: Interval | None) -> list[float] | None:
     return [iv["lo"], iv["hi"]] if iv is not None and iv["level"] == 0.95 else None
 
 
-def frontier(points: Sequence[tuple[float | None, float | None]]) -> list[bool | None]:
+def frontier(points: Sequence[tuple[float | None, float | None]],
+             budgets: Sequence[float | None] | None = None) -> list[bool | None]:
     """For each (retention, ft_acc) point: whether no other point is at least as good on both and better on
-    one (the Pareto frontier); None for a point with an unknown coordinate."""
+    one (the Pareto frontier); None for a point with an unknown coordinate. With ``budgets``, only points of
+    at most the same budget compete, and one of smaller budget that is as good on both also wins: the frontier
+    at equal or lower compute (a point with an unknown budget gets None)."""
     marks: list[bool | None] = []
+    cost = list(budgets) if budgets is not None else [0.0] * len(points)
     for i, (p, f) in enumerate(points):
-        if p is None or f is None:
+        if p is None or f is None or cost[i] is None:
             marks.append(None)
             continue
-        marks.append(not any(q is not None and h is not None and q >= p and h >= f and (q > p or h > f)
+        marks.append(not any(_dominates((q, h, cost[j]), (p, f, cost[i]))
                              for j, (q, h) in enumerate(points) if j != i))
     return marks
+
+
+def _dominates(a: tuple[float | None, float | None, float | None], b: tuple[float, float, float]) -> bool:
+    """Whether point a = (retention, ft_acc, budget) is at least as good as b on every count and better on one."""
+    q, h, c = a
+    p, f, d = b
+    if q is None or h is None or c is None:
+        return False
+    return q >= p and h >= f and c <= d and (q > p or h > f or c < d)
 
 
 def t975(dof: int) -> float:

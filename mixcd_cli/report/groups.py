@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..samplers import SAMPLERS
+from ..schema import INTRODUCED
 from . import folds
 
 # What retention means in the random-equivalent budget, the frontier and the plots: accuracy on the tasks
@@ -91,8 +92,10 @@ def display_rank(sampler: str) -> tuple[int, str]:
     return order, sampler
 
 
-def group_runs(runs: Sequence[Run]) -> list[Group]:
-    """Groups of runs with the same whole configuration; within one, a seed counts once (its latest run)."""
+def group_runs(runs: Sequence[Run], budget: str | None = None) -> list[Group]:
+    """Groups of runs with the same whole configuration; within one, a seed counts once (its latest run); the
+    frontier marked at each ratio, or with ``budget`` (a run value: the budget on an axis) among the groups of
+    at most the same budget (`mark_frontier`)."""
     groups: dict[tuple[Any, ...], Group] = {}
     for r in sorted(runs, key=lambda r: r.mtime, reverse=True):
         key = (r.experiment, r.sampler, r.mix_ratio, r.settings, r.options)
@@ -106,7 +109,7 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     label_groups(list(groups.values()))
     ordered = sorted(groups.values(), key=lambda g: (g.experiment, g.label, display_rank(g.sampler), g.mix_ratio,
                                                      g.options))
-    mark_frontier(ordered)
+    mark_frontier(ordered, budget)
     return ordered
 
 
@@ -140,23 +143,27 @@ def _name_variants(gs: Sequence[Group]) -> None:
         for k, v in g.options:
             options[k].add(v)
     varying = sorted(k for k, vs in options.items() if len(vs) > 1)
-    defaults = SAMPLERS.spec(gs[0].sampler).defaults() if gs[0].sampler in SAMPLERS else {}
+    declared = SAMPLERS.spec(gs[0].sampler).defaults() if gs[0].sampler in SAMPLERS else {}
+    defaults = {**{f"sampler.{k}": v for k, v in declared.items()}, **INTRODUCED}
     for g in gs:
         own = dict(g.options)
         # named by what sets it apart from the sampler's defaults: the default group keeps the plain name
         g.variant = " ".join(f"{k.removeprefix('sampler.')}={json.loads(own[k])}" for k in varying
                              if k in own and json.loads(own[k]) is not None
-                             and json.loads(own[k]) != defaults.get(k.removeprefix("sampler."), object()))
+                             and json.loads(own[k]) != defaults.get(k, object()))
 
 
-def mark_frontier(groups: Sequence[Group]) -> None:
-    """At each ratio (same experiment and settings), mark the groups no other group beats on both retention
-    and ft_acc (means): the samplers on the Pareto frontier there."""
+def mark_frontier(groups: Sequence[Group], budget: str | None = None) -> None:
+    """Mark the groups no other group beats on both retention and ft_acc (means): at each ratio (same experiment
+    and settings), or, with ``budget``, among all of the experiment's groups with the same settings, where a
+    group competes only with those of at most its budget (mean of that run value) and one as good on both at a
+    smaller budget beats it: the frontier at equal or lower compute on that axis."""
     cells: dict[tuple[Any, ...], list[Group]] = defaultdict(list)
     for g in groups:
-        cells[(g.experiment, g.settings, g.mix_ratio)].append(g)
+        cells[(g.experiment, g.settings) + ((g.mix_ratio,) if budget is None else ())].append(g)
     for cell in cells.values():
-        marks = folds.frontier([(g.stat(RETENTION)[0], g.stat("ft_acc")[0]) for g in cell])
+        points = [(g.stat(RETENTION)[0], g.stat("ft_acc")[0]) for g in cell]
+        marks = folds.frontier(points, None if budget is None else [g.stat(budget)[0] for g in cell])
         for g, mark in zip(cell, marks, strict=True):
             if mark is not None:  # a group without both means keeps its mark unset
                 g.frontier = mark

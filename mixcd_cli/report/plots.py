@@ -14,8 +14,15 @@ from .groups import RETENTION, Group
 from .render import mean_matrix
 from .tables import is_sequence
 
-PLOT_KINDS = (("budget", "training_passes", "fine-tuning passes (ledger: fwd + bwd samples)"),
-              ("pareto", "ft_acc", "fine-tune-test accuracy (%)"))
+# The budget plot's x axis is the report's budget axis (`axes`): rehearsal rows, or the compute a sampler adds.
+BUDGET_LABELS = {"rehearsal_budget": "rehearsal budget (rows drawn)",
+                 "total_budget": "compute the sampler adds (rehearsal + selection + snapshots it reads, fwd + 2·bwd)"}
+
+
+def plot_kinds(budget: str) -> tuple[tuple[str, str, str], ...]:
+    """(file suffix, x value, x label) of each per-experiment plot: retention against ``budget``, and the Pareto
+    view against the new task."""
+    return (("budget", budget, BUDGET_LABELS.get(budget, budget)), ("pareto", "ft_acc", "fine-tune-test accuracy (%)"))
 
 
 def _pyplot() -> Any:
@@ -47,9 +54,9 @@ def _line_name(g: Group) -> str:
     return g.name + (f" [{g.label}]" if g.label else "")
 
 
-def plot(groups: Sequence[Group], out: Path) -> list[Path]:
-    """pre_acc vs total fine-tuning passes, and the Pareto view pre_acc vs ft_acc (frontier points ringed);
-    one PNG of each per experiment."""
+def plot(groups: Sequence[Group], out: Path, budget: str = "rehearsal_budget") -> list[Path]:
+    """Retention vs the budget on the report's axis (``budget``: the run value), and the Pareto view retention vs
+    ft_acc (frontier points ringed); one PNG of each per experiment."""
     plt = _pyplot()
     written = []
     by_exp: dict[str, list[Group]] = defaultdict(list)
@@ -59,7 +66,7 @@ def plot(groups: Sequence[Group], out: Path) -> list[Path]:
         lines: dict[str, list[Group]] = defaultdict(list)
         for g in gs:
             lines[_line_name(g)].append(g)
-        for kind, xkey, xlabel in PLOT_KINDS:
+        for kind, xkey, xlabel in plot_kinds(budget):
             fig, ax = plt.subplots(figsize=(8, 5))
             ringed = False
             for name, sg in lines.items():
@@ -93,7 +100,7 @@ def _plot_line(ax: Any, name: str, sg: Sequence[Group], kind: str, xkey: str, ri
     fx = [x for x, f in zip(xs, front, strict=True) if f]
     fy = [y for y, f in zip(ys, front, strict=True) if f]
     ax.scatter(fx, fy, s=160, facecolors="none", edgecolors="black", linewidths=1.2,
-               label=None if ringed else "on the frontier at its ratio", zorder=5)
+               label=None if ringed else "on the frontier", zorder=5)
     return ringed or bool(fx)
 
 

@@ -13,17 +13,24 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MixcdError
+from ..metrics import PURPOSES
 from ..results import REQUIRED, EvalResult, RunResult, result_from_dict
 from ..samplers import SAMPLERS
 from ..schema import INTRODUCED, flatten
 from .groups import Run, Settings
 
 # Config keys (and key prefixes) that cannot change what a run measures: they never split a group.
-NOT_GROUPING = ("seed", "stage", "device", "resume", "threads", "paths", "hydra", "run_dir", "eval", "snapshot",
-                "logger", "optimized_metric",
+# snapshot.source and snapshot.subset change what a sampler reads: they split groups; where the snapshot is kept
+# and in what batches it is made do not.
+NOT_GROUPING = ("seed", "stage", "device", "resume", "threads", "paths", "hydra", "run_dir", "eval", "snapshot.path",
+                "snapshot.batch_size", "logger", "optimized_metric",
                 "trainer.log_every", "trainer.audit_every", "trainer.checkpoint_every", "trainer.data_on_device")
 # Where a run's sampler and ratio live (today's and before the ratio moved to the trainer): columns, not settings.
 OWN_COLUMNS = ("sampler.name", "sampler.mix_ratio", "trainer.mix_ratio")
+# Settings that change only what a sampler reads (the snapshot's source and its scored subset) are the sampler's
+# own options in the report: they name a variant (`mixcd (snapshot.source=training)`), which is set against the
+# same random curve and the same default mix-cd as every other variant, since random reads no snapshot.
+VARIANT_KEYS = ("snapshot.source", "snapshot.subset")
 # The required keys a run may hold as null: forgetting is unknown when the prior accuracy before was not measured.
 MAY_BE_NULL = ("forgetting",)
 
@@ -50,7 +57,34 @@ def values_of(result: RunResult | EvalResult) -> dict[str, float | None]:
         "training_passes": ledger.training_passes if ledger is not None else None,
         "rehearsal_budget": fwd.get("rehearsal", 0),
         "wall_time": result.wall_time.get("finetune"),
+        **_compute_values(result),
+        **_fidelity_values(result),
     }
+
+
+def _fidelity_values(result: RunResult | EvalResult) -> dict[str, float | None]:
+    """How close a training-time snapshot was to the true pass (snapshot.source=training; None otherwise)."""
+    fidelity = result.snapshot_fidelity if isinstance(result, RunResult) else None
+    return {f"snapshot_{k}": None if fidelity is None else getattr(fidelity, k)
+            for k in ("precision", "recall", "unvisited", "loss_mae")}
+
+
+def _compute_values(result: RunResult | EvalResult) -> dict[str, float | None]:
+    """A run's compute (fwd + 2·bwd, docs/design.md §11): in total, its fine-tuning and one-time parts, and what
+    the sampler adds (the total axis, before amortisation); None for runs made before compute was kept."""
+    compute = result.compute if isinstance(result, RunResult) else None
+    ledger = result.ledger
+    passes = {f"{way}_{p}": (getattr(ledger, way).get(p, 0) if ledger is not None else None)
+              for way in ("forward", "backward") for p in PURPOSES}
+    if compute is None:
+        return {**dict.fromkeys(COMPUTE_VALUES), **passes}
+    return {"compute_total": compute.total, "compute_training": compute.training, "compute_one_time": compute.one_time,
+            "compute_sampler": compute.sampler, "compute_sampler_one_time": compute.sampler_one_time,
+            **{f"compute_{p}": compute.by_purpose.get(p) for p in PURPOSES}, **passes}
+
+
+COMPUTE_VALUES = ("compute_total", "compute_training", "compute_one_time", "compute_sampler",
+                  "compute_sampler_one_time", *(f"compute_{p}" for p in PURPOSES))
 
 
 def _sequence_values(result: RunResult | EvalResult) -> dict[str, float | None]:
@@ -146,7 +180,7 @@ def run_settings(cfg_path: Path) -> tuple[Settings, Settings]:
         if any(key == k or key.startswith(k + ".") for k in NOT_GROUPING) or key in OWN_COLUMNS:
             continue
         item = (key, json.dumps(value, sort_keys=True))
-        (options if key.startswith("sampler.") else settings).append(item)
+        (options if key.startswith("sampler.") or key in VARIANT_KEYS else settings).append(item)
     # A run made before an option existed ran as its default does: group it with today's default runs.
     name = cfg.get("sampler", {}).get("name") if isinstance(cfg, dict) and isinstance(cfg.get("sampler"), dict) \
         else None

@@ -39,27 +39,43 @@ class Section:
     items: Sequence[str] = ()
 
 
+def axis_text(axis: str, amortize: int | None) -> str:
+    """What the budget is on ``axis``, and how θ0's one-time snapshot is charged on the total axis."""
+    if axis == "rehearsal":
+        return "budget: the rehearsal rows a sampler drew (selection passes and snapshots not counted)."
+    spread = "charged in full to every run" if amortize is None else f"spread over {amortize} fine-tunings"
+    return ("budget: the compute a sampler adds to plain fine-tuning at the same steps, forward + 2 × backward: "
+            "its rehearsal and selection passes and the snapshots (and clusters) it reads; plain fine-tuning's own "
+            "passes, made alike by every sampler, are left out, and so are passes that only measure. θ0's "
+            f"snapshot, which every fine-tuning of θ0 can share, is {spread} (its part: 'of which one-time').")
+
+
 def sections(groups: Sequence[Group], eq: Sequence[dict[str, Any]], skipped: Sequence[tuple[Path, str]],
-             vs: Sequence[dict[str, Any]] = ()) -> list[Section]:
+             vs: Sequence[dict[str, Any]] = (), axis: str = "rehearsal", amortize: int | None = None
+             ) -> list[Section]:
     """The report's content, in order, once for every format."""
     retention = retention_name(groups)
     notes = ["mean ± std over seeds; a seed run twice in one group counts once (dup). hit rate: audited share "
              "of drawn rows that were collateral damage; signal: what the training forward pass told the sampler. "
-             f"frontier: no other sampler at the same ratio has both higher {retention} and higher ft_acc."]
+             f"frontier: no other group of the experiment with at most the same budget on the {axis} axis has "
+             f"{retention} and ft_acc both at least as high (and one higher, or a smaller budget). "
+             + axis_text(axis, amortize)]
     if is_sequence(groups):
         notes.append("Multi-stage runs: earlier-task acc = mean accuracy, after the last stage, on every task before "
                      "it; avg acc = the same over all tasks; BWT = mean of (final − just-learned) accuracy over the "
                      "earlier tasks; pre_acc is the prior task's alone and ft_acc the last stage's.")
     out = [Section([], LEAD + [HEADERS[k] for k in metric_keys(groups)], table_rows(groups)), Section(notes)]
     if eq:
-        out.append(Section(["Random-equivalent rehearsal budget (the budget random rehearsal with the same settings "
-                            f"needs for the same {retention}), from the means and per seed pair. fold: that budget "
+        out.append(Section([f"Random-equivalent budget on the {axis} axis (the budget random rehearsal with the same "
+                            f"settings needs for the same {retention}), from the means and per seed pair. "
+                            + axis_text(axis, amortize) + " fold: that budget "
                             f"over the group's own, reading random's curve as linear in log budget (the segment from "
                             f"budget 0, plain fine-tuning, linearly); fold, linear interp.: the same read linearly "
                             f"between budgets, which on a concave curve reads high. {_INTERVALS} Δ at same budget: "
                             f"{retention} minus random's curve (log budget) at the group's own budget, in points, "
-                            f"each seed paired with random's curve of that seed. {_PAIRS}"],
-                           eq_head(groups), eq_rows(eq)))
+                            f"each seed paired with random's curve of that seed. {_PAIRS} The fold on the other "
+                            "axis is read the same way there."],
+                           eq_head(groups, axis), eq_rows(eq)))
     if vs:
         out.append(Section([f"Against the paper-faithful mix-cd (the default `mixcd` at the same experiment, settings "
                             f"and ratio): the mean over seeds of (setting − default), each seed paired with the "
@@ -102,14 +118,14 @@ def _rich_table(title: str, head: Sequence[str], rows: Sequence[Sequence[str]]) 
 
 
 def print_report(console: Any, runs: Sequence[Run], groups: Sequence[Group], eq: Sequence[dict[str, Any]],
-                 vs: Sequence[dict[str, Any]]) -> None:
+                 vs: Sequence[dict[str, Any]], axis: str = "rehearsal") -> None:
     """The report's tables on the terminal: groups, random-equivalent budgets, against the default mix-cd."""
     console.print(_rich_table(f"mixcd report: {len(runs)} runs, {len(groups)} groups (mean ± std over seeds)",
                               LEAD + [HEADERS[k] for k in metric_keys(groups)], table_rows(groups)))
     if eq:
-        console.print(_rich_table("random-equivalent rehearsal budget (log-budget interpolation; each interval "
+        console.print(_rich_table(f"random-equivalent budget, {axis} axis (log-budget interpolation; each interval "
                                   "labelled: 95% with ≥ 5 seeds or pairs, else the range)",
-                                  eq_head(groups), eq_rows(eq)))
+                                  eq_head(groups, axis), eq_rows(eq)))
     if vs:
         console.print(_rich_table("against the paper-faithful mix-cd (paired by seed; verdict: paired t-test; each "
                                   "interval labelled)", compare.HEAD, compare.rows_of(vs)))
@@ -133,8 +149,15 @@ def _json_interval(iv: folds.Interval | None) -> dict[str, Any] | None:
     return None if iv is None else {**iv, "lo": _json_fold(iv["lo"]), "hi": _json_fold(iv["hi"])}
 
 
+def _json_other_axis(o: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if o is None else {**o, "fold": _json_fold(o["fold"]), "fold_linear": _json_fold(o["fold_linear"]),
+                                   "fold_interval": _json_interval(o["fold_interval"]),
+                                   "fold_per_seed": {str(k): _json_fold(v) for k, v in o["fold_per_seed"].items()}}
+
+
 def _json_equivalent(e: dict[str, Any]) -> dict[str, Any]:
     return {**e, "fold": _json_fold(e["fold"]), "fold_linear": _json_fold(e["fold_linear"]),
+            "other_axis": _json_other_axis(e.get("other_axis")),
             "fold_per_seed": {str(k): _json_fold(v) for k, v in e["fold_per_seed"].items()},
             "fold_interval": _json_interval(e["fold_interval"]), "fold_ci95": _json_folds(e["fold_ci95"]),
             "gap_to_random_per_seed": {str(k): v for k, v in e["gap_to_random_per_seed"].items()}}
@@ -148,13 +171,14 @@ def _json_against(v: dict[str, Any]) -> dict[str, Any]:
 
 
 def summary_of(runs: Sequence[Run], groups: Sequence[Group], eq: Sequence[dict[str, Any]],
-               vs: Sequence[dict[str, Any]], skipped: Sequence[tuple[Path, str]], pngs: Sequence[Path]
-               ) -> dict[str, Any]:
+               vs: Sequence[dict[str, Any]], skipped: Sequence[tuple[Path, str]], pngs: Sequence[Path],
+               axis: str = "rehearsal", amortize: int | None = None) -> dict[str, Any]:
     """report.json: every group with its statistics, the folds (infinite ones as "> max") with their labelled
     intervals, skipped runs, plots. The older ``*_ci95`` keys stay for readers written before intervals were
     labelled: the bounds of a 95% interval, null where the interval is a range (docs/design.md §6)."""
     return {"runs": len(runs), "groups": [_group_summary(g, metric_keys(groups)) for g in groups],
-            "retention": retention_key(groups),
+            "retention": retention_key(groups), "budget_axis": axis, "amortize": amortize,
+            "budget": axis_text(axis, amortize),
             "random_equivalent": [_json_equivalent(e) for e in eq],
             "against_default": [_json_against(v) for v in vs],
             "skipped": [[str(p), why] for p, why in skipped], "plots": [p.name for p in pngs]}

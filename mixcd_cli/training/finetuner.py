@@ -74,6 +74,9 @@ class Rehearsal:
     pool: Task
     head: str
     correct0: torch.Tensor  # bool per pool row: prior-correct under θ0 (a drawn row that is now wrong is a hit)
+    # bool per pool row: prior-correct as the sampler's snapshot says (snapshot.source=training: the training-time
+    # columns); the signal counters read it, the audit reads ``correct0``. None: the same as ``correct0``.
+    signal0: torch.Tensor | None = None
 
 
 class BatchOrder:
@@ -124,6 +127,48 @@ def planned_rows(n: int, settings: TrainSettings) -> Iterator[torch.Tensor]:
     order = BatchOrder(n, settings.batch_size, order_seed(settings))
     for _ in range(settings.steps):
         yield order.next()
+
+
+class VisitRecord:
+    """Per row of one task, the columns (`Objective.columns`: loss, confidence, prediction, correct) of the row's
+    latest training-mode forward, taken from the step's own outputs before its optimizer update, and that step
+    (-1: never visited). What a snapshot of the weights as they were at each row's last visit says, at no
+    extra pass (snapshot.source=training, docs/design.md §11). Kept on the training device, so recording
+    waits for nothing; read back to the host only when saved or at the end."""
+
+    def __init__(self, n: int, classes: bool, device: torch.device) -> None:
+        self.loss = torch.zeros(n, dtype=torch.float32, device=device)
+        self.conf = torch.zeros(n, dtype=torch.float32, device=device)
+        self.correct = torch.zeros(n, dtype=torch.bool, device=device)
+        self.pred = torch.full((n,), -1, dtype=torch.int64, device=device) if classes else None
+        self.step = torch.full((n,), -1, dtype=torch.int64, device=device)
+
+    def update(self, rows: torch.Tensor, cols: dict[str, torch.Tensor | None], step: int) -> None:
+        """Rows ``rows`` (positions in the task) were visited at ``step`` with these columns: they replace what
+        an earlier visit left. A row drawn twice in one step has the same outputs twice (per-row normalisation)."""
+        at = rows.to(self.step.device, non_blocking=True)
+        self.loss[at] = cols["loss"].detach().float()
+        self.conf[at] = cols["conf"].detach().float()
+        self.correct[at] = cols["correct"].detach().bool()
+        if self.pred is not None and cols.get("pred") is not None:
+            self.pred[at] = cols["pred"].detach().long()
+        self.step[at] = step
+
+    def columns(self) -> dict[str, torch.Tensor]:
+        """The record on the host: ``loss``, ``conf``, ``correct``, ``step`` and, for kinds with classes, ``pred``."""
+        out = {"loss": self.loss, "conf": self.conf, "correct": self.correct, "step": self.step,
+               **({"pred": self.pred} if self.pred is not None else {})}
+        return {k: v.cpu().clone() for k, v in out.items()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.columns()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, value in state.items():
+            mine = getattr(self, name)
+            if mine is None or value.shape != mine.shape:
+                raise ValueError(f"the record's column {name} does not fit this task")
+            mine.copy_(value.to(mine.device))
 
 
 # Rehearsal counters. signal: drawn rows the training forward pass called collateral damage (prior-correct,
@@ -181,6 +226,9 @@ class LoopResult:
     counts: dict[str, int]
     final_loss: float
     resumed_from: int | None
+    # with record=True: per row of the trained task ("task") and of the rehearsal pool ("pool"), its last
+    # visit's columns (`VisitRecord.columns`)
+    record: dict[str, dict[str, torch.Tensor]] | None = None
 
     def quality(self) -> dict[str, float | None]:
         return signal_quality(self.counts)
@@ -242,7 +290,7 @@ class FineTuner:
                  settings: TrainSettings, ledger: Ledger, rehearsal: Rehearsal | None = None,
                  telemetry_path: Path | None = None, checkpoint_path: Path | None = None,
                  progress: Callable[[int, float], None] | None = None,
-                 on_log: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_log: Callable[[dict[str, Any]], None] | None = None, record: bool = False) -> None:
         self.model, self.task, self.head, self.transform = model, task, head, transform
         self.device, self.settings, self.ledger = device, settings, ledger
         self.objective = task.objective
@@ -255,6 +303,16 @@ class FineTuner:
         self.channels_last = settings.channels_last and self.cuda
         self.state = TrainState(telemetry_offset=settings.telemetry_start)
         self.resumed_from: int | None = None
+        if record and self.world > 1:  # each rank would see its own rows: records are not gathered across ranks
+            raise MixcdError("recording the training forwards (snapshot.source=training) needs one process; "
+                             "use trainer.devices=1 or snapshot.source=pass")
+        # record: each row's last training visit (`VisitRecord`), of the task and of the rehearsal pool
+        self.records: dict[str, VisitRecord] = {}
+        if record:
+            classes = self.objective.has_classes
+            self.records["task"] = VisitRecord(len(task), classes, device)
+            if self.rehearsal is not None:
+                self.records["pool"] = VisitRecord(len(self.rehearsal.pool), classes, device)
 
     # ------------------------------------------------------------------ setup
 
@@ -292,9 +350,9 @@ class FineTuner:
         self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="mixcd-prefetch") \
             if (self.cuda and on_host) or not in_memory else None
         self._order_at_step = self.order.state_dict()  # the order as of the step boundary (before any prefetch)
-        self._upcoming: Future | None = None
+        self._upcoming: tuple[torch.Tensor, Future] | None = None
         if self._prefetcher is not None and self.state.step < s.steps:
-            self._upcoming = self._prefetcher.submit(host_batch, self.task, self.order.next(), self.device)
+            self._upcoming = self._prefetch()
         self._t0 = self._t_interval = time.perf_counter()
 
     # ------------------------------------------------------------------ checkpoint
@@ -312,7 +370,16 @@ class FineTuner:
         ]
         if self.rehearsal is not None:
             parts.append(("sampler", True, self.rehearsal.sampler))
+        if self.records:  # only when recording: checkpoints of runs that do not record stay as they were
+            parts.append(("record", True, _Part(lambda: {n: r.state_dict() for n, r in self.records.items()},
+                                                self._load_records)))
         return parts
+
+    def _load_records(self, state: dict[str, Any]) -> None:
+        if set(state) != set(self.records):
+            raise KeyError("the checkpoint's training record covers other tasks")
+        for name, record in self.records.items():
+            record.load_state_dict(state[name])
 
     def save(self) -> None:
         """Write the checkpoint atomically (rank 0), with every rank's per-rank parts."""
@@ -357,24 +424,29 @@ class FineTuner:
 
     # ------------------------------------------------------------------ one step
 
-    def _next_batch(self, step: int) -> tuple[Batch, int]:
-        """This step's fine-tune batch on the device, and its non-padding tokens (counted on the host)."""
+    def _prefetch(self) -> tuple[torch.Tensor, Future]:
+        rows = self.order.next()
+        return rows, self._prefetcher.submit(host_batch, self.task, rows, self.device)
+
+    def _next_batch(self, step: int) -> tuple[Batch, int, torch.Tensor]:
+        """This step's fine-tune batch on the device, its non-padding tokens (counted on the host) and its rows."""
         if self._prefetcher is None:
-            batch = host_batch(self.task, self.order.next(), self.device)
+            rows = self.order.next()
+            batch = host_batch(self.task, rows, self.device)
             self._order_at_step = self.order.state_dict()
         else:
-            batch = self._upcoming.result()
+            rows, future = self._upcoming
+            batch = future.result()
             self._order_at_step = self.order.state_dict()  # before the prefetch moves the order ahead
-            self._upcoming = self._prefetcher.submit(host_batch, self.task, self.order.next(), self.device) \
-                if step + 1 < self.settings.steps else None
-        return to_device(batch, self.transform, self.device, self.channels_last), token_count(batch.inputs)
+            self._upcoming = self._prefetch() if step + 1 < self.settings.steps else None
+        return to_device(batch, self.transform, self.device, self.channels_last), token_count(batch.inputs), rows
 
     def step(self, step: int) -> None:
         """One optimisation step: fine-tune batch, rehearsal rows drawn after folding in step−1's observation."""
         s = self.settings
-        ft, ft_tokens = self._next_batch(step)
+        ft, ft_tokens, ft_rows = self._next_batch(step)
         drawn = self._draw(step, ft, ft_tokens) if self.rehearsal is not None else None
-        loss, wrong_parts, loss_parts = self._forward(ft, drawn)
+        loss, wrong_parts, loss_parts = self._forward(ft, drawn, ft_rows if self.records else None, step)
         self._losses.append((step, loss.detach()))
         if not self.cuda:  # on the host a check is free; on a GPU it waits for a boundary
             self.state.last_loss = self.check_losses()
@@ -418,15 +490,17 @@ class FineTuner:
         splits = [(h, n_ft + int(at[0]), n_ft + int(at[-1]) + 1) for h, at in r.pool.head_groups(rows, r.head)]
         return _Drawn(rows, batch, tokens, order, audit_wrong, splits)
 
-    def _forward(self, ft: Batch, drawn: _Drawn | None
+    def _forward(self, ft: Batch, drawn: _Drawn | None, ft_rows: torch.Tensor | None = None, step: int = 0
                  ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """The mixed batch's mean loss, and per rehearsal slice which rows are wrong now (and their losses when
-        the sampler observes them), all from this one training forward."""
+        the sampler observes them), all from this one training forward. When recording (``ft_rows``: the
+        fine-tune batch's rows), every row's columns from the same outputs go into the record."""
         s, objective, n_ft = self.settings, self.objective, len(ft)
         splits = [(self.head, 0, n_ft)] + (drawn.splits if drawn is not None else [])
         x = ft.inputs if drawn is None else join_batches([ft.inputs, drawn.batch.inputs])
         wrong_parts: list[torch.Tensor] = []
         loss_parts: list[torch.Tensor] = []
+        record_parts: list[dict[str, torch.Tensor | None]] = []
         with autocast_for(self.device, s.amp):
             outputs = self.net(x, splits=splits)
             loss_sum = objective.loss(outputs[0], ft.targets, "sum")
@@ -436,6 +510,14 @@ class FineTuner:
                 wrong_parts.append(objective.wrong(out.detach(), y))
                 if self.rehearsal.sampler.wants_loss:  # the same forward's outputs: no extra pass
                     loss_parts.append(objective.loss(out.detach(), y))
+                if "pool" in self.records:
+                    record_parts.append(objective.columns(out.detach(), y))
+        if ft_rows is not None:
+            self.records["task"].update(ft_rows, objective.columns(outputs[0].detach(), ft.targets), step)
+        if record_parts:  # the slices are in the drawn rows' (head-grouped) order
+            joined = {k: None if record_parts[0][k] is None else torch.cat([p[k] for p in record_parts])
+                      for k in record_parts[0]}
+            self.records["pool"].update(drawn.rows, joined, step)
         return loss_sum / x.shape[0], wrong_parts, loss_parts
 
     def _pending_of(self, drawn: _Drawn, wrong_parts: list[torch.Tensor], loss_parts: list[torch.Tensor]
@@ -486,7 +568,8 @@ class FineTuner:
             audit_wrong = None if audit_wrong is None else audit_wrong[undo]
         self.rehearsal.sampler.observe(rows, wrong, row_loss)
         eligible = self.rehearsal.correct0[rows]
-        called = eligible & wrong
+        believed = self.rehearsal.signal0
+        called = (eligible if believed is None else believed[rows]) & wrong  # what the sampler saw
         add = {"drawn": rows.numel(), "signal": int(called.sum())}
         if audit_wrong is not None:
             true = eligible & audit_wrong.bool()
@@ -579,4 +662,5 @@ class FineTuner:
             totals = distributed.all_reduce_sum(totals)
         return LoopResult(self.settings.steps, self._elapsed_before + time.perf_counter() - self._t0,
                           {k: int(v) for k, v in zip(COUNTERS, totals.tolist(), strict=True)},
-                          self.state.last_loss, self.resumed_from)
+                          self.state.last_loss, self.resumed_from,
+                          {n: r.columns() for n, r in self.records.items()} if self.records else None)

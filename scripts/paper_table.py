@@ -1,0 +1,93 @@
+"""README's table against the paper, recomputed from the committed runs.csv files alone.
+
+For each reproduction in `EXPERIMENTS` whose `results/<folder>/runs.csv` is committed: the default mix-cd at
+every ratio, its random-equivalent fold on the rehearsal axis and on the total axis (θ0's snapshot charged in
+full: every pass a sampler needs counted), each with its labelled interval, the retention gap to random at
+the same total budget, and the audited hit rate of mix-cd over random's. `tests/test_paper_table.py` checks
+that README holds exactly this table between its paper-table markers.
+
+    python scripts/paper_table.py            # print the table
+    python scripts/paper_table.py --readme   # write it into README.md between the markers
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from mixcd_cli.report.axes import set_total_budgets
+from mixcd_cli.report.equivalence import on_both_axes
+from mixcd_cli.report.groups import RANDOM, group_runs
+from mixcd_cli.report.runs_csv import RUNS_CSV, read_runs_csv
+from mixcd_cli.report.tables import fold_text, points_text
+
+ROOT = Path(__file__).resolve().parent.parent
+# results folder → (what README calls it, the Makefile target that makes it), in README's order
+EXPERIMENTS = {
+    "fmnist": ("default, GroupNorm", "reproduce-fmnist"),
+    "fmnist_norm": ("default, BatchNorm", "reproduce-fmnist-norm"),
+    "fmnist_multi": ("multi-head even → odd", "reproduce-fmnist-multi"),
+    "fmnist_foundation": ("foundation, sparse damage", "reproduce-fmnist-foundation"),
+    "fmnist_split": ("Split FMNIST, 3 stages", "reproduce-fmnist-split"),
+    "fmnist_domain": ("Rotated FMNIST, 3 stages", "reproduce-fmnist-domain"),
+    "text_topics": ("generated text topics, tiny BERT", "reproduce-text"),
+}
+BEGIN, END = "<!-- paper-table:begin (scripts/paper_table.py) -->", "<!-- paper-table:end -->"
+HEAD = ["experiment (target)", "r", "seeds", "fold, rehearsal axis [interval]", "fold, total axis [interval]",
+        "Δ retention vs random at same total budget, pts [interval]", "hit rate, mix-cd / random (audited)"]
+
+
+def rows_of(folder: str, label: str, target: str, results: Path) -> list[list[str]]:
+    """The default mix-cd's rows of one reproduction, from its runs.csv."""
+    runs = read_runs_csv(results / folder / RUNS_CSV)
+    set_total_budgets(runs)
+    groups = group_runs(runs, "total_budget")
+    hit = {(g.settings, g.mix_ratio): g.stat("hit_rate")[0] for g in groups if g.sampler == RANDOM}
+    by_group = {(g.label, g.name, g.mix_ratio): g for g in groups}
+    rows = []
+    for e in on_both_axes(groups, "total"):
+        if e["sampler"] != "mixcd":
+            continue
+        g = by_group[(e["config"], e["sampler"], e["mix_ratio"])]
+        theirs, mine = hit.get((g.settings, g.mix_ratio)), g.stat("hit_rate")[0]
+        other = e["other_axis"] or {}
+        config = f" [{e['config']}]" if e["config"] else ""
+        rows.append([f"{label}{config} (`{target}`)",
+                     f"{e['mix_ratio']:g}", str(e["paired_seeds"]),
+                     fold_text(other.get("fold"), other.get("fold_interval"), other.get("fold_at_least")),
+                     fold_text(e["fold"], e["fold_interval"], e["fold_at_least"]),
+                     points_text(e["gap_to_random"], e["gap_to_random_interval"]),
+                     "-" if not mine or not theirs else f"{mine / theirs:.2f}×"])
+    return rows
+
+
+def table(results: Path = ROOT / "results") -> str:
+    """The whole table, Markdown, for every reproduction whose runs.csv is committed."""
+    rows = [r for folder, (label, target) in EXPERIMENTS.items() if (results / folder / RUNS_CSV).is_file()
+            for r in rows_of(folder, label, target, results)]
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)] + ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def in_readme(text: str) -> str | None:
+    """The table README holds between the markers (None when they are missing)."""
+    if BEGIN not in text or END not in text:
+        return None
+    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n") + "\n"
+
+
+def main() -> None:
+    made = table()
+    if "--readme" in sys.argv[1:]:
+        readme = ROOT / "README.md"
+        text = readme.read_text()
+        if in_readme(text) is None:
+            sys.exit(f"README.md has no {BEGIN} ... {END} markers")
+        head, rest = text.split(BEGIN, 1)
+        readme.write_text(head + BEGIN + "\n" + made + rest[rest.index(END):])
+    else:
+        sys.stdout.write(made)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""README's table against the paper is what the committed runs.csv files give (scripts/paper_table.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("paper_table", ROOT / "scripts" / "paper_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_table_against_the_paper_equals_the_committed_runs() -> None:
+    """Recomputed from results/*/runs.csv alone — every fold, interval and gap — it must equal README's table to
+    the last printed digit; a number edited by hand, or runs remade without README, fails here (rerun
+    `python scripts/paper_table.py --readme` after a reproduction)."""
+    paper = _script()
+    committed = [f for f in paper.EXPERIMENTS if (ROOT / "results" / f / "runs.csv").is_file()]
+    assert committed, "no results/<experiment>/runs.csv committed"
+    made = paper.table()
+    assert made.count("\n") == 2 + sum(len(paper.rows_of(f, *paper.EXPERIMENTS[f], ROOT / "results"))
+                                       for f in committed)
+    assert paper.in_readme((ROOT / "README.md").read_text()) == made
