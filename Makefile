@@ -156,34 +156,32 @@ reproduce-fmnist-domain-quick: install data ## small version: none, random, mixc
 	$(MAKE) --no-print-directory _reproduce NAME=fmnist_domain-quick EXP=fmnist_domain SAMPLERS=random,mixcd SOURCE=1 \
 		ORACLE= RATIOS=0.0625,0.25 SEEDS=1 EXTRA=trainer.steps=100 OUT=$(REPRO)/fmnist_domain-quick/latest-report
 
-# mix-cd with a snapshot that costs less (docs/design.md §11), beside the newest full reproduction of the same
-# sequence (its none / random / default-mixcd runs, with the eval-mode pass, are the reference): the
-# training-time snapshot (no pass) at every ratio, and scored subsets of SUBSETS rows at SUBSET_RATIO, the
-# fold-versus-N curve. `mixcd report` reads both on the total axis; scripts/snapshot_table.py sets them side by side.
+# mix-cd with a snapshot that costs less (docs/design.md §11) on a sequence, self-contained: none, random and
+# mix-cd with the eval-mode pass (the reference), mix-cd with the training-time snapshot (no pass) at every
+# ratio, and mix-cd with scored subsets of SUBSETS rows at SUBSET_RATIO (the fold-versus-N curve), five seeds.
+# `mixcd report` reads them on the total axis; scripts/snapshot_table.py sets the snapshots side by side.
 SPLIT_SUBSETS ?= 500,1000,2000,4000
 DOMAIN_SUBSETS ?= 500,1000,2000,4000
-SPLIT_RUNS ?= $(lastword $(sort $(wildcard $(REPRO)/fmnist_split/2*)))
-DOMAIN_RUNS ?= $(lastword $(sort $(wildcard $(REPRO)/fmnist_domain/2*)))
 .PHONY: _snapshots snapshots-fmnist-split snapshots-fmnist-domain
 _snapshots:
-	@test -n "$(BASE)" || { echo "no reference sweep for $(EXP): run $(BASE_TARGET) first (its none, random and" \
-		"default-mixcd runs are the reference)"; exit 1; }
 	@date -u +"started %FT%TZ"
+	$(MIXCD) train -m experiment=$(EXP) sampler=none seed=$(SEEDS) $(RUN_ARGS) \
+		hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/none
+	$(MIXCD) train -m experiment=$(EXP) sampler=random,mixcd trainer.mix_ratio=$(RATIOS) seed=$(SEEDS) $(RUN_ARGS) \
+		hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/pass
 	$(MIXCD) train -m experiment=$(EXP) sampler=mixcd snapshot.source=training trainer.mix_ratio=$(RATIOS) \
 		seed=$(SEEDS) $(RUN_ARGS) hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/training
 	$(MIXCD) train -m experiment=$(EXP) sampler=mixcd snapshot.subset=$(SUBSETS) trainer.mix_ratio=$(SUBSET_RATIO) \
 		seed=$(SEEDS) $(RUN_ARGS) hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/subset
-	$(MIXCD) report $(REPRO)/$(NAME)/$(STAMP) $(BASE) --out $(OUT) -s none -s random -s mixcd
+	$(MIXCD) report $(REPRO)/$(NAME)/$(STAMP) --out $(OUT)
 	$(PY) scripts/snapshot_table.py $(OUT) > $(OUT)/snapshots.md
 	@date -u +"finished %FT%TZ"
-snapshots-fmnist-split: install data ## mix-cd with a training-time and subset snapshots on Split FMNIST → results/snapshots_split (after reproduce-fmnist-split)
+snapshots-fmnist-split: install data ## mix-cd's snapshot from a pass, from training, from subsets on Split FMNIST, 5 seeds → results/snapshots_split
 	$(MAKE) --no-print-directory _snapshots NAME=snapshots_split EXP=fmnist_split RATIOS=$(SPLIT_RATIOS) \
-		SUBSETS=$(SPLIT_SUBSETS) SUBSET_RATIO=0.25 BASE="$(SPLIT_RUNS)" BASE_TARGET=reproduce-fmnist-split \
-		OUT=$(CURDIR)/results/snapshots_split
-snapshots-fmnist-domain: install data ## the same on Rotated FMNIST → results/snapshots_domain (after reproduce-fmnist-domain)
+		SUBSETS=$(SPLIT_SUBSETS) SUBSET_RATIO=0.25 OUT=$(CURDIR)/results/snapshots_split
+snapshots-fmnist-domain: install data ## the same on Rotated FMNIST → results/snapshots_domain
 	$(MAKE) --no-print-directory _snapshots NAME=snapshots_domain EXP=fmnist_domain RATIOS=$(DOMAIN_RATIOS) \
-		SUBSETS=$(DOMAIN_SUBSETS) SUBSET_RATIO=0.0625 BASE="$(DOMAIN_RUNS)" BASE_TARGET=reproduce-fmnist-domain \
-		OUT=$(CURDIR)/results/snapshots_domain
+		SUBSETS=$(DOMAIN_SUBSETS) SUBSET_RATIO=0.0625 OUT=$(CURDIR)/results/snapshots_domain
 
 # The mix-cd ablation (issue 13): one knob at a time around the paper-faithful default, every partition,
 # every variant and the two free-signal rivals, at two ratios and three seeds, beside the newest full

@@ -3,7 +3,8 @@
 For each reproduction in `EXPERIMENTS` whose `results/<folder>/runs.csv` is committed: the default mix-cd at
 every ratio, its random-equivalent fold on the rehearsal axis and on the total axis (θ0's snapshot charged in
 full: every pass a sampler needs counted), each with its labelled interval, the retention gap to random at
-the same total budget, and the audited hit rate of mix-cd over random's. `tests/test_paper_table.py` checks
+the same total budget, the total-axis fold with θ0's snapshot spread over `AMORTIZE` fine-tunings, and the
+audited hit rate of mix-cd over random's. `tests/test_paper_table.py` checks
 that README holds exactly this table between its paper-table markers.
 
     python scripts/paper_table.py            # print the table
@@ -33,8 +34,20 @@ EXPERIMENTS = {
     "text_topics": ("generated text topics, tiny BERT", "reproduce-text"),
 }
 BEGIN, END = "<!-- paper-table:begin (scripts/paper_table.py) -->", "<!-- paper-table:end -->"
+# θ0's snapshot is shared by every fine-tuning of θ0: the last fold column spreads it over this many, about the
+# mix-cd runs one of these reproductions makes on one θ0 (`mixcd report --amortize`).
+AMORTIZE = 25
 HEAD = ["experiment (target)", "r", "seeds", "fold, rehearsal axis [interval]", "fold, total axis [interval]",
-        "Δ retention vs random at same total budget, pts [interval]", "hit rate, mix-cd / random (audited)"]
+        "Δ retention vs random at same total budget, pts [interval]",
+        f"fold, total axis, θ0's snapshot over {AMORTIZE} runs [interval]", "hit rate, mix-cd / random (audited)"]
+
+
+def _mixcd_folds(path: Path, amortize: int | None) -> dict[tuple[str, float], dict]:
+    """The fold rows of the default mix-cd (by config label and ratio) on the total axis."""
+    runs = read_runs_csv(path)
+    set_total_budgets(runs, amortize)
+    groups = group_runs(runs, "total_budget")
+    return {(e["config"], e["mix_ratio"]): e for e in on_both_axes(groups, "total") if e["sampler"] == "mixcd"}
 
 
 def rows_of(folder: str, label: str, target: str, results: Path) -> list[list[str]]:
@@ -44,10 +57,12 @@ def rows_of(folder: str, label: str, target: str, results: Path) -> list[list[st
     groups = group_runs(runs, "total_budget")
     hit = {(g.settings, g.mix_ratio): g.stat("hit_rate")[0] for g in groups if g.sampler == RANDOM}
     by_group = {(g.label, g.name, g.mix_ratio): g for g in groups}
+    spread = _mixcd_folds(results / folder / RUNS_CSV, AMORTIZE)
     rows = []
     for e in on_both_axes(groups, "total"):
         if e["sampler"] != "mixcd":
             continue
+        a = spread[(e["config"], e["mix_ratio"])]
         g = by_group[(e["config"], e["sampler"], e["mix_ratio"])]
         theirs, mine = hit.get((g.settings, g.mix_ratio)), g.stat("hit_rate")[0]
         other = e["other_axis"] or {}
@@ -57,6 +72,7 @@ def rows_of(folder: str, label: str, target: str, results: Path) -> list[list[st
                      fold_text(other.get("fold"), other.get("fold_interval"), other.get("fold_at_least")),
                      fold_text(e["fold"], e["fold_interval"], e["fold_at_least"]),
                      points_text(e["gap_to_random"], e["gap_to_random_interval"]),
+                     fold_text(a["fold"], a["fold_interval"], a["fold_at_least"]),
                      "-" if not mine or not theirs else f"{mine / theirs:.2f}×"])
     return rows
 
