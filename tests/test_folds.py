@@ -253,6 +253,18 @@ def test_the_frontier_on_a_hand_example() -> None:
     assert frontier([(0.5, None)]) == [None]
 
 
+def test_the_frontier_at_equal_or_lower_budget() -> None:
+    """With budgets, only a point of at most the same budget competes, and one as good on both at a smaller
+    budget wins: more compute for the same accuracies is off the frontier."""
+    points = [(0.70, 0.88), (0.80, 0.90), (0.70, 0.88), (0.60, 0.95), (0.65, 0.85)]
+    budgets = [600.0, 1200.0, 300.0, 100.0, None]
+    # 1200 is better on both than 600 but costs more: 600 stays unless something cheaper beats it, and the
+    # equal point at 300 does (as good on both, cheaper); an unknown budget gets no mark
+    assert frontier(points, budgets) == [False, True, True, True, None]
+    assert frontier(points[:2], [600.0, 1200.0]) == [True, True]
+    assert frontier(points[:2]) == [False, True]  # without budgets the two compete as at one ratio
+
+
 def test_the_paired_by_seed_t_interval_on_a_hand_example() -> None:
     """Seeds 1-3 shared: diffs 5, 4, 6 pts → mean 5, sd 1, t(2) = 4.303 → ±4.303 / √3 = ±2.4843; seeds 4
     and 5 have no partner and a None value pairs with nothing."""
