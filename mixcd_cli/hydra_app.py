@@ -97,9 +97,13 @@ def _timm_hint(name: str) -> str:
 
 
 def normalise_overrides(overrides: list[str]) -> list[str]:
-    """Accept `model=<timm name>` as shorthand for `model=timm model.name=<timm name>`."""
+    """Accept `model=<timm name>` as shorthand for `model=timm model.name=<timm name>`; refuse an override holding
+    a control character (a newline or tab pasted into a value), shown escaped so the message stays one line."""
     out: list[str] = []
     for item in overrides:
+        if not item.isprintable():
+            shown = item.encode("unicode_escape").decode("ascii")
+            raise MixcdError(f"the override '{shown}' holds a control character (a newline or a tab); remove it")
         key, sep, value = item.partition("=")
         if sep and key == "model" and value and "," not in value and value not in group_options("model") \
                 and _timm_name(value):

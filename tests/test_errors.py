@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from as_json import run_train
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mixcd_cli.errors import MixcdError, TrainingDiverged
@@ -135,6 +135,8 @@ VALUES = st.one_of(st.integers(-5, 10**6).map(str), st.floats(allow_nan=True).ma
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), max_size=3))
+@example([("trainer.steps", "\n")])  # found by this test: a newline in a value once made a two-line message
+@example([("sampler", "\t")])
 def test_random_overrides_never_raise_anything_but_a_clear_error(pairs: list[tuple[str, str]]) -> None:
     overrides = [f"{k}={v}" if not k.startswith("~") else k for k, v in pairs]
     try:
