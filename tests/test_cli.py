@@ -20,14 +20,15 @@ def mixcd(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
                           cwd=cwd, env={**__import__("os").environ, "MIXCD_PROGRESS": "0"})
 
 
-def test_help_is_fast_and_imports_no_torch() -> None:
-    code = ("import sys, time; t=time.perf_counter(); from mixcd_cli.cli import app; "
+def test_help_imports_no_torch() -> None:
+    """--help stays fast by never importing torch (the import is what costs seconds); how fast it is on a given
+    machine is a benchmark's business, not a test's, which a loaded machine would fail by chance."""
+    code = ("import sys; from mixcd_cli.cli import app; "
             "from typer.testing import CliRunner; r=CliRunner().invoke(app, ['--help']); "
-            "print(r.exit_code, 'torch' in sys.modules, time.perf_counter()-t); print(r.output)")
+            "print(r.exit_code, 'torch' in sys.modules); print(r.output)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    exit_code, torch_loaded, seconds = out.splitlines()[0].split()
+    exit_code, torch_loaded = out.splitlines()[0].split()
     assert exit_code == "0" and torch_loaded == "False"
-    assert float(seconds) < 1.0
     for stage in ("pretrain", "snapshot", "train", "eval", "report", "config", "ls"):
         assert stage in out
 
