@@ -13,69 +13,29 @@ top-level keys without nesting them in the file; the other parts are the JSON's 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar, Union, overload
+from typing import Any, ClassVar, TypeVar, overload
 
-from .artifacts import read_json, to_json_safe, write_json
+from .artifacts import read_json, write_json
 from .errors import MixcdError, unknown_choice
 from .metrics import sequence_metrics
+from .result_json import Part, decode, extra_keys, flat_part, omitted
 
 FORMAT = 2
+RP = TypeVar("RP", bound="_Result")
 # What a train or eval result cannot be read without (a report skips such a run); every other key has a default.
 REQUIRED = ("sampler", "mix_ratio", "seed", "pre_acc", "ft_acc", "forgetting", "ledger")
 # What `mixcd train` can return to a sweeper (optimized_metric), each read by `RunResult.metric`.
 OPTIMIZABLE = ("pre_acc", "forgetting", "ft_acc", "earlier_acc", "avg_acc", "bwt", "avg_forgetting", "hit_rate",
                "signal_rate", "final_loss")
 
-P = TypeVar("P", bound="_Part")
-RP = TypeVar("RP", bound="_Result")
-
-
-def _flat(factory: Any = None) -> Any:
-    """A part whose keys sit at its owner's top level: the file stays flat, the type groups them."""
-    if factory is None:
-        return field(metadata={"flat": True})
-    return field(default_factory=factory, metadata={"flat": True})
-
-
-def _omitted() -> Any:
-    """An optional value whose key runs leave out, rather than write as null, when it was not measured."""
-    return field(default=None, metadata={"omit": True})
-
-
-def _extra() -> Any:
-    return field(default_factory=dict)
-
-
-class _Part:
-    """Built from, and turned back into, a dict with the JSON's own keys."""
-
-    # keys dropped on reading: bookkeeping some files carry beside the part (see StageRecord)
-    SKIP: ClassVar[tuple[str, ...]] = ()
-
-    @classmethod
-    def from_dict(cls: type[P], data: dict[str, Any], source: str = "a result") -> P:
-        """Build from a dict with today's key names (a producer's, or one read from ``source``, named in errors).
-
-        Keys the part does not know go to its ``extra`` where it has one; a flat part refuses them.
-        """
-        return _decode(cls, data, source, "")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object: today's key names, plain values (NaN as None), ``extra`` beside the known keys."""
-        return to_json_safe(_encode(self))
-
-
 # ------------------------------------------------------------------------------------ parts
 
 
 @dataclass(kw_only=True)
-class Categories(_Part):
+class Categories(Part):
     """Test samples by (correct before?, correct after?), and the collateral-damage rate (metrics.categories)."""
 
     retained: int | None = None
@@ -83,12 +43,12 @@ class Categories(_Part):
     unlearned: int | None = None
     gained: int | None = None
     cd_rate: float | None = None
-    cd_rate_by_class: dict[str, float | None] | None = _omitted()  # only where labels mean one thing
-    extra: dict[str, Any] = _extra()
+    cd_rate_by_class: dict[str, float | None] | None = omitted()  # only where labels mean one thing
+    extra: dict[str, Any] = extra_keys()
 
 
 @dataclass(kw_only=True)
-class LedgerArtifact(_Part):
+class LedgerArtifact(Part):
     """Something a run needed that runs can share (metrics.Artifact): θ0's pretraining, a snapshot, its clusters,
     with what it costs to make, made now or cached, and whether it is one-time (shared by every run of θ0)."""
 
@@ -99,15 +59,15 @@ class LedgerArtifact(_Part):
     one_time: bool
     forward: int
     backward: int = 0
-    forward_tokens: int | None = _omitted()  # token tasks only
-    backward_tokens: int | None = _omitted()
+    forward_tokens: int | None = omitted()  # token tasks only
+    backward_tokens: int | None = omitted()
     needed: bool = True  # the sampler reads it (False: made only to measure)
-    source: str | None = _omitted()  # a snapshot's: pass | training (snapshot.source); absent in older runs
-    extra: dict[str, Any] = _extra()
+    source: str | None = omitted()  # a snapshot's: pass | training (snapshot.source); absent in older runs
+    extra: dict[str, Any] = extra_keys()
 
 
 @dataclass(kw_only=True)
-class LedgerSummary(_Part):
+class LedgerSummary(Part):
     """Sample passes by purpose (metrics.Ledger.summary): a run's ``ledger``, a stage's ``ledger_delta``.
 
     ``forward_tokens``/``backward_tokens`` (token tasks) and ``artifacts`` are absent from runs made before
@@ -118,10 +78,10 @@ class LedgerSummary(_Part):
     backward: dict[str, int] = field(default_factory=dict)
     training_passes: int | None = None
     rehearsal_budget: int | None = None
-    forward_tokens: dict[str, int] | None = _omitted()
-    backward_tokens: dict[str, int] | None = _omitted()
-    artifacts: list[LedgerArtifact] | None = _omitted()
-    extra: dict[str, Any] = _extra()
+    forward_tokens: dict[str, int] | None = omitted()
+    backward_tokens: dict[str, int] | None = omitted()
+    artifacts: list[LedgerArtifact] | None = omitted()
+    extra: dict[str, Any] = extra_keys()
 
     def since(self, before: LedgerSummary | None) -> LedgerSummary:
         """What was spent after ``before`` (an earlier cumulative ledger; None: nothing) up to this one."""
@@ -158,7 +118,7 @@ ARTIFACT_FIELDS = tuple(f.name for f in dataclasses.fields(LedgerArtifact) if f.
 
 
 @dataclass(kw_only=True)
-class ComputeArtifact(_Part):
+class ComputeArtifact(Part):
     """One artifact's compute (forward + 2 × backward; ``compute_tokens`` for token tasks), one-time or the run's
     own, the same whether this run made it or read it from the cache (metrics.Ledger.compute)."""
 
@@ -168,13 +128,13 @@ class ComputeArtifact(_Part):
     one_time: bool
     compute: int
     needed: bool = True
-    compute_tokens: int | None = _omitted()
-    source: str | None = _omitted()  # a snapshot's: pass | training (snapshot.source); absent in older runs
-    extra: dict[str, Any] = _extra()
+    compute_tokens: int | None = omitted()
+    source: str | None = omitted()  # a snapshot's: pass | training (snapshot.source); absent in older runs
+    extra: dict[str, Any] = extra_keys()
 
 
 @dataclass(kw_only=True)
-class ComputeTotals(_Part):
+class ComputeTotals(Part):
     """Compute = forward + 2 × backward by purpose, in total, its training part (fine-tune, rehearsal,
     selection) and its one-time part (shared by every run of the same θ0), in rows or tokens."""
 
@@ -184,7 +144,7 @@ class ComputeTotals(_Part):
     one_time: int
     sampler: int | None = None  # rehearsal + selection + the snapshots the sampler reads: the total axis
     sampler_one_time: int | None = None  # of which one-time (θ0's snapshot): what --amortize spreads
-    extra: dict[str, Any] = _extra()
+    extra: dict[str, Any] = extra_keys()
 
 
 @dataclass(kw_only=True)
@@ -193,11 +153,11 @@ class Compute(ComputeTotals):
     needed, and the same totals in non-padding tokens for token tasks."""
 
     artifacts: list[ComputeArtifact] = field(default_factory=list)
-    tokens: ComputeTotals | None = _omitted()
+    tokens: ComputeTotals | None = omitted()
 
 
 @dataclass(kw_only=True)
-class Retention(_Part):
+class Retention(Part):
     """Flat: the prior task before and after, the last stage's accuracy, the categories
     (metrics.forgetting_metrics, plus ``pool_categories`` with eval.on_pool)."""
 
@@ -206,11 +166,11 @@ class Retention(_Part):
     forgetting: float | None
     ft_acc: float | None
     categories: Categories | None = None
-    pool_categories: Categories | None = _omitted()
+    pool_categories: Categories | None = omitted()
 
 
 @dataclass(kw_only=True)
-class SignalQuality(_Part):
+class SignalQuality(Part):
     """Flat: the audited hit rate and the sampler's own collateral-damage signal (finetuner.signal_quality)."""
 
     hit_rate: float | None = None
@@ -220,7 +180,7 @@ class SignalQuality(_Part):
 
 
 @dataclass(kw_only=True)
-class SequenceSummary(_Part):
+class SequenceSummary(Part):
     """Flat: the accuracy matrix summed up (metrics.sequence_metrics); a single fine-tuning has one too."""
 
     avg_acc: float | None = None
@@ -231,25 +191,25 @@ class SequenceSummary(_Part):
 
 
 @dataclass(kw_only=True)
-class StagePool(_Part):
+class StagePool(Part):
     """The rehearsal pool a stage drew from: its size and its rows by source task."""
 
     size: int | None = None
     by_source: dict[str, int] = field(default_factory=dict)
-    extra: dict[str, Any] = _extra()
+    extra: dict[str, Any] = extra_keys()
 
 
 @dataclass(kw_only=True)
-class Cached(_Part):
+class Cached(Part):
     """Whether θ0 and stage 1's snapshot came from the cache."""
 
     prior: bool | None = None
     snapshot: bool | None = None
-    extra: dict[str, Any] = _extra()
+    extra: dict[str, Any] = extra_keys()
 
 
 @dataclass(kw_only=True)
-class SnapshotFidelity(_Part):
+class SnapshotFidelity(Part):
     """How far the pool columns training recorded (snapshot.source=training) are from the true eval-mode pass of
     the same model (snapshot.fidelity): precision and recall of the recorded ``correct`` against the true one,
     the share of rows never visited, the mean absolute loss difference over visited rows, the rows compared."""
@@ -259,11 +219,11 @@ class SnapshotFidelity(_Part):
     unvisited: float | None = None
     loss_mae: float | None = None
     rows: int | None = None
-    extra: dict[str, Any] = _extra()
+    extra: dict[str, Any] = extra_keys()
 
 
 @dataclass(kw_only=True)
-class StageRecord(_Part):
+class StageRecord(Part):
     """One stage of a sequence: an entry of metrics.json's ``stages`` (and of a stage's resume file).
 
     ``ledger_state``, which resume files also hold, is dropped on reading: it is ``ledger.state_dict()``.
@@ -282,11 +242,11 @@ class StageRecord(_Part):
     accuracy: list[float | None] = field(default_factory=list)
     categories_vs_previous: Categories | None = None
     categories_vs_theta0: Categories | None = None
-    signal: SignalQuality = _flat(SignalQuality)
+    signal: SignalQuality = flat_part(SignalQuality)
     rehearsal_counts: dict[str, int] | None = None
     final_loss: float | None = None
     ledger: LedgerSummary | None = None
-    ledger_delta: LedgerSummary | None = _omitted()  # set once every stage is done (`with_deltas`)
+    ledger_delta: LedgerSummary | None = omitted()  # set once every stage is done (`with_deltas`)
     snapshot: str | None = None
     snapshot_cached: bool | None = None
     resumed_from: int | None = None
@@ -294,8 +254,8 @@ class StageRecord(_Part):
     sampler_notes: list[str] = field(default_factory=list)
     telemetry_end: int | None = None
     wall_time: float | None = None
-    snapshot_fidelity: SnapshotFidelity | None = _omitted()  # snapshot.source=training only
-    extra: dict[str, Any] = _extra()
+    snapshot_fidelity: SnapshotFidelity | None = omitted()  # snapshot.source=training only
+    extra: dict[str, Any] = extra_keys()
 
 
 def with_deltas(records: list[StageRecord]) -> list[StageRecord]:
@@ -311,7 +271,7 @@ def with_deltas(records: list[StageRecord]) -> list[StageRecord]:
 # ------------------------------------------------------------------------------------ results
 
 
-class _Result(_Part):
+class _Result(Part):
     """A whole result file: its ``stage`` says which kind, and older formats are brought up to date on reading."""
 
     STAGE: ClassVar[str]
@@ -323,7 +283,7 @@ class _Result(_Part):
         if stage != cls.STAGE:
             raise MixcdError(f"{source} holds a `mixcd {stage}` result, not a `mixcd {cls.STAGE}` one")
         body = {k: v for k, v in cls._upgrade(data).items() if k not in ("stage", "format")}
-        return _decode(cls, body, source, "")
+        return decode(cls, body, source, "")
 
     @classmethod
     def _upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -352,8 +312,8 @@ class RunResult(_Result):
     steps: int | None = None
     batch_size: int | None = None
     rehearsal_batch: int | None = None
-    retention: Retention = _flat()
-    signal: SignalQuality = _flat(SignalQuality)
+    retention: Retention = flat_part()
+    signal: SignalQuality = flat_part(SignalQuality)
     rehearsal_counts: dict[str, int] | None = None
     final_loss: float | None = None
     ledger: LedgerSummary
@@ -371,12 +331,12 @@ class RunResult(_Result):
     stage_names: list[str] = field(default_factory=list)  # empty for a run written before sequences
     rehearsal_pool: str = "all"  # schema.INTRODUCED: what runs before rehearsal.pool drew from
     accuracy_matrix: list[list[float | None]] | None = None
-    sequence: SequenceSummary = _flat(SequenceSummary)
+    sequence: SequenceSummary = flat_part(SequenceSummary)
     stages: list[StageRecord] = field(default_factory=list)
-    compute: Compute | None = _omitted()  # absent from runs made before compute was kept
+    compute: Compute | None = omitted()  # absent from runs made before compute was kept
     # snapshot.source=training only: the stages' fidelities, averaged (rows: summed)
-    snapshot_fidelity: SnapshotFidelity | None = _omitted()
-    extra: dict[str, Any] = _extra()
+    snapshot_fidelity: SnapshotFidelity | None = omitted()
+    extra: dict[str, Any] = extra_keys()
 
     @classmethod
     def _upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -402,11 +362,11 @@ class EvalResult(_Result):
     sampler: str | None
     mix_ratio: float | None
     seed: int | None
-    retention: Retention = _flat()
-    signal: SignalQuality = _flat(SignalQuality)
+    retention: Retention = flat_part()
+    signal: SignalQuality = flat_part(SignalQuality)
     ledger: LedgerSummary | None
     wall_time: dict[str, float] = field(default_factory=dict)
-    extra: dict[str, Any] = _extra()
+    extra: dict[str, Any] = extra_keys()
 
     def metric(self, name: str) -> float | None:
         """The number ``name`` (one of `OPTIMIZABLE`); None for what an evaluation does not measure."""
@@ -424,7 +384,7 @@ class PretrainResult(_Result):
     pre_acc0: float | None
     ledger: LedgerSummary
     wall_time: dict[str, float] = field(default_factory=dict)
-    extra: dict[str, Any] = _extra()
+    extra: dict[str, Any] = extra_keys()
 
 
 @dataclass(kw_only=True)
@@ -439,7 +399,7 @@ class SnapshotResult(_Result):
     pool_acc0: float | None
     test_acc0: float | None
     ledger: LedgerSummary
-    extra: dict[str, Any] = _extra()
+    extra: dict[str, Any] = extra_keys()
 
 
 Result = RunResult | EvalResult | PretrainResult | SnapshotResult
@@ -552,106 +512,3 @@ def _one_stage(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# ------------------------------------------------------------------------------------ the JSON mapping
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _encode(part: Any) -> dict[str, Any]:
-    out: dict[str, Any] = dict(getattr(part, "extra", {}))  # known keys are written over unknown ones
-    for f in dataclasses.fields(part):
-        value = getattr(part, f.name)
-        if f.name == "extra" or (value is None and f.metadata.get("omit")):
-            continue
-        if f.metadata.get("flat"):
-            out.update(_encode(value))
-        else:
-            out[f.name] = _plain(value)
-    return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, _Part):
-        return _encode(value)
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _decode(cls: type[P], data: Any, source: str, where: str, used: set[str] | None = None) -> P:
-    """``cls`` from ``data``; ``where``: the key path so far, for messages; ``used``: the keys claimed so far
-    when ``cls`` is a flat part of its owner (whose ``extra`` takes what no field claims)."""
-    if not isinstance(data, dict):
-        raise MixcdError(f"{source}: '{where.rstrip('.')}' is not a JSON object")
-    own = used is None
-    claimed: set[str] = set(cls.SKIP) if used is None else used
-    hints = _hints(cls)
-    kwargs: dict[str, Any] = {}
-    names = set()
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        names.add(f.name)
-        if f.name == "extra":
-            continue
-        if f.metadata.get("flat"):
-            kwargs[f.name] = _decode(hints[f.name], data, source, where, claimed)
-        elif f.name in data:
-            claimed.add(f.name)
-            kwargs[f.name] = _value(data[f.name], hints[f.name], source, where + f.name)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise MixcdError(f"{source} lacks the required key '{where}{f.name}'")
-    if own:
-        rest = {k: v for k, v in data.items() if k not in claimed}
-        if "extra" in names:
-            kwargs["extra"] = rest
-        elif rest:
-            raise MixcdError(f"{source}: {cls.__name__} has no key(s) {', '.join(sorted(rest))}")
-    return cls(**kwargs)
-
-
-def _value(value: Any, hint: Any, source: str, key: str) -> Any:
-    """``value`` checked against the field's type ``hint``, parts built from their objects."""
-    options = typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) else (hint,)
-    if value is None:
-        if type(None) in options or hint is Any:
-            return None
-        raise MixcdError(f"{source} has null for '{key}', which must be {_describe(hint)}")
-    for option in options:
-        matched, out = _as(value, option, source, key)
-        if matched:
-            return out
-    shown = repr(value) if len(repr(value)) < 40 else f"a {type(value).__name__}"
-    raise MixcdError(f"{source} has {shown} for '{key}', which must be {_describe(hint)}")
-
-
-def _as(value: Any, option: Any, source: str, key: str) -> tuple[bool, Any]:
-    origin = typing.get_origin(option)
-    if option is Any:
-        return True, value
-    if origin is list:
-        if not isinstance(value, list):
-            return False, None
-        item = typing.get_args(option)[0]
-        return True, [_value(v, item, source, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            return False, None
-        item = typing.get_args(option)[1]
-        return True, {k: _value(v, item, source, f"{key}.{k}") for k, v in value.items()}
-    if isinstance(option, type) and issubclass(option, _Part):
-        return (True, _decode(option, value, source, key + ".")) if isinstance(value, dict) else (False, None)
-    if option in (int, float) and isinstance(value, bool):  # JSON's true is no number
-        return False, None
-    if option is float:
-        return isinstance(value, int | float), value
-    return isinstance(value, option), value
-
-
-def _describe(hint: Any) -> str:
-    if isinstance(hint, type) and not typing.get_args(hint):
-        return "an object" if issubclass(hint, _Part) else hint.__name__
-    return str(hint).replace("typing.", "").replace("NoneType", "None")

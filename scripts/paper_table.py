@@ -13,6 +13,7 @@ that README holds exactly this table between its paper-table markers.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -42,9 +43,10 @@ HEAD = ["experiment (target)", "r", "seeds", "fold, rehearsal axis [interval]", 
         f"fold, total axis, θ0's snapshot over {AMORTIZE} runs [interval]", "hit rate, mix-cd / random (audited)"]
 
 
-def _mixcd_folds(path: Path, amortize: int | None) -> dict[tuple[str, float], dict]:
-    """The fold rows of the default mix-cd (by config label and ratio) on the total axis."""
-    runs = read_runs_csv(path)
+def _mixcd_folds(runs: list, amortize: int | None) -> dict[tuple[str, float], dict]:
+    """The fold rows of the default mix-cd (by config label and ratio) on the total axis, θ0's snapshot spread
+    over ``amortize`` runs (on copies: the runs' own budgets stay as they are)."""
+    runs = [dataclasses.replace(r, values=dict(r.values)) for r in runs]
     set_total_budgets(runs, amortize)
     groups = group_runs(runs, "total_budget")
     return {(e["config"], e["mix_ratio"]): e for e in on_both_axes(groups, "total") if e["sampler"] == "mixcd"}
@@ -57,7 +59,7 @@ def rows_of(folder: str, label: str, target: str, results: Path) -> list[list[st
     groups = group_runs(runs, "total_budget")
     hit = {(g.settings, g.mix_ratio): g.stat("hit_rate")[0] for g in groups if g.sampler == RANDOM}
     by_group = {(g.label, g.name, g.mix_ratio): g for g in groups}
-    spread = _mixcd_folds(results / folder / RUNS_CSV, AMORTIZE)
+    spread = _mixcd_folds(runs, AMORTIZE)
     rows = []
     for e in on_both_axes(groups, "total"):
         if e["sampler"] != "mixcd":

@@ -1,7 +1,7 @@
-"""How mix-cd fares with each kind of snapshot, on both budget axes, from a report's folder (report.json and
-runs.csv): the eval-mode pass (the default), the training-time snapshot (snapshot.source=training) and scored
-subsets (snapshot.subset=N, the fold-versus-N curve), each fold with its labelled interval, the gap to random at
-the same total budget, the difference from the default mix-cd paired by seed, and how close a training-time
+"""How mix-cd fares with each kind of snapshot, on both budget axes, recomputed from a report folder's runs.csv:
+the eval-mode pass (the default), the training-time snapshot (snapshot.source=training) and scored subsets
+(snapshot.subset=N, the fold-versus-N curve), each fold with its labelled interval, the gap to random at the
+same total budget, the difference from the default mix-cd paired by seed, and how close a training-time
 snapshot was to the true pass.
 
     python scripts/snapshot_table.py results/snapshots_split > results/snapshots_split/snapshots.md
@@ -13,86 +13,63 @@ import json
 import sys
 from pathlib import Path
 
-from mixcd_cli.report.runs_csv import read_runs_csv
+from mixcd_cli.report.axes import set_total_budgets
+from mixcd_cli.report.compare import against_default
+from mixcd_cli.report.equivalence import FoldMemo, fold_on, on_both_axes
+from mixcd_cli.report.groups import RETENTION, Group, group_runs
+from mixcd_cli.report.runs_csv import RUNS_CSV, read_runs_csv
+from mixcd_cli.report.tables import fold_text, points_text
+
+HEAD = ["snapshot", "r", "seeds", "budget, total axis (one-time)", "fold, total axis [interval]",
+        "fold, rehearsal axis [interval]", "Δ retention vs random at same total budget, pts [interval]",
+        "Δ retention vs default mix-cd, pts [interval]", "precision / recall of 'correct' vs true pass",
+        "rows never visited"]
 
 
-def _fold(x: object, at_least: float | None = None) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, str):
-        return f"> {at_least:.2f}x" if at_least is not None else x
-    return f"{x:.2f}x"
-
-
-def _with_interval(x: object, iv: dict | None, at_least: float | None = None) -> str:
-    if iv is None:
-        return _fold(x, at_least)
-    return f"{_fold(x, at_least)} [{_fold(iv['lo'])}, {_fold(iv['hi'])}] {iv['label']}"
-
-
-def _points(mean: float | None, iv: dict | None) -> str:
-    if mean is None:
-        return "-"
-    return f"{100 * mean:+.2f}" + (f" [{100 * iv['lo']:+.2f}, {100 * iv['hi']:+.2f}] {iv['label']}" if iv else "")
-
-
-def _snapshot(sampler: str) -> tuple[int, str]:
-    """(sort key, what the snapshot is) of a mix-cd group's name."""
-    if "snapshot.source=training" in sampler:
+def _snapshot(g: Group) -> tuple[int, str] | None:
+    """(sort key, what the snapshot is) of a mix-cd group that differs from the default in its snapshot alone;
+    None for any other group."""
+    options = {k: json.loads(v) for k, v in g.options}
+    if g.sampler != "mixcd" or (g.variant and "snapshot." not in g.variant):
+        return None
+    if options.get("snapshot.source") == "training":
         return 1, "training-time (no pass)"
-    if "snapshot.subset=" in sampler:
-        n = int(sampler.split("snapshot.subset=")[1].split()[0].rstrip(")"))
+    if options.get("snapshot.subset") is not None:
+        n = int(options["snapshot.subset"])
         return 2 + n, f"subset of {n:,} rows"
     return 0, "eval-mode pass (default)"
 
 
 def table(folder: Path) -> str:
-    """The Markdown table of the mix-cd groups of a report folder."""
-    summary = json.loads((folder / "report.json").read_text())
-    runs = read_runs_csv(folder / "runs.csv")
-    against = {(v["sampler"], v["mix_ratio"]): v for v in summary["against_default"]}
-    head = ["snapshot", "r", "seeds", "budget, total axis (one-time)", "fold, total axis [interval]",
-            "fold, rehearsal axis [interval]", "Δ retention vs random at same total budget, pts [interval]",
-            "Δ retention vs default mix-cd, pts [interval]", "precision / recall of 'correct' vs true pass",
-            "rows never visited"]
+    """The Markdown table of the mix-cd groups of a report folder, from its runs.csv."""
+    runs = read_runs_csv(folder / RUNS_CSV)
+    set_total_budgets(runs)
+    groups = group_runs(runs, "total_budget")
+    memo: FoldMemo = {}
+    folds = {(e["sampler"], e["mix_ratio"]): e for e in on_both_axes(groups, "total", memo)}
+    versus = {(v["sampler"], v["mix_ratio"]): v for v in
+              against_default(groups, lambda g, seeds: fold_on(groups, g, seeds, memo, "total_budget"), RETENTION)}
     rows = []
-    for e in summary["random_equivalent"]:
-        if not e["sampler"].startswith("mixcd") or (e["sampler"] != "mixcd" and "snapshot." not in e["sampler"]):
+    for g in groups:
+        what = _snapshot(g)
+        e = folds.get((g.name, g.mix_ratio))
+        if what is None or e is None:
             continue
-        order, what = _snapshot(e["sampler"])
-        mine = [r for r in runs if r.sampler == "mixcd" and r.mix_ratio == e["mix_ratio"]
-                and _snapshot(_name(r))[1] == what]
-        precision = _mean([r.values.get("snapshot_precision") for r in mine])
-        recall = _mean([r.values.get("snapshot_recall") for r in mine])
-        unvisited = _mean([r.values.get("snapshot_unvisited") for r in mine])
-        other = e.get("other_axis") or {}
-        vs = against.get((e["sampler"], e["mix_ratio"]))
-        rows.append((order, e["mix_ratio"], [
-            what, f"{e['mix_ratio']:g}", str(e["paired_seeds"]),
+        other, vs = e["other_axis"] or {}, versus.get((g.name, g.mix_ratio))
+        precision, recall, unvisited = (g.stat(f"snapshot_{k}")[0] for k in ("precision", "recall", "unvisited"))
+        rows.append((g.mix_ratio, what[0], [
+            what[1], f"{g.mix_ratio:g}", str(e["paired_seeds"]),
             f"{e['budget']:,.0f} ({e['budget_one_time'] or 0:,.0f})",
-            _with_interval(e["fold"], e["fold_interval"], e.get("fold_at_least")),
-            _with_interval(other.get("fold"), other.get("fold_interval"), other.get("fold_at_least")),
-            _points(e["gap_to_random"], e["gap_to_random_interval"]),
-            "-" if vs is None else _points(vs["retention"]["mean"], vs["retention"].get("interval")),
+            fold_text(e["fold"], e["fold_interval"], e["fold_at_least"]),
+            fold_text(other.get("fold"), other.get("fold_interval"), other.get("fold_at_least")),
+            points_text(e["gap_to_random"], e["gap_to_random_interval"]),
+            "-" if vs is None or vs["retention"] is None else points_text(vs["retention"]["mean"],
+                                                                        vs["retention"].get("interval")),
             "-" if precision is None else f"{100 * precision:.1f}% / {100 * recall:.1f}%",
             "-" if unvisited is None else f"{100 * unvisited:.1f}%"]))
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for _, _, r in sorted(rows, key=lambda x: (x[1], x[0]))]
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    lines += ["| " + " | ".join(r) + " |" for _, _, r in sorted(rows, key=lambda x: (x[0], x[1]))]
     return "\n".join(lines) + "\n"
-
-
-def _name(run: object) -> str:
-    """A run's variant as the report names it, from its snapshot options."""
-    options = dict(run.options)  # type: ignore[attr-defined]
-    if json.loads(options.get("snapshot.source", '"pass"')) == "training":
-        return "mixcd (snapshot.source=training)"
-    subset = json.loads(options.get("snapshot.subset", "null"))
-    return f"mixcd (snapshot.subset={subset})" if subset is not None else "mixcd"
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
 
 
 if __name__ == "__main__":

@@ -147,7 +147,7 @@ def test_token_tasks_count_non_padding_tokens_apart_from_rows() -> None:
     lengths = task.source.lengths()
     assert STEPS * SMALL_B * 2 <= sum(counter.tokens) <= STEPS * SMALL_B * 8  # tokens, not rows or padding
     # the fine-tune tokens are those of the rows the data order gave, whatever width they were padded to
-    from mixcd_cli.training.finetuner import planned_rows
+    from mixcd_cli.training.batches import planned_rows
 
     settings = TrainSettings(steps=STEPS, batch_size=B)
     assert ledger.forward_tokens["finetune"] == sum(int(lengths[r].sum()) for r in planned_rows(len(task), settings))

@@ -20,7 +20,7 @@ LAYERS: dict[str, int] = {
     "runtime": 0, "distributed": 0, "clustering": 0, "metrics": 0, "places": 0,
     # what a task kind means (the objective seam), the typed results a run writes, and the rich output that
     # prints them
-    "objectives": 1, "results": 1, "console": 1,
+    "objectives": 1, "results": 1, "result_json": 1, "console": 1,
     # data: dataset sources, then tasks and experiments over them; then text data and models
     "sources": 2, "data": 2, "text": 3, "models": 3,
     # samplers see rows, losses and correctness only

@@ -27,7 +27,7 @@ from ..snapshot import (
     subset_task,
 )
 from ..training import FineTuner, TrainSettings, largest_batch, predict_task
-from ..training.finetuner import planned_rows
+from ..training.batches import planned_rows
 from ..training.inference import row_tokens, task_tokens
 from .context import Context, model_args, plain, settings_from, setup
 

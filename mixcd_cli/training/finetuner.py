@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,42 +28,16 @@ from ..errors import Interrupted, MixcdError, TrainingDiverged, phase_kept
 from ..metrics import Ledger
 from ..models import MixcdNet
 from ..objectives import Batch
-from ..runtime import autocast_for, derive_seed, stop_on_sigint
+from ..runtime import autocast_for, stop_on_sigint
 from ..samplers.base import RehearsalSampler
+from .batches import BatchOrder, host_batch, order_seed, to_device
 from .inference import ModelSelection, token_count
 from .optim import create_optimizer, create_schedule
+from .settings import TrainSettings
+from .visits import VisitRecord
 
 CHECKPOINT_FORMAT = 3
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainSettings:
-    """Plain settings of one training run (fine-tune or pretrain)."""
-
-    steps: int
-    batch_size: int
-    rehearsal_batch: int = 0
-    rehearsal_weight: float = 1.0
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    warmup_steps: int = 0
-    seed: int = 0
-    log_every: int = 50
-    audit_every: int = 0  # every N steps an eval-mode check of the drawn rows (0: never)
-    checkpoint_every: int = 0
-    eval_batch_size: int = 1024
-    amp: str = "auto"
-    channels_last: bool = False
-    compile: bool = False
-    distributed: bool = True  # False: train on this process alone even inside a process group
-    purpose: str = "finetune"
-    stage: int = 0  # the stage of a sequence this run is (1, 2, ...); 0: not a stage (pretraining)
-    stages: int = 1  # how many stages the sequence has (an interrupt names the stage when there are several)
-    telemetry_start: int = 0  # the telemetry file's length when this stage began (earlier stages' records stay)
 
 
 @dataclass
@@ -77,98 +51,6 @@ class Rehearsal:
     # bool per pool row: prior-correct as the sampler's snapshot says (snapshot.source=training: the training-time
     # columns); the signal counters read it, the audit reads ``correct0``. None: the same as ``correct0``.
     signal0: torch.Tensor | None = None
-
-
-class BatchOrder:
-    """Epoch-wise permutations from (seed, epoch): resuming needs only (epoch, position).
-
-    Under DDP every rank computes the same permutation and takes its own slice of each global
-    batch, so the ranks' shards never overlap.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
-        self.batch_size = min(batch_size, max(1, n // world))
-        self.n, self.seed, self.rank, self.world = n, seed, rank, world
-        self.epoch, self.pos = 0, 0
-        self._perm = self._permutation()
-
-    def _permutation(self) -> torch.Tensor:
-        g = torch.Generator().manual_seed(derive_seed(self.seed, f"epoch{self.epoch}"))
-        return torch.randperm(self.n, generator=g)
-
-    def next(self) -> torch.Tensor:
-        """This rank's rows of the next batch."""
-        span = self.batch_size * self.world
-        if self.pos + span > self.n:  # drop the ragged tail: every batch has B rows per rank
-            self.epoch, self.pos = self.epoch + 1, 0
-            self._perm = self._permutation()
-        start = self.pos + self.rank * self.batch_size
-        rows = self._perm[start:start + self.batch_size]
-        self.pos += span
-        return rows
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
-        self._perm = self._permutation()
-
-
-def order_seed(settings: TrainSettings) -> int:
-    """The seed of a run's data order (`BatchOrder`)."""
-    return derive_seed(settings.seed, f"{settings.purpose}-order")
-
-
-def planned_rows(n: int, settings: TrainSettings) -> Iterator[torch.Tensor]:
-    """The rows each step of a one-process run of ``settings`` over a task of ``n`` rows trains on, in the order
-    its `BatchOrder` gives them: what such a run costs, known without running it (θ0's pretraining read from
-    the cache)."""
-    order = BatchOrder(n, settings.batch_size, order_seed(settings))
-    for _ in range(settings.steps):
-        yield order.next()
-
-
-class VisitRecord:
-    """Per row of one task, the columns (`Objective.columns`: loss, confidence, prediction, correct) of the row's
-    latest training-mode forward, taken from the step's own outputs before its optimizer update, and that step
-    (-1: never visited). What a snapshot of the weights as they were at each row's last visit says, at no
-    extra pass (snapshot.source=training, docs/design.md §11). Kept on the training device, so recording
-    waits for nothing; read back to the host only when saved or at the end."""
-
-    def __init__(self, n: int, classes: bool, device: torch.device) -> None:
-        self.loss = torch.zeros(n, dtype=torch.float32, device=device)
-        self.conf = torch.zeros(n, dtype=torch.float32, device=device)
-        self.correct = torch.zeros(n, dtype=torch.bool, device=device)
-        self.pred = torch.full((n,), -1, dtype=torch.int64, device=device) if classes else None
-        self.step = torch.full((n,), -1, dtype=torch.int64, device=device)
-
-    def update(self, rows: torch.Tensor, cols: dict[str, torch.Tensor | None], step: int) -> None:
-        """Rows ``rows`` (positions in the task) were visited at ``step`` with these columns: they replace what
-        an earlier visit left. A row drawn twice in one step has the same outputs twice (per-row normalisation)."""
-        at = rows.to(self.step.device, non_blocking=True)
-        self.loss[at] = cols["loss"].detach().float()
-        self.conf[at] = cols["conf"].detach().float()
-        self.correct[at] = cols["correct"].detach().bool()
-        if self.pred is not None and cols.get("pred") is not None:
-            self.pred[at] = cols["pred"].detach().long()
-        self.step[at] = step
-
-    def columns(self) -> dict[str, torch.Tensor]:
-        """The record on the host: ``loss``, ``conf``, ``correct``, ``step`` and, for kinds with classes, ``pred``."""
-        out = {"loss": self.loss, "conf": self.conf, "correct": self.correct, "step": self.step,
-               **({"pred": self.pred} if self.pred is not None else {})}
-        return {k: v.cpu().clone() for k, v in out.items()}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.columns()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for name, value in state.items():
-            mine = getattr(self, name)
-            if mine is None or value.shape != mine.shape:
-                raise ValueError(f"the record's column {name} does not fit this task")
-            mine.copy_(value.to(mine.device))
 
 
 # Rehearsal counters. signal: drawn rows the training forward pass called collateral damage (prior-correct,
@@ -256,21 +138,6 @@ class _Pending:
     audit_wrong: torch.Tensor | None  # eval-mode predictions of the same rows, on audited steps
     order: torch.Tensor | None  # how the drawn rows were regrouped by head (None: as drawn)
     event: Any
-
-
-def host_batch(task: Task, rows: torch.Tensor, device: torch.device) -> Batch:
-    """Inputs and targets of task rows; pinned when bound for a GPU so the copy is asynchronous."""
-    batch = task.batch(rows)
-    return batch.pinned() if device.type == "cuda" else batch
-
-
-def to_device(batch: Batch, transform: BatchTransform, device: torch.device, channels_last: bool) -> Batch:
-    """The batch on ``device`` with model-ready (normalised) inputs."""
-    moved = batch.to(device)
-    x = transform(moved.inputs)
-    if channels_last and x.ndim == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return Batch(x, moved.targets, moved.mask)
 
 
 class FineTuner:
