@@ -213,7 +213,16 @@ class HfModelConf:
     lowercase: bool = _req()
 
 
-MODEL_SCHEMAS = {"cnn": CnnModelConf, "timm": TimmModelConf, "hf": HfModelConf}
+@dataclass
+class LmModelConf:
+    backbone: str = _req()
+    name: Optional[str] = _req()  # noqa: UP045
+    config: Optional[dict[str, Any]] = _req()  # noqa: UP045
+    tokenizer: Optional[str] = _req()  # noqa: UP045
+    max_length: int = _req(ge=2)
+
+
+MODEL_SCHEMAS = {"cnn": CnnModelConf, "timm": TimmModelConf, "hf": HfModelConf, "lm": LmModelConf}
 
 
 @dataclass

@@ -41,7 +41,7 @@ from ..training.finetuner import LoopResult
 from ..training.inference import task_tokens
 from .assemble import run_result, stage_record
 from .context import Context, plain, settings_from, setup
-from .evaluate import accuracy_row, evaluate
+from .evaluate import accuracy_row, decoded_row, evaluate
 from .prior import (
     load_prior,
     prior_checkpoint,
@@ -109,6 +109,8 @@ class Sequence:
         prior_path, prior_cached = prior_checkpoint(ctx)
         model = load_prior(ctx, prior_path)
         snap0, snap0_cached = snapshot_for(ctx, prior_path, model, 1, source)
+        if exp.lm is not None and distributed.rank() == 0:  # the snapshot does not decode; chrF needs θ0's text
+            ctx.theta0_chrf = decoded_row(ctx, model, [exp.prior_test]).chrf[0]
         if ctx.cfg.snapshot.get("subset") is not None and not subset_applies(ctx.cfg) and distributed.rank() == 0:
             console.note(f"snapshot.subset: sampler={ctx.cfg.sampler.name} reads no snapshot and draws over the "
                          "whole pool, so its snapshot (which only measures) scores every row")
@@ -150,7 +152,7 @@ class Sequence:
         """θ(k−1) read back from its stage file, and its snapshot over pool k."""
         ctx = self.ctx
         model, _ = load_model(model_path, model_spec(plain(ctx.cfg.model)), ctx.experiment.channels,
-                              vocab_size=ctx.experiment.vocab_size)
+                              vocab_size=ctx.experiment.vocab_size, lm=ctx.experiment.lm)
         model.to(ctx.device)
         snap, cached = snapshot_for(ctx, model_path, model, k, snapshot_source(ctx.cfg))
         return model, snap, cached
