@@ -22,7 +22,7 @@ from .sources import PAD
 BACKBONES: Registry = Registry("model")
 # Model options that change how fine-tuning trains, not the architecture: they stay out of the spec a
 # checkpoint must match and out of θ0's cache key.
-FINETUNE_ONLY = ("bn",)
+FINETUNE_ONLY = ("bn", "lora")
 NORMS = ("batch", "group", "layer", "none")  # the built-in CNN's normalisation: norm_layer
 BN_MODES = ("train", "frozen")  # BatchNorm while fine-tuning: MixcdNet.freeze_batchnorm
 POOLINGS = ("first", "mean", "pooler")  # a text backbone's sentence feature: TextBackbone

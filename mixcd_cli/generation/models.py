@@ -79,6 +79,33 @@ class GenerationNet(nn.Module):
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
+    @property
+    def has_adapters(self) -> bool:
+        return hasattr(self.lm, "peft_config")
+
+    def add_adapters(self, rank: int, alpha: float, target_modules: list[str] | None, dropout: float = 0.0) -> int:
+        """LoRA adapters (peft) of ``rank`` on ``target_modules`` (None: peft's default for the model type); every
+        other weight is frozen. → trainable parameters. Modules the model lacks are refused, naming those it has."""
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError as exc:
+            raise MixcdError("model.lora needs peft: pip install -e '.[text]'") from exc
+        check_lora_targets(self.lm, target_modules)
+        config = LoraConfig(r=int(rank), lora_alpha=float(alpha), lora_dropout=float(dropout),
+                            target_modules=list(target_modules) if target_modules else None,
+                            task_type="CAUSAL_LM" if self.kind == "causal_lm" else "SEQ_2_SEQ_LM")
+        try:
+            self.lm = get_peft_model(self.lm, config)
+        except ValueError as exc:  # no default targets for this model type
+            raise MixcdError(f"model.lora: {str(exc).splitlines()[0]}; name model.lora.target_modules (this model "
+                             f"has {', '.join(lora_candidates(self.lm))})") from exc
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def merge_adapters(self) -> None:
+        """Fold trained adapters into the weights they adapt (the model is then a plain one again, as saved)."""
+        if self.has_adapters:
+            self.lm = self.lm.merge_and_unload()
+
     def add_head(self, name: str, num_classes: int) -> None:
         """Nothing to add: every task of a generation experiment is read by the language model's own output."""
 
@@ -139,6 +166,24 @@ class GenerationNet(nn.Module):
         return rows
 
 
+def lora_candidates(lm: nn.Module) -> list[str]:
+    """The names (last part) of the modules LoRA can adapt: linear layers and GPT-2's Conv1D projections."""
+    names = {name.rsplit(".", 1)[-1] for name, m in lm.named_modules()
+             if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"}
+    return sorted(names)
+
+
+def check_lora_targets(lm: nn.Module, target_modules: list[str] | None) -> None:
+    """Refuse target modules the model lacks, naming those it has."""
+    if not target_modules:
+        return
+    have = lora_candidates(lm)
+    missing = [t for t in target_modules if t not in have]
+    if missing:
+        raise MixcdError(f"model.lora.target_modules: this model has no module {', '.join(map(repr, missing))}; it "
+                         f"has {', '.join(have)}")
+
+
 def _cache_of(out: Any) -> Any:
     """The key-value cache a forward returned, under either name transformers has given it."""
     cache = getattr(out, "cache", None)
@@ -174,15 +219,23 @@ def _model_config(kind: str, name: str | None, config: dict[str, Any] | None) ->
                          f"{str(exc).splitlines()[0]}") from exc
 
 
-def check_lm(kind: str, name: str | None, config: dict[str, Any] | None) -> int | None:
+def check_lm(kind: str, name: str | None, config: dict[str, Any] | None,
+             lora_targets: list[str] | None = None) -> int | None:
     """Before any work: the model fits the task kind (a decoder for causal_lm, an encoder–decoder for seq2seq),
-    from its configuration alone. → how many positions it can read, when it says (None: relative positions)."""
+    and has the LoRA target modules named, from its configuration alone (the modules are laid out on the meta
+    device: no weights). → how many positions it can read, when it says (None: relative positions)."""
     hub.require_text_extra("generation models")
     if (name is None) == (config is None):
         raise MixcdError("model=lm needs exactly one of model.name (a folder or hub name of a pretrained language "
                          "model) and model.config (the configuration of a randomly initialised one)")
     cfg, where = _model_config(kind, name, config)
     _check_kind(kind, cfg, where)
+    if lora_targets:
+        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+        auto = AutoModelForCausalLM if kind == "causal_lm" else AutoModelForSeq2SeqLM
+        with torch.device("meta"):
+            check_lora_targets(auto.from_config(cfg), lora_targets)
     limit = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
     return int(limit) if limit else None
 

@@ -176,7 +176,9 @@ def encode_text(cfg: DictConfig, exp: Experiment) -> None:
         return
     model = plain(cfg.model)
     if exp.objective.name in GENERATION_KINDS:
-        limit = check_lm(exp.objective.name, model.get("name"), model.get("config"))
+        lora = model.get("lora") or {}
+        limit = check_lm(exp.objective.name, model.get("name"), model.get("config"),
+                         lora.get("target_modules") if lora.get("rank") else None)
         encode_generation(exp, exp.objective.name, model.get("name"), model.get("tokenizer"),
                           int(model["max_length"]), limit)
         return

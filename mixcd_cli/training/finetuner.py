@@ -195,7 +195,9 @@ class FineTuner:
             self.net = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.cuda else None)
         if s.compile:
             self.net = torch.compile(self.net)
-        self.optimizer = create_optimizer(model.parameters(), s.optimizer, s.lr, s.momentum, s.weight_decay)
+        # frozen weights (LoRA's base model) take no optimiser state
+        self.optimizer = create_optimizer([p for p in model.parameters() if p.requires_grad], s.optimizer, s.lr,
+                                          s.momentum, s.weight_decay)
         self.schedule = create_schedule(self.optimizer, s.schedule, s.steps, s.warmup_steps)
         self.order = BatchOrder(len(self.task), s.batch_size, order_seed(s), self.rank, self.world)
         self.selection: ModelSelection | None = None
