@@ -255,7 +255,7 @@ def create_model(backbone: str, in_chans: int, heads: dict[str, int], vocab_size
                  **kwargs: Any) -> MixcdNet:
     """Build backbone ``backbone`` (a registered name) with the given heads; ``in_chans`` for image models,
     ``vocab_size`` (the tokenizer's) for text models."""
-    if backbone == "lm":  # a language model predicts tokens with its own output layer: no heads (docs/design.md §13)
+    if backbone == "lm":  # a language model predicts tokens with its own output layer: no heads (docs/design.md §10)
         if lm is None:
             raise MixcdError("model=lm reads generation tasks (causal_lm or seq2seq): the prior and fine-tune tasks "
                              "must be generation tasks (dataset generated or pairs)")

@@ -1,4 +1,4 @@
-"""Sequence generation (docs/design.md §13): decoder-only (`causal_lm`) and encoder–decoder (`seq2seq`) task
+"""Sequence generation (docs/design.md §10): decoder-only (`causal_lm`) and encoder–decoder (`seq2seq`) task
 kinds on the objective seam, their tokenizers, models, generated data and greedy decoding.
 
 Importing this package registers the two task kinds in `objectives.OBJECTIVES`. Nothing here needs the ``text``

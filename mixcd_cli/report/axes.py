@@ -24,7 +24,7 @@ ONE_TIME = "total_budget_one_time"
 
 
 def budget_unit(runs: Sequence[Run]) -> str:
-    """What the report's budgets count: ``tokens`` for generation runs (docs/design.md §13), ``rows`` otherwise; a
+    """What the report's budgets count: ``tokens`` for generation runs (docs/design.md §10), ``rows`` otherwise; a
     report over both is refused, since a budget in tokens and one in rows do not compare."""
     in_tokens = {bool(r.values.get("budget_in_tokens")) for r in runs}
     if len(in_tokens) > 1:

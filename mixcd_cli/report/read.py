@@ -56,7 +56,7 @@ def values_of(result: RunResult | EvalResult) -> dict[str, float | None]:
         "ledger_rehearsal": fwd.get("rehearsal", 0) + bwd.get("rehearsal", 0),
         "ledger_selection": fwd.get("selection", 0) + bwd.get("selection", 0),
         "training_passes": ledger.training_passes if ledger is not None else None,
-        # generation runs are read in tokens (docs/design.md §13): a sampler that prefers long rows pays for them
+        # generation runs are read in tokens (docs/design.md §10): a sampler that prefers long rows pays for them
         "rehearsal_budget": (ledger.forward_tokens or {}).get("rehearsal", 0) if _in_tokens(result) and
         ledger is not None else fwd.get("rehearsal", 0),
         "budget_in_tokens": 1.0 if _in_tokens(result) else 0.0,
