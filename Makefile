@@ -259,6 +259,9 @@ paper-table: install ## README's table against the paper, recomputed from result
 bench: install ## sampler micro-benchmark and whole-step overhead (prints numbers and ratios)
 	$(PY) benchmarks/sampler_bench.py
 
+bench-generation: install ## generation tasks: mixcd vs random tokens/s, snapshot vs inference, batched decoding, token ledger vs hook
+	$(PY) benchmarks/generation_bench.py
+
 bench-loggers: install ## what logging costs per log interval: logger none, tensorboard, mlflow, both (~6 min)
 	$(PY) benchmarks/logger_cost.py
 

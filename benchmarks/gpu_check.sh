@@ -10,3 +10,9 @@ PY="${PYTHON:-python3}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())"
 timeout 480 "$PY" benchmarks/gpu_check.py "$@" 2>&1 | tee "$OUT/gpu_check.log"
+# the language-model case (issue 26): needs transformers on the device machine; skipped with a line where absent
+if "$PY" -c "import transformers" 2>/dev/null; then
+  timeout 240 "$PY" benchmarks/generation_bench.py --device cuda --steps 60 --repeats 3 2>&1 | tee "$OUT/generation_bench.log"
+else
+  echo "generation benchmark skipped: transformers is not installed here" | tee "$OUT/generation_bench.log"
+fi

@@ -51,7 +51,10 @@ class Task:
         return objective_of(self.source)
 
     def batch(self, rows: torch.Tensor) -> Batch:
-        """Inputs and targets of the task's rows."""
+        """Inputs and targets of the task's rows (a source whose targets are laid out with its inputs, as a
+        generated sequence's token labels are, makes the batch itself)."""
+        if getattr(self.source, "laid_out", False):
+            return self.source.batch(self.index[rows])
         return Batch(self.inputs(rows), self.targets[rows])
 
     def inputs(self, rows: torch.Tensor) -> torch.Tensor:
@@ -241,6 +244,29 @@ class ConcatSource:
             out[mask.to(imgs.device)] = imgs
         return out
 
+    @property
+    def laid_out(self) -> bool:
+        """Whether the parts make their batches themselves (generated sequences: labels laid out with inputs)."""
+        return bool(getattr(self.parts[0].source, "laid_out", False))
+
+    def batch(self, index: torch.Tensor) -> Batch:
+        """Rows of laid-out parts as one batch: inputs padded with PAD, labels with their own padding value."""
+        index = index.cpu()
+        part = torch.searchsorted(self.offsets[1:], index, right=True)
+        pieces = [(part == p, self.parts[p].batch(index[part == p] - self.offsets[p])) for p in part.unique().tolist()]
+        if not pieces:
+            return self.parts[0].batch(index)
+        width = max(b.inputs.shape[-1] for _, b in pieces)
+        label_width = max(b.targets.shape[-1] for _, b in pieces)
+        first = pieces[0][1]
+        fill = int(self.parts[0].source.label_pad)
+        inputs = torch.full((index.numel(), *first.inputs.shape[1:-1], width), PAD, dtype=first.inputs.dtype)
+        labels = torch.full((index.numel(), label_width), fill, dtype=first.targets.dtype)
+        for mask, b in pieces:
+            inputs[mask] = _padded(b.inputs, width)
+            labels[mask] = F.pad(b.targets, (0, label_width - b.targets.shape[-1]), value=fill)
+        return Batch(inputs, labels, tokens=sum(b.tokens or 0 for _, b in pieces))
+
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
@@ -302,6 +328,7 @@ class Experiment:
     head: str  # 'shared' | 'multi'
     transform: BatchTransform | TokenTransform
     vocab_size: int = 0  # text experiments: the tokenizer's, once encoded (text.encode_experiment)
+    lm: Any = None  # generation experiments: the tokenizer's ids the model needs (generation.data.LMTokens)
 
     @property
     def channels(self) -> int:

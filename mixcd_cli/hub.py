@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import MixcdError
 
-TEXT_EXTRA = "pip install -e '.[text]'  (transformers, tokenizers, datasets)"
+TEXT_EXTRA = "pip install -e '.[text]'  (transformers, tokenizers, datasets, peft, sacrebleu)"
 
 
 def hub_reachable(host: str = "huggingface.co", port: int = 443, timeout: float = 2.0) -> bool:

@@ -15,13 +15,14 @@ from torch import nn
 from . import hub
 from .artifacts import atomic_torch_save, not_torch_file, safe_torch_load
 from .errors import MixcdError, closest, unknown_choice
+from .generation.models import build_lm
 from .registry import Registry
 from .sources import PAD
 
 BACKBONES: Registry = Registry("model")
 # Model options that change how fine-tuning trains, not the architecture: they stay out of the spec a
 # checkpoint must match and out of θ0's cache key.
-FINETUNE_ONLY = ("bn",)
+FINETUNE_ONLY = ("bn", "lora")
 NORMS = ("batch", "group", "layer", "none")  # the built-in CNN's normalisation: norm_layer
 BN_MODES = ("train", "frozen")  # BatchNorm while fine-tuning: MixcdNet.freeze_batchnorm
 POOLINGS = ("first", "mean", "pooler")  # a text backbone's sentence feature: TextBackbone
@@ -250,10 +251,16 @@ def load_backbone_weights(net: nn.Module, path: Path) -> None:
     net.load_state_dict(kept, strict=False)
 
 
-def create_model(backbone: str, in_chans: int, heads: dict[str, int], vocab_size: int = 0,
+def create_model(backbone: str, in_chans: int, heads: dict[str, int], vocab_size: int = 0, lm: Any = None,
                  **kwargs: Any) -> MixcdNet:
     """Build backbone ``backbone`` (a registered name) with the given heads; ``in_chans`` for image models,
     ``vocab_size`` (the tokenizer's) for text models."""
+    if backbone == "lm":  # a language model predicts tokens with its own output layer: no heads (docs/design.md §10)
+        if lm is None:
+            raise MixcdError("model=lm reads generation tasks (causal_lm or seq2seq): the prior and fine-tune tasks "
+                             "must be generation tasks (dataset generated or pairs)")
+        return build_lm(lm.kind, lm.vocab_size, lm.pad_id, lm.eos_id, lm.bos_id, kwargs.get("name"),
+                        kwargs.get("config"))
     extra = {"vocab_size": vocab_size} if vocab_size else {}
     net, num_features = BACKBONES.get(backbone)(in_chans=in_chans, **extra, **kwargs)
     return MixcdNet(net, num_features, heads)
@@ -281,11 +288,12 @@ def read_checkpoint(path: Path, spec: dict[str, Any], yours: bool = False) -> di
 
 
 def load_model(path: Path, spec: dict[str, Any], in_chans: int, yours: bool = False,
-               vocab_size: int = 0, ckpt: dict[str, Any] | None = None) -> tuple[MixcdNet, dict[str, Any]]:
+               vocab_size: int = 0, ckpt: dict[str, Any] | None = None, lm: Any = None
+               ) -> tuple[MixcdNet, dict[str, Any]]:
     """Load a mixcd checkpoint (``ckpt``: its contents, already read by `read_checkpoint`) into a model."""
     ckpt = read_checkpoint(path, spec, yours) if ckpt is None else ckpt
     args = {k: v for k, v in spec.items() if k != "backbone"}
-    model = create_model(spec["backbone"], in_chans, ckpt["heads"], vocab_size, **args)
+    model = create_model(spec["backbone"], in_chans, ckpt["heads"], vocab_size, lm, **args)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:

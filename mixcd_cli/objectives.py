@@ -36,6 +36,7 @@ class Batch:
     inputs: torch.Tensor
     targets: torch.Tensor
     mask: torch.Tensor | None = None
+    tokens: int | None = None  # non-padding tokens a pass reads, where the inputs alone do not say (seq2seq)
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
@@ -44,13 +45,13 @@ class Batch:
         """Host copies in page-locked memory, so a copy to the GPU can be asynchronous."""
         if self.inputs.device.type != "cpu":
             return self
-        return Batch(self.inputs.pin_memory(), self.targets, self.mask)
+        return Batch(self.inputs.pin_memory(), self.targets, self.mask, self.tokens)
 
     def to(self, device: torch.device) -> Batch:
         """The batch on ``device`` (non-blocking where the source memory allows)."""
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(self.inputs.to(device, non_blocking=True), self.targets.to(device, non_blocking=True),
-                     move(self.mask))
+                     move(self.mask), self.tokens)
 
 
 class Objective:
@@ -79,8 +80,9 @@ class Objective:
         """Per-row bool for evaluation and the snapshot: the same event as not ``wrong``."""
         return ~self.wrong(outputs, targets)
 
-    def confidence(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Per-row confidence in [0, 1] (mix-cd's τ threshold reads it)."""
+    def confidence(self, outputs: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-row confidence in [0, 1] (mix-cd's τ threshold reads it); kinds whose confidence is that of a
+        target (generated sequences) read ``targets``."""
         raise NotImplementedError
 
     def prediction(self, outputs: torch.Tensor) -> torch.Tensor | None:
@@ -93,7 +95,7 @@ class Objective:
 
     def columns(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor | None]:
         """What one no-grad pass records per row: loss, confidence, prediction (or None), correct."""
-        return {"loss": self.loss(outputs, targets), "conf": self.confidence(outputs),
+        return {"loss": self.loss(outputs, targets), "conf": self.confidence(outputs, targets),
                 "pred": self.prediction(outputs), "correct": self.correct(outputs, targets)}
 
 
@@ -114,7 +116,7 @@ class Classification(Objective):
     def wrong(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return outputs.argmax(1) != targets
 
-    def confidence(self, outputs: torch.Tensor) -> torch.Tensor:
+    def confidence(self, outputs: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         return outputs.float().softmax(1).max(1).values
 
     def prediction(self, outputs: torch.Tensor) -> torch.Tensor:

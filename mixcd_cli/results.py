@@ -240,6 +240,7 @@ class StageRecord(Part):
     rehearsal_batch: int | None = None
     pool: StagePool | None = None
     accuracy: list[float | None] = field(default_factory=list)
+    chrf: list[float] | None = omitted()  # generation tasks: each test set's corpus chrF, decoded
     categories_vs_previous: Categories | None = None
     categories_vs_theta0: Categories | None = None
     signal: SignalQuality = flat_part(SignalQuality)
@@ -331,6 +332,10 @@ class RunResult(_Result):
     stage_names: list[str] = field(default_factory=list)  # empty for a run written before sequences
     rehearsal_pool: str = "all"  # schema.INTRODUCED: what runs before rehearsal.pool drew from
     accuracy_matrix: list[list[float | None]] | None = None
+    # generation tasks: their kind (causal_lm | seq2seq), whose budgets the report reads in tokens
+    task_kind: str | None = omitted()
+    # generation tasks: the accuracy matrix's chrF beside it (row 0, θ0 on the prior test set, decoded too)
+    chrf_matrix: list[list[float | None]] | None = omitted()
     sequence: SequenceSummary = flat_part(SequenceSummary)
     stages: list[StageRecord] = field(default_factory=list)
     compute: Compute | None = omitted()  # absent from runs made before compute was kept

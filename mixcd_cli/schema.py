@@ -213,7 +213,25 @@ class HfModelConf:
     lowercase: bool = _req()
 
 
-MODEL_SCHEMAS = {"cnn": CnnModelConf, "timm": TimmModelConf, "hf": HfModelConf}
+@dataclass
+class LoraConf:
+    rank: int = _req(ge=0)
+    alpha: float = _req(gt=0)
+    target_modules: Optional[list[str]] = _req(nonempty=True)  # noqa: UP045
+    dropout: float = _req(ge=0, lt=1)
+
+
+@dataclass
+class LmModelConf:
+    backbone: str = _req()
+    name: Optional[str] = _req()  # noqa: UP045
+    config: Optional[dict[str, Any]] = _req()  # noqa: UP045
+    tokenizer: Optional[str] = _req()  # noqa: UP045
+    max_length: int = _req(ge=2)
+    lora: LoraConf = field(default_factory=LoraConf)
+
+
+MODEL_SCHEMAS = {"cnn": CnnModelConf, "timm": TimmModelConf, "hf": HfModelConf, "lm": LmModelConf}
 
 
 @dataclass

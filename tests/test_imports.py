@@ -21,8 +21,8 @@ LAYERS: dict[str, int] = {
     # what a task kind means (the objective seam), the typed results a run writes, and the rich output that
     # prints them
     "objectives": 1, "results": 1, "result_json": 1, "console": 1,
-    # data: dataset sources, then tasks and experiments over them; then text data and models
-    "sources": 2, "data": 2, "text": 3, "models": 3,
+    # data: dataset sources, then tasks and experiments over them; then text data, generation tasks and models
+    "sources": 2, "data": 2, "text": 3, "models": 3, "generation": 3,
     # samplers see rows, losses and correctness only
     "samplers": 4,
     # the training engine, then snapshots (made by inference passes), and the trackers

@@ -23,9 +23,9 @@ def stable(metrics: dict) -> dict:
     """Everything but times, paths and what this run happened to find cached (pretrain/snapshot passes)."""
     out = {k: v for k, v in metrics.items() if k not in VOLATILE}
     ledger = json.loads(json.dumps(out["ledger"]))
-    for direction in ("forward", "backward"):
+    for direction in ("forward", "backward", "forward_tokens", "backward_tokens"):  # tokens: token tasks only
         for purpose in ("pretrain", "snapshot"):
-            ledger[direction].pop(purpose)
+            ledger.get(direction, {}).pop(purpose, None)
     out["ledger"] = ledger
     # per stage likewise: what it found cached, its times, its cumulative ledgers and telemetry offset
     volatile = ("snapshot", "snapshot_cached", "resumed_from", "wall_time", "telemetry_end", "ledger", "ledger_delta")

@@ -59,7 +59,7 @@ class Levels(Objective):
     def wrong(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return (outputs.float() - targets).abs().amax(1) > TOLERANCE
 
-    def confidence(self, outputs: torch.Tensor) -> torch.Tensor:
+    def confidence(self, outputs: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         return torch.ones(outputs.shape[0])
 
 

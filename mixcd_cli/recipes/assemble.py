@@ -47,6 +47,7 @@ def stage_record(ctx: Context, k: int, stage: Stage, settings: TrainSettings, po
         stage=k, name=stage.name, steps=settings.steps, lr=settings.lr,
         mix_ratio=settings.rehearsal_batch / settings.batch_size, rehearsal_batch=settings.rehearsal_batch,
         pool=StagePool(size=len(pool), by_source=by_source), accuracy=[accuracy(c) for c in row],
+        chrf=getattr(row, "chrf", None),
         categories_vs_previous=Categories.from_dict(against["previous"]),
         categories_vs_theta0=Categories.from_dict(against["theta0"]),
         signal=SignalQuality.from_dict(loop.quality()), rehearsal_counts=dict(loop.counts),
@@ -83,6 +84,10 @@ def run_result(ctx: Context, records: list[StageRecord], metrics: dict[str, Any]
     theta0 = accuracy(snap0.test.correct.bool())
     # each stage's record holds its row of accuracies; the last stage's record is this run's own
     matrix = [[theta0] + [None] * n] + [r.accuracy + [None] * (n - k) for k, r in enumerate(records, 1)]
+    chrf_matrix = None
+    if records[0].chrf is not None:
+        chrf_matrix = [[ctx.theta0_chrf] + [None] * n] + [list(r.chrf) + [None] * (n - k)
+                                                          for k, r in enumerate(records, 1)]
     return RunResult(
         experiment=str(cfg.experiment_name), sampler=str(cfg.sampler.name),
         mix_ratio=float(cfg.trainer.mix_ratio) if records[0].rehearsal_batch else 0.0, seed=int(cfg.seed),
@@ -96,7 +101,8 @@ def run_result(ctx: Context, records: list[StageRecord], metrics: dict[str, Any]
         sampler_final=to_json_safe(outcome.sampler.telemetry()),
         sampler_notes=list(dict.fromkeys(m for r in records for m in r.sampler_notes)),
         num_stages=n, stage_names=[s.name for s in exp.stages], rehearsal_pool=str(cfg.rehearsal.pool),
-        accuracy_matrix=matrix, sequence=SequenceSummary.from_dict(sequence_metrics(matrix)),
+        task_kind=exp.objective.name if exp.lm is not None else None,
+        accuracy_matrix=matrix, chrf_matrix=chrf_matrix, sequence=SequenceSummary.from_dict(sequence_metrics(matrix)),
         stages=with_deltas(records), compute=Compute.from_dict(ctx.ledger.compute()),
         snapshot_fidelity=mean_fidelity(records))
 

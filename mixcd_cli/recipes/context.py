@@ -18,6 +18,8 @@ from .. import catalog, distributed  # noqa: F401  (catalog: every registry fill
 from ..artifacts import atomic_path, environment_info, write_error, write_json
 from ..data import Experiment, build_experiment
 from ..errors import MixcdError, phase
+from ..generation.data import GENERATION_KINDS, encode_generation
+from ..generation.models import check_lm
 from ..metrics import Ledger
 from ..models import FINETUNE_ONLY
 from ..runtime import resolve_device
@@ -61,6 +63,7 @@ class Context:
     ledger: Ledger
     timings: dict[str, float]
     resume: bool = False  # train: continue the unfinished run in run_dir
+    theta0_chrf: float | None = None  # generation: θ0's decoded chrF on the prior test set (chrF matrix row 0)
 
 
 def _comparable(cfg_yaml: str) -> dict[str, Any]:
@@ -149,7 +152,12 @@ def experiment_of(cfg: DictConfig, encode: bool = True) -> Experiment:
     exp = build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
                            cfg.image_size, stages)
     model = plain(cfg.model)
-    if exp.text != (model["backbone"] == "hf"):
+    generation = exp.objective.name in GENERATION_KINDS
+    if generation != (model["backbone"] == "lm"):
+        raise MixcdError(f"generation tasks ({exp.objective.name}) need a language model (model=lm, lm_tiny, "
+                         "t5_tiny)" if generation else f"model=lm generates text; task kind '{exp.objective.name}' "
+                         "needs a classifier (model=cnn, timm, hf)")
+    if not generation and exp.text != (model["backbone"] == "hf"):
         raise MixcdError("text tasks need a text model (model=hf)" if exp.text else
                          f"model={model['backbone']} reads images; model=hf reads text tasks only")
     spec = SAMPLERS.spec(str(cfg.sampler.name))
@@ -162,10 +170,18 @@ def experiment_of(cfg: DictConfig, encode: bool = True) -> Experiment:
 
 
 def encode_text(cfg: DictConfig, exp: Experiment) -> None:
-    """Tokenise a text experiment's tasks in place (cached under paths.cache_dir); images: nothing to do."""
+    """Tokenise a text or generation experiment's tasks in place (text: cached under paths.cache_dir); images:
+    nothing to do. A language model is checked against the task kind first, from its configuration."""
     if not exp.text:
         return
     model = plain(cfg.model)
+    if exp.objective.name in GENERATION_KINDS:
+        lora = model.get("lora") or {}
+        limit = check_lm(exp.objective.name, model.get("name"), model.get("config"),
+                         lora.get("target_modules") if lora.get("rank") else None)
+        encode_generation(exp, exp.objective.name, model.get("name"), model.get("tokenizer"),
+                          int(model["max_length"]), limit)
+        return
     encode_experiment(exp, model.get("name"), model.get("tokenizer"), int(model["max_length"]),
                       model_position_limit(model.get("name"), model.get("config")), Path(cfg.paths.cache_dir),
                       bool(model.get("lowercase", True)))

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import console
 from ..errors import MixcdError, phase
+from ..generation.scoring import decode_task
 from ..metrics import categories, forgetting_metrics
 from ..models import MixcdNet, load_model, model_spec
 from ..results import EvalResult, Retention, RunResult, SignalQuality, read_result, write_result
@@ -21,13 +22,36 @@ from .context import Context, plain, run_dir_of, setup
 from .prior import prior_checkpoint, snapshot_for
 
 
-def accuracy_row(ctx: Context, model: MixcdNet, k: int) -> list[torch.Tensor]:
-    """Per-sample correctness on the test set of every task seen up to stage k: the prior task, stages 1..k."""
+class AccuracyRow(list):
+    """Per-sample correctness on each test set of a row of the accuracy matrix; for generation tasks also each
+    test set's corpus chrF (``chrf``; None for classification)."""
+
+    chrf: list[float] | None = None
+
+
+def accuracy_row(ctx: Context, model: MixcdNet, k: int) -> AccuracyRow:
+    """Per-sample correctness on the test set of every task seen up to stage k: the prior task, stages 1..k.
+    Generation tasks are decoded (greedy, key-value cache): correct is decoded exact match, and chrF is kept."""
     cfg, exp = ctx.cfg, ctx.experiment
     bs, amp = int(cfg.eval.batch_size), str(cfg.trainer.amp)
     tasks = [(exp.prior_test, exp.prior_head())] + [(s.test, s.head) for s in exp.stages[:k]]
-    return [predict_task(model, task, head, exp.transform, ctx.device, bs, ctx.ledger, "eval", amp).correct
-            for task, head in tasks]
+    if exp.lm is not None:
+        return decoded_row(ctx, model, [task for task, _ in tasks])
+    return AccuracyRow(predict_task(model, task, head, exp.transform, ctx.device, bs, ctx.ledger, "eval", amp).correct
+                       for task, head in tasks)
+
+
+def decoded_row(ctx: Context, model: Any, tasks: list[Any]) -> AccuracyRow:
+    """Each generation test set decoded: exact match per row, corpus chrF per set; decoding charged to ``eval``."""
+    row, scores = AccuracyRow(), []
+    for task in tasks:
+        decoded, tokens = decode_task(model, task.source, task.index, int(ctx.cfg.eval.batch_size),
+                                      ctx.experiment.lm.tokenizer)
+        ctx.ledger.add("eval", forward=len(task), forward_tokens=tokens)
+        row.append(decoded.exact)
+        scores.append(decoded.corpus_chrf())
+    row.chrf = scores
+    return row
 
 
 def evaluate(ctx: Context, model: MixcdNet, snap0: Snapshot, row: list[torch.Tensor] | None = None
@@ -123,7 +147,7 @@ def run_eval(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] 
     prior_path, _ = prior_checkpoint(ctx, allow_train=False)
     snap, _ = snapshot_for(ctx, prior_path)
     model, _ = load_model(source / "model.pt", model_spec(plain(cfg.model)), ctx.experiment.channels,
-                          vocab_size=ctx.experiment.vocab_size)
+                          vocab_size=ctx.experiment.vocab_size, lm=ctx.experiment.lm)
     model.to(ctx.device)
     with phase("evaluation", "nothing of this evaluation was written; rerun to evaluate again"):
         metrics = evaluate(ctx, model, snap)

@@ -90,7 +90,7 @@ def check_inputs(cfg: DictConfig) -> None:
         _check_snapshot(Path(str(cfg.snapshot.path)), prior, exp, cfg)
     if stage == "eval":
         load_model(Path(str(cfg.run_dir)) / "model.pt", model_spec(plain(cfg.model)), exp.channels,
-                   vocab_size=exp.vocab_size)
+                   vocab_size=exp.vocab_size, lm=exp.lm)
 
 
 def _eval_source(cfg: DictConfig, run_dir: Path | None, overrides: list[str]) -> DictConfig:

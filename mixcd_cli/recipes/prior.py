@@ -95,7 +95,7 @@ def _prior_locked(ctx: Context, cache: Path, key: str, path: Path, spec: dict[st
         if path.is_file():
             return path, True
         torch.manual_seed(derive_seed(int(cfg.pretrain.seed), "prior-init"))
-        model = create_model(spec["backbone"], exp.channels, heads, exp.vocab_size, **model_args(cfg))
+        model = create_model(spec["backbone"], exp.channels, heads, exp.vocab_size, exp.lm, **model_args(cfg))
         settings = pretrain_settings(cfg, exp)
         t0 = time.perf_counter()
         with phase("pretraining of θ0", "the cache holds only finished prior models; rerun to pretrain again"), \
@@ -174,8 +174,10 @@ def load_prior(ctx: Context, path: Path) -> MixcdNet:
 def prior_model(cfg: DictConfig, exp: Experiment, path: Path, ckpt: dict[str, Any] | None = None) -> MixcdNet:
     """θ0 from ``path`` (on the host; ``ckpt``: its contents if already read), refused when it is not this
     experiment's model and prior head."""
-    model, _ = load_model(path, model_spec(plain(cfg.model)), exp.channels, vocab_size=exp.vocab_size,
+    model, _ = load_model(path, model_spec(plain(cfg.model)), exp.channels, vocab_size=exp.vocab_size, lm=exp.lm,
                           yours=bool(cfg.prior_model.checkpoint), ckpt=ckpt)
+    if exp.lm is not None:  # a language model has no heads: its spec (checked on reading) says it all
+        return model
     expected = exp.head_sizes()[exp.prior_head()]
     head = model.heads[exp.prior_head()] if exp.prior_head() in model.heads else None
     if head is None or head.out_features != expected:

@@ -41,7 +41,7 @@ from ..training.finetuner import LoopResult
 from ..training.inference import task_tokens
 from .assemble import run_result, stage_record
 from .context import Context, plain, settings_from, setup
-from .evaluate import accuracy_row, evaluate
+from .evaluate import accuracy_row, decoded_row, evaluate
 from .prior import (
     load_prior,
     prior_checkpoint,
@@ -109,6 +109,8 @@ class Sequence:
         prior_path, prior_cached = prior_checkpoint(ctx)
         model = load_prior(ctx, prior_path)
         snap0, snap0_cached = snapshot_for(ctx, prior_path, model, 1, source)
+        if exp.lm is not None and distributed.rank() == 0:  # the snapshot does not decode; chrF needs θ0's text
+            ctx.theta0_chrf = decoded_row(ctx, model, [exp.prior_test]).chrf[0]
         if ctx.cfg.snapshot.get("subset") is not None and not subset_applies(ctx.cfg) and distributed.rank() == 0:
             console.note(f"snapshot.subset: sampler={ctx.cfg.sampler.name} reads no snapshot and draws over the "
                          "whole pool, so its snapshot (which only measures) scores every row")
@@ -150,7 +152,7 @@ class Sequence:
         """θ(k−1) read back from its stage file, and its snapshot over pool k."""
         ctx = self.ctx
         model, _ = load_model(model_path, model_spec(plain(ctx.cfg.model)), ctx.experiment.channels,
-                              vocab_size=ctx.experiment.vocab_size)
+                              vocab_size=ctx.experiment.vocab_size, lm=ctx.experiment.lm)
         model.to(ctx.device)
         snap, cached = snapshot_for(ctx, model_path, model, k, snapshot_source(ctx.cfg))
         return model, snap, cached
@@ -189,7 +191,7 @@ class Sequence:
                                          len(exp.stages[k - 1].train), outcome.loop.record or {}, pool,
                                          exp.objective.has_classes)
             save_columns(stage_record_file(self.ctx.run_dir, k), cols, {"stage": k, "pool": pool.fingerprint()})
-        save_model(model, model_file, model_spec(plain(self.ctx.cfg.model)), {"stage": k})
+        keep_model(model, model_file, self.ctx.cfg, {"stage": k})
         write_json(outcome.record.to_dict(), record_path)
         return model_file, int(outcome.record.telemetry_end)
 
@@ -197,7 +199,7 @@ class Sequence:
                 cached: dict[str, bool]) -> RunResult:
         """Save the final model, evaluate it against θ0, write metrics.json and print the run's table."""
         ctx, exp = self.ctx, self.ctx.experiment
-        save_model(model, ctx.run_dir / "model.pt", model_spec(plain(ctx.cfg.model)),
+        keep_model(model, ctx.run_dir / "model.pt", ctx.cfg,
                    {"heads_of": {"prior": exp.prior_head(), "finetune": exp.ft_head(),
                                  **{f"stage{k}": s.head for k, s in enumerate(exp.stages, 1)}}})
         with phase("evaluation", f"the fine-tuned model and {self.checkpoint.name} are kept; rerun the same "
@@ -279,6 +281,21 @@ def prepare_model(ctx: Context, k: int, stage: Stage, model: MixcdNet) -> None:
     if exp.head == "multi":
         torch.manual_seed(derive_seed(int(cfg.seed), _seed_tag("ft-head", k)))
         model.add_head(stage.head, exp.head_sizes()[stage.head])
+    lora = plain(cfg.model).get("lora") or {}
+    if lora.get("rank"):  # fresh adapters on θ(k−1) for stage k, merged into θk when the stage ends (`keep_model`)
+        torch.manual_seed(derive_seed(int(cfg.seed), _seed_tag("lora", k)))
+        trainable = model.add_adapters(int(lora["rank"]), float(lora["alpha"]), lora.get("target_modules"),
+                                       float(lora.get("dropout", 0.0)))
+        if distributed.rank() == 0 and k == 1:
+            console.note(f"model.lora: rank {lora['rank']} adapters, {trainable:,} trainable parameters; the rest of "
+                         "the model is frozen")
+
+
+def keep_model(model: MixcdNet, path: Path, cfg: DictConfig, extra: dict[str, Any] | None = None) -> None:
+    """Save a stage's model as the next stage (or `mixcd eval`) reads it: LoRA adapters folded into its weights."""
+    if getattr(model, "has_adapters", False):
+        model.merge_adapters()
+    save_model(model, path, model_spec(plain(cfg.model)), extra)
 
 
 def stage_sampler(ctx: Context, k: int, snap: Snapshot, pool: Task, model: MixcdNet,

@@ -23,6 +23,16 @@ UNITS = {"rehearsal": "rehearsal rows drawn",
 ONE_TIME = "total_budget_one_time"
 
 
+def budget_unit(runs: Sequence[Run]) -> str:
+    """What the report's budgets count: ``tokens`` for generation runs (docs/design.md §10), ``rows`` otherwise; a
+    report over both is refused, since a budget in tokens and one in rows do not compare."""
+    in_tokens = {bool(r.values.get("budget_in_tokens")) for r in runs}
+    if len(in_tokens) > 1:
+        raise MixcdError("these runs mix generation tasks (budgets in tokens) with row-counted tasks (budgets in "
+                         "rows), which do not compare: report them apart (mixcd report PATH -s ..., or two folders)")
+    return "tokens" if in_tokens == {True} else "rows"
+
+
 def budget_key(axis: str) -> str:
     """The run value that is the budget on ``axis``."""
     check_axis(axis)

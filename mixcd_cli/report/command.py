@@ -13,7 +13,7 @@ from ..artifacts import write_error, write_json
 from ..console import console, note
 from ..errors import MixcdError
 from . import compare
-from .axes import DEFAULT_AXIS, budget_key, check_axis, set_total_budgets
+from .axes import DEFAULT_AXIS, budget_key, budget_unit, check_axis, set_total_budgets
 from .equivalence import FoldMemo, fold_on, on_both_axes
 from .groups import RETENTION, Group, group_runs
 from .html import write_html
@@ -41,6 +41,7 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
     if not runs:
         raise MixcdError(f"no finished {stage} runs under {', '.join(map(str, paths))}"
                          + (f" ({len(skipped)} skipped)" if skipped else ""))
+    unit = budget_unit(runs)
     without_compute = set_total_budgets(runs, amortize)
     key = budget_key(budget)
     groups = group_runs(runs, key)
@@ -67,13 +68,13 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
     if duplicates:
         note(f"{duplicates} run(s) repeat a seed already in their group and count once")
 
-    parts = sections(groups, eq, skipped, vs, budget, amortize)
+    parts = sections(groups, eq, skipped, vs, budget, amortize, unit)
     try:  # a folder that turns read-only or full midway: one line, like every other write
         write_csv(groups, out / "report.csv")
         write_runs_csv(groups, out / RUNS_CSV, roots=paths)
         (out / "report.md").write_text(markdown(parts))
-        pngs = _plots(groups, vs, out, key) if plots else []
-        summary = summary_of(runs, groups, eq, vs, skipped, pngs, budget, amortize)
+        pngs = _plots(groups, vs, out, key, unit) if plots else []
+        summary = summary_of(runs, groups, eq, vs, skipped, pngs, budget, amortize, unit)
         write_json(summary, out / "report.json")
         if html:
             title = f"mixcd report: {len(runs)} {stage} runs, {len(groups)} groups"
@@ -106,5 +107,7 @@ def check_out(out: Path) -> None:
         raise write_error(out, exc, OUT_KEY) from exc
 
 
-def _plots(groups: Sequence[Group], vs: Sequence[dict[str, Any]], out: Path, budget: str) -> list[Path]:
-    return plot(groups, out, budget) + heatmaps(groups, out) + plot_against_default(vs, out, retention_name(groups))
+def _plots(groups: Sequence[Group], vs: Sequence[dict[str, Any]], out: Path, budget: str, unit: str = "rows"
+           ) -> list[Path]:
+    return (plot(groups, out, budget, unit) + heatmaps(groups, out)
+            + plot_against_default(vs, out, retention_name(groups)))

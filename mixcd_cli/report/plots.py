@@ -15,14 +15,16 @@ from .render import mean_matrix
 from .tables import is_sequence
 
 # The budget plot's x axis is the report's budget axis (`axes`): rehearsal rows, or the compute a sampler adds.
-BUDGET_LABELS = {"rehearsal_budget": "rehearsal budget (rows drawn)",
-                 "total_budget": "compute the sampler adds (rehearsal + selection + snapshots it reads, fwd + 2·bwd)"}
+BUDGET_LABELS = {"rehearsal_budget": "rehearsal budget ({unit} drawn)",
+                 "total_budget": "compute the sampler adds (rehearsal + selection + snapshots it reads, fwd + 2·bwd "
+                                 "{unit})"}
 
 
-def plot_kinds(budget: str) -> tuple[tuple[str, str, str], ...]:
-    """(file suffix, x value, x label) of each per-experiment plot: retention against ``budget``, and the Pareto
-    view against the new task."""
-    return (("budget", budget, BUDGET_LABELS.get(budget, budget)), ("pareto", "ft_acc", "fine-tune-test accuracy (%)"))
+def plot_kinds(budget: str, unit: str = "rows") -> tuple[tuple[str, str, str], ...]:
+    """(file suffix, x value, x label) of each per-experiment plot: retention against ``budget`` (counted in
+    ``unit``), and the Pareto view against the new task."""
+    label = BUDGET_LABELS.get(budget, budget).format(unit=unit)
+    return (("budget", budget, label), ("pareto", "ft_acc", "fine-tune-test accuracy (%)"))
 
 
 def _pyplot() -> Any:
@@ -54,7 +56,7 @@ def _line_name(g: Group) -> str:
     return g.name + (f" [{g.label}]" if g.label else "")
 
 
-def plot(groups: Sequence[Group], out: Path, budget: str = "rehearsal_budget") -> list[Path]:
+def plot(groups: Sequence[Group], out: Path, budget: str = "rehearsal_budget", unit: str = "rows") -> list[Path]:
     """Retention vs the budget on the report's axis (``budget``: the run value), and the Pareto view retention vs
     ft_acc (frontier points ringed); one PNG of each per experiment."""
     plt = _pyplot()
@@ -66,7 +68,7 @@ def plot(groups: Sequence[Group], out: Path, budget: str = "rehearsal_budget") -
         lines: dict[str, list[Group]] = defaultdict(list)
         for g in gs:
             lines[_line_name(g)].append(g)
-        for kind, xkey, xlabel in plot_kinds(budget):
+        for kind, xkey, xlabel in plot_kinds(budget, unit):
             fig, ax = plt.subplots(figsize=(8, 5))
             ringed = False
             for name, sg in lines.items():

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MixcdError
+from ..generation.objectives import GENERATION_KINDS as TOKEN_KINDS
 from ..metrics import PURPOSES
 from ..results import REQUIRED, EvalResult, RunResult, result_from_dict
 from ..samplers import SAMPLERS
@@ -55,7 +56,10 @@ def values_of(result: RunResult | EvalResult) -> dict[str, float | None]:
         "ledger_rehearsal": fwd.get("rehearsal", 0) + bwd.get("rehearsal", 0),
         "ledger_selection": fwd.get("selection", 0) + bwd.get("selection", 0),
         "training_passes": ledger.training_passes if ledger is not None else None,
-        "rehearsal_budget": fwd.get("rehearsal", 0),
+        # generation runs are read in tokens (docs/design.md §10): a sampler that prefers long rows pays for them
+        "rehearsal_budget": (ledger.forward_tokens or {}).get("rehearsal", 0) if _in_tokens(result) and
+        ledger is not None else fwd.get("rehearsal", 0),
+        "budget_in_tokens": 1.0 if _in_tokens(result) else 0.0,
         "wall_time": result.wall_time.get("finetune"),
         **_compute_values(result),
         **_fidelity_values(result),
@@ -69,6 +73,11 @@ def _fidelity_values(result: RunResult | EvalResult) -> dict[str, float | None]:
             for k in ("precision", "recall", "unvisited", "loss_mae")}
 
 
+def _in_tokens(result: RunResult | EvalResult) -> bool:
+    """Whether a run's budgets are counted in tokens: a generation run (its rows differ in length)."""
+    return isinstance(result, RunResult) and result.task_kind in TOKEN_KINDS
+
+
 def _compute_values(result: RunResult | EvalResult) -> dict[str, float | None]:
     """A run's compute (fwd + 2·bwd, docs/design.md §11): in total, its fine-tuning and one-time parts, and what
     the sampler adds (the total axis, before amortisation); None for runs made before compute was kept."""
@@ -78,6 +87,8 @@ def _compute_values(result: RunResult | EvalResult) -> dict[str, float | None]:
               for way in ("forward", "backward") for p in PURPOSES}
     if compute is None:
         return {**dict.fromkeys(COMPUTE_VALUES), **passes}
+    if _in_tokens(result) and compute.tokens is not None:
+        compute = compute.tokens
     return {"compute_total": compute.total, "compute_training": compute.training, "compute_one_time": compute.one_time,
             "compute_sampler": compute.sampler, "compute_sampler_one_time": compute.sampler_one_time,
             **{f"compute_{p}": compute.by_purpose.get(p) for p in PURPOSES}, **passes}

@@ -39,27 +39,31 @@ class Section:
     items: Sequence[str] = ()
 
 
-def axis_text(axis: str, amortize: int | None) -> str:
-    """What the budget is on ``axis``, and how θ0's one-time snapshot is charged on the total axis."""
+def axis_text(axis: str, amortize: int | None, unit: str = "rows") -> str:
+    """What the budget is on ``axis`` (in ``unit``: rows, or tokens for generation), and how θ0's one-time
+    snapshot is charged on the total axis."""
     if axis == "rehearsal":
-        return "budget: the rehearsal rows a sampler drew (selection passes and snapshots not counted)."
+        what = "rows" if unit == "rows" else "tokens of the rows"
+        return f"budget: the rehearsal {what} a sampler drew (selection passes and snapshots not counted)."
     spread = "charged in full to every run" if amortize is None else f"spread over {amortize} fine-tunings"
-    return ("budget: the compute a sampler adds to plain fine-tuning at the same steps, forward + 2 × backward: "
+    counted = "" if unit == "rows" else " (in tokens: each row counts its non-padding tokens)"
+    return (f"budget: the compute a sampler adds to plain fine-tuning at the same steps, forward + 2 × backward"
+            f"{counted}: "
             "its rehearsal and selection passes and the snapshots (and clusters) it reads; plain fine-tuning's own "
             "passes, made alike by every sampler, are left out, and so are passes that only measure. θ0's "
             f"snapshot, which every fine-tuning of θ0 can share, is {spread} (its part: 'of which one-time').")
 
 
 def sections(groups: Sequence[Group], eq: Sequence[dict[str, Any]], skipped: Sequence[tuple[Path, str]],
-             vs: Sequence[dict[str, Any]] = (), axis: str = "rehearsal", amortize: int | None = None
-             ) -> list[Section]:
+             vs: Sequence[dict[str, Any]] = (), axis: str = "rehearsal", amortize: int | None = None,
+             unit: str = "rows") -> list[Section]:
     """The report's content, in order, once for every format."""
     retention = retention_name(groups)
     notes = ["mean ± std over seeds; a seed run twice in one group counts once (dup). hit rate: audited share "
              "of drawn rows that were collateral damage; signal: what the training forward pass told the sampler. "
              f"frontier: no other group of the experiment with at most the same budget on the {axis} axis has "
              f"{retention} and ft_acc both at least as high (and one higher, or a smaller budget). "
-             + axis_text(axis, amortize)]
+             + axis_text(axis, amortize, unit)]
     if is_sequence(groups):
         notes.append("Multi-stage runs: earlier-task acc = mean accuracy, after the last stage, on every task before "
                      "it; avg acc = the same over all tasks; BWT = mean of (final − just-learned) accuracy over the "
@@ -68,7 +72,7 @@ def sections(groups: Sequence[Group], eq: Sequence[dict[str, Any]], skipped: Seq
     if eq:
         out.append(Section([f"Random-equivalent budget on the {axis} axis (the budget random rehearsal with the same "
                             f"settings needs for the same {retention}), from the means and per seed pair. "
-                            + axis_text(axis, amortize) + " fold: that budget "
+                            + axis_text(axis, amortize, unit) + " fold: that budget "
                             f"over the group's own, reading random's curve as linear in log budget (the segment from "
                             f"budget 0, plain fine-tuning, linearly); fold, linear interp.: the same read linearly "
                             f"between budgets, which on a concave curve reads high. {_INTERVALS} Δ at same budget: "
@@ -172,13 +176,13 @@ def _json_against(v: dict[str, Any]) -> dict[str, Any]:
 
 def summary_of(runs: Sequence[Run], groups: Sequence[Group], eq: Sequence[dict[str, Any]],
                vs: Sequence[dict[str, Any]], skipped: Sequence[tuple[Path, str]], pngs: Sequence[Path],
-               axis: str = "rehearsal", amortize: int | None = None) -> dict[str, Any]:
+               axis: str = "rehearsal", amortize: int | None = None, unit: str = "rows") -> dict[str, Any]:
     """report.json: every group with its statistics, the folds (infinite ones as "> max") with their labelled
     intervals, skipped runs, plots. The older ``*_ci95`` keys stay for readers written before intervals were
     labelled: the bounds of a 95% interval, null where the interval is a range (docs/design.md §6)."""
     return {"runs": len(runs), "groups": [_group_summary(g, metric_keys(groups)) for g in groups],
-            "retention": retention_key(groups), "budget_axis": axis, "amortize": amortize,
-            "budget": axis_text(axis, amortize),
+            "retention": retention_key(groups), "budget_axis": axis, "amortize": amortize, "budget_unit": unit,
+            "budget": axis_text(axis, amortize, unit),
             "random_equivalent": [_json_equivalent(e) for e in eq],
             "against_default": [_json_against(v) for v in vs],
             "skipped": [[str(p), why] for p, why in skipped], "plots": [p.name for p in pngs]}

@@ -75,4 +75,4 @@ def to_device(batch: Batch, transform: BatchTransform, device: torch.device, cha
     x = transform(moved.inputs)
     if channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    return Batch(x, moved.targets, moved.mask)
+    return Batch(x, moved.targets, moved.mask, moved.tokens)

@@ -31,7 +31,7 @@ from ..objectives import Batch
 from ..runtime import autocast_for, stop_on_sigint
 from ..samplers.base import RehearsalSampler
 from .batches import BatchOrder, host_batch, order_seed, to_device
-from .inference import ModelSelection, token_count
+from .inference import ModelSelection, batch_tokens
 from .optim import create_optimizer, create_schedule
 from .settings import TrainSettings
 from .visits import VisitRecord
@@ -195,7 +195,9 @@ class FineTuner:
             self.net = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.cuda else None)
         if s.compile:
             self.net = torch.compile(self.net)
-        self.optimizer = create_optimizer(model.parameters(), s.optimizer, s.lr, s.momentum, s.weight_decay)
+        # frozen weights (LoRA's base model) take no optimiser state
+        self.optimizer = create_optimizer([p for p in model.parameters() if p.requires_grad], s.optimizer, s.lr,
+                                          s.momentum, s.weight_decay)
         self.schedule = create_schedule(self.optimizer, s.schedule, s.steps, s.warmup_steps)
         self.order = BatchOrder(len(self.task), s.batch_size, order_seed(s), self.rank, self.world)
         self.selection: ModelSelection | None = None
@@ -306,7 +308,7 @@ class FineTuner:
             batch = future.result()
             self._order_at_step = self.order.state_dict()  # before the prefetch moves the order ahead
             self._upcoming = self._prefetch() if step + 1 < self.settings.steps else None
-        return to_device(batch, self.transform, self.device, self.channels_last), token_count(batch.inputs), rows
+        return to_device(batch, self.transform, self.device, self.channels_last), batch_tokens(batch), rows
 
     def step(self, step: int) -> None:
         """One optimisation step: fine-tune batch, rehearsal rows drawn after folding in step−1's observation."""
@@ -348,7 +350,7 @@ class FineTuner:
             order = torch.argsort(r.pool.head_of[rows], stable=True)
             rows = rows[order]
         host = host_batch(r.pool, rows, self.device)
-        tokens = token_count(host.inputs)
+        tokens = batch_tokens(host)
         batch = to_device(host, self.transform, self.device, self.channels_last)
         # like telemetry, the last (possibly shorter) interval is audited too
         audit_now = s.audit_every and ((step + 1) % s.audit_every == 0 or step + 1 == s.steps)

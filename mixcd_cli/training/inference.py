@@ -29,15 +29,25 @@ def token_count(inputs: torch.Tensor) -> int:
     return int((inputs[:, 0] != PAD).sum()) if is_token_batch(inputs) else 0
 
 
+def batch_tokens(batch: Batch) -> int:
+    """Non-padding tokens a pass over ``batch`` reads: what its source counted (a generated sequence's prompt and
+    target, both an encoder's and a decoder's rows), else what its inputs show (`token_count`)."""
+    return int(batch.tokens) if batch.tokens is not None else token_count(batch.inputs)
+
+
 def row_tokens(task: Task, batch_size: int = 4096) -> torch.Tensor | None:
     """Each row's non-padding tokens (int64), or None when the task's rows are not token sequences: what a pass
     over the rows costs in tokens, known without running the model (a cached artifact's cost)."""
     if len(task) == 0 or not is_token_batch(task.inputs(torch.arange(1))):
         return None
+    laid_out = bool(getattr(task.source, "laid_out", False))  # every id row is read (a decoder's and encoder's)
     parts = []
     for start in range(0, len(task), batch_size):
-        ids = task.inputs(torch.arange(start, min(start + batch_size, len(task))))[:, 0]
-        parts.append((ids != PAD).sum(1).long().cpu())
+        chunk = torch.arange(start, min(start + batch_size, len(task)))
+        if laid_out:
+            parts.append((task.batch(chunk).inputs != PAD).flatten(1).sum(1).long().cpu())
+        else:
+            parts.append((task.inputs(chunk)[:, 0] != PAD).sum(1).long().cpu())
     return torch.cat(parts)
 
 
@@ -71,7 +81,7 @@ def predict_task(model: MixcdNet, task: Task, head: str, transform: BatchTransfo
         for start in range(0, rows.numel(), batch_size):
             chunk = rows[start:start + batch_size]
             batch = task.batch(chunk)
-            tokens = token_count(batch.inputs)  # on the host, before the copy
+            tokens = batch_tokens(batch)  # on the host, before the copy
             chunks.append(_chunk_columns(model, task, objective, chunk, batch, head, transform, device, amp))
             if ledger is not None:
                 ledger.add(purpose, forward=chunk.numel(), forward_tokens=tokens)
@@ -127,11 +137,11 @@ def task_features(model: MixcdNet, task: Task, transform: BatchTransform, device
     try:
         for start in range(0, len(task), batch_size):
             chunk = torch.arange(start, min(start + batch_size, len(task)))
-            inputs = task.inputs(chunk)
+            batch = task.batch(chunk)
             with autocast_for(device, amp):
-                out.append(model.features(transform(inputs.to(device, non_blocking=True))).float().cpu())
+                out.append(model.features(transform(batch.inputs.to(device, non_blocking=True))).float().cpu())
             if ledger is not None:
-                ledger.add(purpose, forward=chunk.numel(), forward_tokens=token_count(inputs))
+                ledger.add(purpose, forward=chunk.numel(), forward_tokens=batch_tokens(batch))
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, model.num_features)
@@ -181,7 +191,7 @@ class ModelSelection(SelectionContext):
     @torch.no_grad()
     def pool_losses(self, rows: torch.Tensor, params: dict[str, torch.Tensor] | None) -> torch.Tensor:
         host = self.pool.batch(rows)
-        tokens = token_count(host.inputs)
+        tokens = batch_tokens(host)
         batch = host.to(self.device)
         x, y = self.transform(batch.inputs), batch.targets
         was_training = self.model.training
