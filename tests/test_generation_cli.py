@@ -242,3 +242,26 @@ def test_a_tokenizer_without_end_of_sequence_is_refused() -> None:
         pad_token_id = None
 
     assert HFTokenizer(NoPad(), "x", "folder /m").pad_id == 5  # padding is masked: end-of-sequence serves
+
+
+def test_two_processes_train_on_token_batches(tmp_path: Path, shared: Path) -> None:
+    """DDP (gloo, two CPU processes) over generation batches: each rank draws its rows, the ledger sums both
+    ranks' rows and tokens, evaluation decodes once."""
+    import os
+    import subprocess
+    import sys
+
+    args = [KINDS["causal_lm"], *paths(tmp_path, shared), "sampler=mixcd", "trainer.mix_ratio=0.25",
+            "trainer.steps=8", "threads=1"]
+    one = train(args, tmp_path / "one")
+    proc = subprocess.run([sys.executable, "-m", "mixcd_cli.cli", "train", *args, "trainer.devices=2",
+                           f"hydra.run.dir={tmp_path / 'two'}"], capture_output=True, text=True,
+                          env={**os.environ, "MIXCD_PROGRESS": "0"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["world_size"] == 2 and two["ledger"]["forward"]["rehearsal"] == 8 * 4 * 2
+    tokens = two["ledger"]["forward_tokens"]
+    assert tokens["rehearsal"] == two["ledger"]["backward_tokens"]["rehearsal"] > 8 * 4 * 2 * 4
+    # both ranks' fine-tune shards are counted: about twice one process's tokens at the same steps
+    assert 1.7 < tokens["finetune"] / one["ledger"]["forward_tokens"]["finetune"] < 2.3
+    assert len(two["chrf_matrix"]) == 2
