@@ -203,13 +203,19 @@ class TimmModelConf:
 
 
 @dataclass
-class HfModelConf:
+class HuggingFaceModelConf:
+    """What every Hugging Face model node has: where the model comes from, its tokenizer and its context."""
+
     backbone: str = _req()
     name: Optional[str] = _req()  # noqa: UP045
     config: Optional[dict[str, Any]] = _req()  # noqa: UP045
     tokenizer: Optional[str] = _req()  # noqa: UP045
-    pooling: str = _req(choices=POOLINGS)
     max_length: int = _req(ge=2)
+
+
+@dataclass
+class HfModelConf(HuggingFaceModelConf):
+    pooling: str = _req(choices=POOLINGS)
     lowercase: bool = _req()
 
 
@@ -222,12 +228,7 @@ class LoraConf:
 
 
 @dataclass
-class LmModelConf:
-    backbone: str = _req()
-    name: Optional[str] = _req()  # noqa: UP045
-    config: Optional[dict[str, Any]] = _req()  # noqa: UP045
-    tokenizer: Optional[str] = _req()  # noqa: UP045
-    max_length: int = _req(ge=2)
+class LmModelConf(HuggingFaceModelConf):
     lora: LoraConf = field(default_factory=LoraConf)
 
 
