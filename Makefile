@@ -81,7 +81,7 @@ _reproduce:
 	$(MIXCD) report $(REPRO)/$(NAME)/$(STAMP) $(ALSO) --out $(OUT) $(REPORT_ARGS)
 	@date -u +"finished %FT%TZ"
 
-reproduce-fmnist: install data ## full comparison on the default experiment → results/fmnist (~46 min on 2 cores)
+reproduce-fmnist: install data ## full comparison on the default experiment, 5 seeds → results/fmnist (~1 h 40 min on 2 cores)
 	$(MAKE) --no-print-directory _reproduce NAME=fmnist EXP=fmnist OUT=$(CURDIR)/results/fmnist
 
 reproduce-fmnist-quick: install data ## small version (none, random, mixcd; 2 ratios; 1 seed; 200 steps): minutes
