@@ -171,12 +171,6 @@ class GenTokenSource:
         x, y = self._layout(index)
         return Batch(x, y, tokens=int((x != PAD).sum()))
 
-    def row_tokens(self, index: torch.Tensor) -> torch.Tensor:
-        """Each row's tokens as a teacher-forced pass reads them (what a pass over the rows costs)."""
-        extra = (1 if self.bos_id is not None else 0) if self.kind == "causal_lm" else 2  # [bos]; </s> and <start>
-        return torch.tensor([len(self.prompts[i]) + len(self.target_ids[i]) + extra for i in index.tolist()],
-                            dtype=torch.int64)
-
     def __len__(self) -> int:
         return len(self.prompts)
 
@@ -219,13 +213,7 @@ def encode_generation(exp: Any, kind: str, name: str | None, tokenizer: str | No
     task definition (θ0's and the snapshots' cache keys follow the tokens). A prompt that does not fit the context
     (``max_length``, and the model's own limit) loses its oldest tokens, with one note saying how many rows; a
     target that does not fit is refused: it could never be generated whole."""
-    tasks = exp.tasks()
-    task_kinds = {getattr(t.source, "kind", None) for t in tasks}
-    if task_kinds != {kind}:
-        found = ", ".join(sorted(str(k) for k in task_kinds))
-        raise MixcdError(f"the model is a {'decoder-only' if kind == 'causal_lm' else 'encoder-decoder'} model "
-                         f"({kind}) and the tasks are of kind {found}: set the tasks' options.kind={kind}, or use a "
-                         f"model of their kind")
+    tasks = exp.tasks()  # one kind for all: build_experiment refuses a mix
     sources = {id(t.source): t.source for t in tasks}
     train_sources = {id(t.source): t.source for t in (exp.pool, *(s.train for s in exp.stages))}
     corpus = [s for src in train_sources.values() for s in (*src.prompts, *src.texts)]
