@@ -148,7 +148,7 @@ MODES = st.sampled_from(["truth", "own", "cut", "swap"])
 ROWS = st.lists(st.tuples(st.text(alphabet=ALPHABET, min_size=1, max_size=9), MODES), min_size=2, max_size=10)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=ROWS)
 def test_teacher_forced_all_right_is_greedy_exact_match(trained, tokenizer, rows):
     """Targets are the task's truth, the model's own greedy output (so some rows are right), that output cut short
@@ -189,6 +189,8 @@ def test_the_equivalence_saw_both_outcomes():
     """The property above is only worth its name if it met right and wrong rows (runs after it, in file order)."""
     if TALLY["rows"] == 0:
         pytest.skip("the equivalence property did not run in this session")
+    print(f"equivalence property: {TALLY['rows']} rows, {TALLY['right']} decoded exactly, "
+          f"{TALLY['near_tie_differ']} near-tie disagreements")  # the size quoted in docs/design.md §10
     assert 0 < TALLY["right"] < TALLY["rows"]
     assert TALLY["near_tie_differ"] <= TALLY["rows"] // 20
 
