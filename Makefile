@@ -9,7 +9,7 @@ MIXCD := $(VENV)/bin/mixcd
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: help install install-track install-text data demo test test-all lint bench norm-choice
+.PHONY: help install install-track install-text data data-dict demo test test-all lint bench norm-choice
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-24s %s\n", $$1, $$2}'
@@ -31,6 +31,14 @@ data: ## install Fashion-MNIST from Debian's dataset-fashion-mnist (needs root/a
 	@if [ -f $(FMNIST) ]; then echo "Fashion-MNIST present: $(FMNIST)"; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "run: sudo apt-get install dataset-fashion-mnist  (or set task download=true with internet)"; exit 1; fi
+
+DICTS := dict-freedict-eng-deu dict-freedict-eng-fra dict-freedict-eng-spa dict-freedict-eng-ita dict-vera
+data-dict: ## install the FreeDict dictionaries and V.E.R.A. from Debian (the translation and QA experiments; needs root/apt)
+	@if [ -f /usr/share/dictd/freedict-eng-deu.index ] && [ -f /usr/share/dictd/freedict-eng-ita.index ] && \
+		[ -f /usr/share/dictd/freedict-eng-fra.index ] && [ -f /usr/share/dictd/freedict-eng-spa.index ] && \
+		[ -f /usr/share/dictd/vera.index ]; then echo "dictionaries present: /usr/share/dictd"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DICTS); \
+	else echo "run: sudo apt-get install $(DICTS)"; exit 1; fi
 
 demo: install data ## run the default experiment (pretrain, snapshot, fine-tune with random rehearsal, eval)
 	$(MIXCD) train
@@ -136,6 +144,24 @@ ablate-text: install ## mix-cd's partitions and variants on the text task → re
 		BASE="$(TEXT_RUNS)" BASE_TARGET=reproduce-text OUT=$(CURDIR)/results/ablate_text \
 		ABLATE_KNOBS="sampler.partition=kmeans,class sampler.num_bins=1,50 sampler.tau=0.9 sampler.memory=recent \
 		sampler.estimate=thompson"
+
+# Real dictionaries (docs/design.md §10.1): multilingual translation in stages and QA after translation, every
+# step audited, budgets in tokens; retention on θ0's probe, the held-out German split beside it.
+DICT_SAMPLERS ?= random,mixcd,mixcd_plus
+DICT_RATIOS ?= 0.0625,0.125,0.25
+.PHONY: reproduce-translate reproduce-translate-quick reproduce-qa reproduce-qa-quick
+reproduce-translate: install data-dict ## none, random, mixcd, mixcd_plus, oracle_cd; eng→deu, then fra, spa, ita; 3 ratios, 5 seeds → results/translate
+	$(MAKE) --no-print-directory _reproduce NAME=translate EXP=translate SAMPLERS=$(DICT_SAMPLERS) \
+		RATIOS=$(DICT_RATIOS) OUT=$(CURDIR)/results/translate
+reproduce-translate-quick: install data-dict ## small version: none, random, mixcd at 1/8, 1 seed, 60 steps a stage
+	$(MAKE) --no-print-directory _reproduce NAME=translate-quick EXP=translate SAMPLERS=random,mixcd ORACLE= \
+		RATIOS=0.125 SEEDS=1 EXTRA=trainer.steps=60 OUT=$(REPRO)/translate-quick/latest-report
+reproduce-qa: install data-dict ## none, random, mixcd, mixcd_plus, oracle_cd; acronym QA after eng→deu; 3 ratios, 5 seeds → results/qa
+	$(MAKE) --no-print-directory _reproduce NAME=qa EXP=qa SAMPLERS=$(DICT_SAMPLERS) RATIOS=$(DICT_RATIOS) \
+		OUT=$(CURDIR)/results/qa
+reproduce-qa-quick: install data-dict ## small version: none, random, mixcd at 1/8, 1 seed, 60 steps
+	$(MAKE) --no-print-directory _reproduce NAME=qa-quick EXP=qa SAMPLERS=random,mixcd ORACLE= RATIOS=0.125 SEEDS=1 \
+		EXTRA=trainer.steps=60 OUT=$(REPRO)/qa-quick/latest-report
 
 # Multi-stage sequences (docs/design.md §9): every rehearsal sampler, and mix-cd partitioned by the task a pool
 # row came from (SOURCE), at three ratios and five seeds; `mixcd report` adds the accuracy matrices.

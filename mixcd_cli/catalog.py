@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from . import data, models, objectives, samplers, sources, text
 from .generation import data as generation_data
+from .generation import dictd
 from .models import BACKBONES
 from .objectives import OBJECTIVES
 from .samplers import SAMPLERS
 from .sources import DATASETS
 
-__all__ = ["BACKBONES", "DATASETS", "OBJECTIVES", "SAMPLERS", "data", "generation_data", "models", "objectives",
-           "samplers", "sources", "text"]
+__all__ = ["BACKBONES", "DATASETS", "OBJECTIVES", "SAMPLERS", "data", "dictd", "generation_data", "models",
+           "objectives", "samplers", "sources", "text"]

@@ -329,6 +329,15 @@ class Experiment:
     transform: BatchTransform | TokenTransform
     vocab_size: int = 0  # text experiments: the tokenizer's, once encoded (text.encode_experiment)
     lm: Any = None  # generation experiments: the tokenizer's ids the model needs (generation.data.LMTokens)
+    # With a probe (`prior.probe`): the rows θ0 learns (pool + probe), and the prior task's own test split, which the
+    # probe replaces as the retention set (`prior_test`) and which is kept to be reported beside it.
+    theta0_train: Task | None = None
+    heldout: Task | None = None
+
+    @property
+    def prior_train(self) -> Task:
+        """The rows θ0 is pretrained on: the pool, and the probe when there is one."""
+        return self.theta0_train if self.theta0_train is not None else self.pool
 
     @property
     def channels(self) -> int:
@@ -364,7 +373,16 @@ class Experiment:
 
     def tasks(self) -> list[Task]:
         """Every split of the experiment (for placing data on a device)."""
-        return [self.pool, self.prior_test, *(t for s in self.stages for t in (s.train, s.test))]
+        extra = [t for t in (self.theta0_train, self.heldout) if t is not None]
+        return [self.pool, self.prior_test, *(t for s in self.stages for t in (s.train, s.test)), *extra]
+
+    def map_tasks(self, fn: Callable[[Task], Task]) -> None:
+        """Replace every task of the experiment by ``fn(task)`` (tokenisation swaps sources this way)."""
+        self.pool, self.prior_test = fn(self.pool), fn(self.prior_test)
+        for stage in self.stages:
+            stage.train, stage.test = fn(stage.train), fn(stage.test)
+        self.theta0_train = None if self.theta0_train is None else fn(self.theta0_train)
+        self.heldout = None if self.heldout is None else fn(self.heldout)
 
     def pool_at(self, k: int, mode: str) -> Task:
         """Stage k's rehearsal pool (k ≥ 1): ``all`` the prior pool and stages 1..k−1's training sets, ``prior``
@@ -502,9 +520,16 @@ def build_experiment(prior: dict[str, Any], finetune: dict[str, Any], head: str,
 
     pool = _spec_task(prior, "train", "prior", prior_key, data_root, mode)
     prior_test = _spec_task(prior, "test", "prior", prior_key, data_root, mode)
+    theta0_train = heldout = None
+    if prior.get("probe") is not None:
+        theta0_train, heldout = pool, prior_test
+        pool, prior_test = split_probe(pool, float(prior["probe"]), int(prior.get("probe_seed") or 0))
     built: list[Stage] = []
     for k, (spec, trainer) in enumerate(stage_specs(finetune, stages), 1):
         key_of = _stage_key(stages, k)
+        if spec.get("probe") is not None:
+            raise MixcdError(f"{key_of('probe')}: a probe is a part of θ0's training rows kept out of the pool; set "
+                             "prior.probe instead (a fine-tuning stage's rows are learnt by the run itself)")
         built.append(Stage(str(spec.get("name") or f"stage{k}"),
                            _spec_task(spec, "train", "finetune", key_of, data_root, mode),
                            _spec_task(spec, "test", "finetune", key_of, data_root, mode), _stage_head(k, head),
@@ -512,4 +537,27 @@ def build_experiment(prior: dict[str, Any], finetune: dict[str, Any], head: str,
     _check_stages_agree(pool, built)
     if head == "shared" and pool.objective.has_classes:
         _refuse_reused_rows(pool, _inputs(prior), built)
-    return Experiment(pool, prior_test, built, head, make_transform(pool.source, image_size))
+    return Experiment(pool, prior_test, built, head, make_transform(pool.source, image_size),
+                      theta0_train=theta0_train, heldout=heldout)
+
+
+def split_probe(task: Task, fraction: float, seed: int) -> tuple[Task, Task]:
+    """(pool, probe): a seeded ``fraction`` of the prior task's training rows, which θ0 learns but no pool holds,
+    so rehearsal can protect them only through the rows it does replay; the pool keeps the rest in their order."""
+    if not 0.0 < fraction < 1.0:
+        raise MixcdError(f"prior.probe must be a fraction in (0, 1) of the prior training rows, got {fraction}")
+    n = len(task)
+    m = round(fraction * n)
+    if not 0 < m < n:
+        raise MixcdError(f"prior.probe={fraction} of {n} rows leaves {'no probe' if m == 0 else 'no pool'}: choose a "
+                         "fraction that keeps rows on both sides")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    in_probe = torch.zeros(n, dtype=torch.bool)
+    in_probe[order[:m]] = True
+
+    def part(keep: torch.Tensor, role: str) -> Task:
+        return replace(task, name=f"{task.name}/{role}", index=task.index[keep], targets=task.targets[keep],
+                       definition={**task.definition, "probe": {"fraction": fraction, "seed": seed, "part": role}},
+                       columns={k: v[keep] for k, v in task.columns.items()})
+
+    return part(~in_probe, "pool"), part(in_probe, "probe")

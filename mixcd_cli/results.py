@@ -170,6 +170,18 @@ class Retention(Part):
 
 
 @dataclass(kw_only=True)
+class Heldout(Part):
+    """With a probe (`prior.probe`), the prior task's own held-out test split, which the probe replaced as the
+    retention set: θ0's and the final model's accuracy on it (decoded exact match and chrF for generation)."""
+
+    rows: int
+    acc0: float | None
+    acc: float | None
+    chrf0: float | None = omitted()
+    chrf: float | None = omitted()
+
+
+@dataclass(kw_only=True)
 class SignalQuality(Part):
     """Flat: the audited hit rate and the sampler's own collateral-damage signal (finetuner.signal_quality)."""
 
@@ -336,6 +348,8 @@ class RunResult(_Result):
     task_kind: str | None = omitted()
     # generation tasks: the accuracy matrix's chrF beside it (row 0, θ0 on the prior test set, decoded too)
     chrf_matrix: list[list[float | None]] | None = omitted()
+    # with prior.probe: retention is read on the probe (the accuracy matrix's column 0); the held-out split beside it
+    heldout: Heldout | None = omitted()
     sequence: SequenceSummary = flat_part(SequenceSummary)
     stages: list[StageRecord] = field(default_factory=list)
     compute: Compute | None = omitted()  # absent from runs made before compute was kept

@@ -89,6 +89,9 @@ class TaskConf:
     limit_train: Optional[int] = _req(ge=1)  # noqa: UP045
     limit_test: Optional[int] = _req(ge=1)  # noqa: UP045
     transform: Optional[dict[str, Any]] = opt(None)  # noqa: UP045  (sources.TASK_TRANSFORMS: rotate, permute)
+    # prior task only: a seeded fraction of its training rows θ0 learns, no pool holds, and retention is read on
+    probe: Optional[float] = opt(None, gt=0, lt=1)  # noqa: UP045
+    probe_seed: int = opt(0)
 
 
 @dataclass

@@ -586,8 +586,6 @@ def encode_experiment(exp: Any, name: str | None, tokenizer: str | None, max_len
         tokens = encoded[id(task.source)]
         return replace(task, source=tokens, definition={**task.definition, "tokens": tokens.fingerprint})
 
-    exp.pool, exp.prior_test = swap(exp.pool), swap(exp.prior_test)
-    for stage in exp.stages:
-        stage.train, stage.test = swap(stage.train), swap(stage.test)
+    exp.map_tasks(swap)
     exp.vocab_size = encoder.vocab_size
     return encoder

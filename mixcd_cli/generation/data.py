@@ -254,9 +254,7 @@ def encode_generation(exp: Any, kind: str, name: str | None, tokenizer: str | No
         return replace(task, source=tokens, targets=tokens.targets[task.index],
                        definition={**task.definition, "tokens": tokens.fingerprint})
 
-    exp.pool, exp.prior_test = swap(exp.pool), swap(exp.prior_test)
-    for stage in exp.stages:
-        stage.train, stage.test = swap(stage.train), swap(stage.test)
+    exp.map_tasks(swap)
     lm = LMTokens(kind, tok.vocab_size, tok.pad_id, tok.eos_id, tok.bos_id if kind == "causal_lm" else None, tok)
     exp.vocab_size = tok.vocab_size
     exp.lm = lm

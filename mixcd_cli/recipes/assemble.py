@@ -15,6 +15,7 @@ from ..results import (
     Cached,
     Categories,
     Compute,
+    Heldout,
     LedgerSummary,
     Retention,
     RunResult,
@@ -84,6 +85,8 @@ def run_result(ctx: Context, records: list[StageRecord], metrics: dict[str, Any]
     theta0 = accuracy(snap0.test.correct.bool())
     # each stage's record holds its row of accuracies; the last stage's record is this run's own
     matrix = [[theta0] + [None] * n] + [r.accuracy + [None] * (n - k) for k, r in enumerate(records, 1)]
+    metrics = dict(metrics)
+    heldout = metrics.pop("heldout", None)
     chrf_matrix = None
     if records[0].chrf is not None:
         chrf_matrix = [[ctx.theta0_chrf] + [None] * n] + [list(r.chrf) + [None] * (n - k)
@@ -102,7 +105,9 @@ def run_result(ctx: Context, records: list[StageRecord], metrics: dict[str, Any]
         sampler_notes=list(dict.fromkeys(m for r in records for m in r.sampler_notes)),
         num_stages=n, stage_names=[s.name for s in exp.stages], rehearsal_pool=str(cfg.rehearsal.pool),
         task_kind=exp.objective.name if exp.lm is not None else None,
-        accuracy_matrix=matrix, chrf_matrix=chrf_matrix, sequence=SequenceSummary.from_dict(sequence_metrics(matrix)),
+        accuracy_matrix=matrix, chrf_matrix=chrf_matrix,
+        heldout=None if heldout is None else Heldout.from_dict(heldout),
+        sequence=SequenceSummary.from_dict(sequence_metrics(matrix)),
         stages=with_deltas(records), compute=Compute.from_dict(ctx.ledger.compute()),
         snapshot_fidelity=mean_fidelity(records))
 

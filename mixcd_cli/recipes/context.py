@@ -16,9 +16,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .. import catalog, distributed  # noqa: F401  (catalog: every registry filled first)
 from ..artifacts import atomic_path, environment_info, write_error, write_json
-from ..data import Experiment, build_experiment
+from ..data import Experiment, build_experiment, stage_specs
 from ..errors import MixcdError, phase
 from ..generation.data import GENERATION_KINDS, encode_generation
+from ..generation.dictd import check_languages
 from ..generation.models import check_lm
 from ..metrics import Ledger
 from ..models import FINETUNE_ONLY
@@ -64,6 +65,7 @@ class Context:
     timings: dict[str, float]
     resume: bool = False  # train: continue the unfinished run in run_dir
     theta0_chrf: float | None = None  # generation: θ0's decoded chrF on the prior test set (chrF matrix row 0)
+    theta0_heldout: tuple[float, float | None] | None = None  # with a probe: θ0's accuracy (and chrF) held out
 
 
 def _comparable(cfg_yaml: str) -> dict[str, Any]:
@@ -149,6 +151,9 @@ def experiment_of(cfg: DictConfig, encode: bool = True) -> Experiment:
     """The prior task and the stages of ``cfg`` (``finetune`` alone when it lists no ``stages``), checked against
     the model and the sampler; text tasks tokenised too unless ``encode`` is false (tokenising writes a cache)."""
     stages = plain(cfg.stages) if cfg.get("stages") is not None else None
+    specs = stage_specs(plain(cfg.finetune), stages)
+    check_languages([("prior", plain(cfg.prior))] + [("finetune" if stages is None else f"stages[{k}]", spec)
+                                                      for k, (spec, _) in enumerate(specs)])
     exp = build_experiment(plain(cfg.prior), plain(cfg.finetune), str(cfg.head), str(cfg.paths.data_dir),
                            cfg.image_size, stages)
     model = plain(cfg.model)

@@ -54,6 +54,18 @@ def decoded_row(ctx: Context, model: Any, tasks: list[Any]) -> AccuracyRow:
     return row
 
 
+def heldout_scores(ctx: Context, model: Any) -> tuple[float, float | None]:
+    """Accuracy (decoded exact match for generation) and chrF (generation only) on the prior task's held-out split,
+    which a probe replaced as the retention set; charged to ``eval``."""
+    exp = ctx.experiment
+    if exp.lm is not None:
+        row = decoded_row(ctx, model, [exp.heldout])
+        return float(row[0].float().mean()), float(row.chrf[0]) if row.chrf else None
+    correct = predict_task(model, exp.heldout, exp.prior_head(), exp.transform, ctx.device,
+                           int(ctx.cfg.eval.batch_size), ctx.ledger, "eval", str(ctx.cfg.trainer.amp)).correct
+    return float(correct.float().mean()), None
+
+
 def evaluate(ctx: Context, model: MixcdNet, snap0: Snapshot, row: list[torch.Tensor] | None = None
              ) -> dict[str, Any]:
     """The final model against θ0 (``snap0``: stage 1's snapshot): prior-task accuracy before and after,
@@ -66,6 +78,10 @@ def evaluate(ctx: Context, model: MixcdNet, snap0: Snapshot, row: list[torch.Ten
         preds = predict_task(model, exp.pool, exp.prior_head(), exp.transform, ctx.device, int(cfg.eval.batch_size),
                              ctx.ledger, "eval", str(cfg.trainer.amp))
         out["pool_categories"] = categories(snap0.pool.correct, preds.correct, exp.objective.classes(exp.pool.targets))
+    if exp.heldout is not None and ctx.theta0_heldout is not None:
+        acc, chrf = heldout_scores(ctx, model)
+        acc0, chrf0 = ctx.theta0_heldout
+        out["heldout"] = {"rows": len(exp.heldout), "acc0": acc0, "acc": acc, "chrf0": chrf0, "chrf": chrf}
     ctx.timings["eval"] = ctx.timings.get("eval", 0.0) + time.perf_counter() - t0
     return out
 

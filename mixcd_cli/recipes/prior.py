@@ -72,10 +72,11 @@ def _prior(ctx: Context, allow_train: bool) -> tuple[Path, bool]:
 
 
 def cached_prior_path(cfg: DictConfig, exp: Experiment) -> Path:
-    """Where θ0 for this model, pool, transform, prior head and pretraining lives in the cache (made or not)."""
+    """Where θ0 for this model, training rows (the pool, and a probe), transform, prior head and pretraining lives
+    in the cache (made or not)."""
     heads = {exp.prior_head(): exp.head_sizes()[exp.prior_head()]}
     arch = {k: v for k, v in plain(cfg.model).items() if k not in FINETUNE_ONLY}  # weights count, bn does not
-    key = config_digest({"model": arch, "pool": exp.pool.fingerprint(),
+    key = config_digest({"model": arch, "pool": exp.prior_train.fingerprint(),
                          "transform": exp.transform.describe(), "heads": heads, "pretrain": plain(cfg.pretrain)})
     return Path(cfg.paths.cache_dir) / "prior" / key / "model.pt"
 
@@ -101,9 +102,9 @@ def _prior_locked(ctx: Context, cache: Path, key: str, path: Path, spec: dict[st
         with phase("pretraining of θ0", "the cache holds only finished prior models; rerun to pretrain again"), \
                 console.step_progress("pretrain θ0", settings.steps) as progress:
             # always recorded (it costs no pass): snapshot.source=training reads it, whichever run asks later
-            loop = FineTuner(model, exp.pool, exp.prior_head(), exp.transform, ctx.device, settings, ctx.ledger,
+            loop = FineTuner(model, exp.prior_train, exp.prior_head(), exp.transform, ctx.device, settings, ctx.ledger,
                              telemetry_path=path.parent / "pretrain.jsonl", progress=progress, record=True).run()
-        save_model(model, path, spec, {"experiment_pool": exp.pool.definition})
+        save_model(model, path, spec, {"experiment_pool": exp.prior_train.definition})
         save_columns(prior_record_path(path), loop.record["task"], _record_meta(path, exp))
         ctx.timings["pretrain"] = time.perf_counter() - t0
         return path, False
@@ -115,7 +116,7 @@ def prior_record_path(path: Path) -> Path:
 
 
 def _record_meta(path: Path, exp: Experiment) -> dict[str, Any]:
-    return {"model": file_digest(path), "pool": exp.pool.fingerprint()}
+    return {"model": file_digest(path), "pool": exp.prior_train.fingerprint()}
 
 
 def prior_record_problem(cfg: DictConfig, path: Path) -> str | None:
@@ -134,20 +135,21 @@ def prior_record_problem(cfg: DictConfig, path: Path) -> str | None:
 
 
 def prior_record(cfg: DictConfig, exp: Experiment, path: Path) -> dict[str, torch.Tensor]:
-    """The record of θ0's pretraining over the prior pool (`FineTuner` with record=True), verified against θ0."""
+    """The record of θ0's pretraining over its training rows (`FineTuner` with record=True), verified against θ0."""
     problem = prior_record_problem(cfg, path)
     if problem is not None:
         raise MixcdError(problem)
-    return load_columns(prior_record_path(path), len(exp.pool), "the training record of θ0",
+    return load_columns(prior_record_path(path), len(exp.prior_train), "the training record of θ0",
                         _record_meta(path, exp), f"delete the folder {path.parent} to pretrain θ0 again with its "
                         "record, or use snapshot.source=pass")
 
 
 def pretrain_settings(cfg: DictConfig, exp: Experiment) -> TrainSettings:
-    """How θ0 is pretrained on the prior pool: `pretrain.epochs` over it in batches of `pretrain.batch_size`."""
+    """How θ0 is pretrained on its training rows (the prior pool, and a probe): `pretrain.epochs` over them in
+    batches of `pretrain.batch_size`."""
     pre = cfg.pretrain
-    batch = min(int(pre.batch_size), len(exp.pool))
-    steps = int(pre.epochs) * max(1, len(exp.pool) // batch)
+    batch = min(int(pre.batch_size), len(exp.prior_train))
+    steps = int(pre.epochs) * max(1, len(exp.prior_train) // batch)
     return settings_from(pre, steps, int(pre.seed), "pretrain", int(cfg.eval.batch_size),
                          amp=str(cfg.trainer.amp), log_every=max(1, steps // 10), distributed=False)
 
@@ -157,9 +159,9 @@ def pretraining_artifact(ctx: Context) -> Artifact:
     exactly what `FineTuner` charges when it trains θ0, so a cached θ0 costs what a fresh one did."""
     exp = ctx.experiment
     settings = pretrain_settings(ctx.cfg, exp)
-    per_row = row_tokens(exp.pool)
+    per_row = row_tokens(exp.prior_train)
     rows = tokens = 0
-    for step_rows in planned_rows(len(exp.pool), settings):
+    for step_rows in planned_rows(len(exp.prior_train), settings):
         rows += step_rows.numel()
         tokens += 0 if per_row is None else int(per_row[step_rows].sum())
     return Artifact("pretraining", "pretrain", "theta0", 0, one_time=True, forward=rows, backward=rows,

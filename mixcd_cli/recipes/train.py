@@ -41,7 +41,7 @@ from ..training.finetuner import LoopResult
 from ..training.inference import task_tokens
 from .assemble import run_result, stage_record
 from .context import Context, plain, settings_from, setup
-from .evaluate import accuracy_row, decoded_row, evaluate
+from .evaluate import accuracy_row, decoded_row, evaluate, heldout_scores
 from .prior import (
     load_prior,
     prior_checkpoint,
@@ -111,6 +111,8 @@ class Sequence:
         snap0, snap0_cached = snapshot_for(ctx, prior_path, model, 1, source)
         if exp.lm is not None and distributed.rank() == 0:  # the snapshot does not decode; chrF needs θ0's text
             ctx.theta0_chrf = decoded_row(ctx, model, [exp.prior_test]).chrf[0]
+        if exp.heldout is not None and distributed.rank() == 0:
+            ctx.theta0_heldout = heldout_scores(ctx, model)
         if ctx.cfg.snapshot.get("subset") is not None and not subset_applies(ctx.cfg) and distributed.rank() == 0:
             console.note(f"snapshot.subset: sampler={ctx.cfg.sampler.name} reads no snapshot and draws over the "
                          "whole pool, so its snapshot (which only measures) scores every row")
@@ -164,8 +166,8 @@ class Sequence:
         pool = exp.pool_at(k, str(ctx.cfg.rehearsal.pool))
         classes = exp.objective.has_classes
         if k == 1:
-            record = prior_record(ctx.cfg, exp, prior_path)  # over the prior pool, pool 1's rows in its order
-            return training_columns(pool, merge_visits(row_ids(pool), [(row_ids(exp.pool), record)], classes))
+            record = prior_record(ctx.cfg, exp, prior_path)  # over θ0's training rows (a probe's too), by row id
+            return training_columns(pool, merge_visits(row_ids(pool), [(row_ids(exp.prior_train), record)], classes))
         path = stage_record_file(ctx.run_dir, k - 1)
         return training_columns(pool, load_columns(path, len(pool), f"the training record of stage {k - 1}",
                                                    {"pool": pool.fingerprint()},
