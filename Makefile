@@ -250,8 +250,9 @@ ablate-mixcd: install data ## mix-cd ablation on the default and foundation expe
 CONFIRM_KNOBS ?= sampler.memory=recent
 MULTI_RUNS ?= $(lastword $(sort $(wildcard $(REPRO)/fmnist_multi/2*)))
 .PHONY: ablate-mixcd-confirm
-ablate-mixcd-confirm: install data ## confirm the ablation's candidate on the multi-head experiment → results/ablate_multi (~2 min)
-	$(MAKE) --no-print-directory _ablate NAME=ablate_multi EXP=fmnist_multi RATIOS=0.0625,0.125 BASE="$(MULTI_RUNS)" \
+ablate-mixcd-confirm: install data ## confirm the ablation's candidate on the multi-head experiment, 5 seeds → results/ablate_multi (~8 min)
+	$(MAKE) --no-print-directory _ablate NAME=ablate_multi EXP=fmnist_multi RATIOS=0.0625,0.125 ABLATE_SEEDS=1,2,3,4,5 \
+		BASE="$(MULTI_RUNS)" \
 		BASE_TARGET=reproduce-fmnist-multi ABLATE_KNOBS="$(CONFIRM_KNOBS)" ABLATE_RIVALS= \
 		OUT=$(CURDIR)/results/ablate_multi
 
