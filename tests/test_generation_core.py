@@ -114,6 +114,24 @@ def test_row_loss_is_the_same_alone_and_padded_in_a_batch(trained, tokenizer):
             assert obj.loss(trained(x), y).item() == pytest.approx(together[i].item(), abs=1e-5)
 
 
+def test_decoding_stops_where_a_decoder_runs_out_of_positions(tokenizer):
+    """A decoder of 12 positions and prompts of 3 to 11 tokens: decoding may run past the longest target by a
+    margin, never past the model's positions; each row gets every token its own room allows, batched as alone
+    (an untrained model does not stop by itself, so every row runs to its room)."""
+    torch.manual_seed(0)
+    net = build_lm("causal_lm", tokenizer.vocab_size, tokenizer.pad_id, tokenizer.eos_id, tokenizer.bos_id,
+                   config={**GPT, "n_positions": 12}).eval()
+    prompts = [tokenizer.encode("a" * n) for n in (2, 5, 10)]  # heads of 3, 6 and 11 tokens with [bos]
+    with torch.no_grad():
+        batched = net.greedy(prompts, 30)
+        alone = [net.greedy([p], 30)[0] for p in prompts]
+    assert batched == alone
+    for head, out in zip((3, 6, 11), batched, strict=True):
+        assert len(out) <= 12 - head + 1
+        if tokenizer.eos_id not in out:
+            assert len(out) == 12 - head + 1  # cut at its room, not before, and no end-of-sequence added
+
+
 def test_confidence_rules():
     logits = torch.log(torch.tensor([[[0.5, 0.5, 0.0 + 1e-9], [0.1, 0.9, 1e-9]]]))
     labels = torch.tensor([[0, 1]])

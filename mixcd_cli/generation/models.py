@@ -40,6 +40,18 @@ class GenerationNet(nn.Module):
     def freeze_batchnorm(self) -> int:
         return 0  # transformers normalise per token (LayerNorm/RMSNorm): nothing to hold
 
+    def positions(self) -> int | None:
+        """How many positions a decoder can embed (GPT-2's ``n_positions``, else ``max_position_embeddings``);
+        None for an encoder–decoder or a model without absolute positions."""
+        if self.kind != "causal_lm":
+            return None
+        config = self.lm.config
+        for key in ("n_positions", "max_position_embeddings"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
     def _ids(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = ids != PAD
         return torch.where(mask, ids, torch.full_like(ids, self.pad_id)), mask.long()
@@ -128,6 +140,11 @@ class GenerationNet(nn.Module):
                 mask[i, width - len(h):] = 1
             ids, mask = ids.to(device), mask.to(device)
             pos = (mask.cumsum(1) - 1).clamp(min=0)
+            # each row may run to the last position the model embeds, whatever its neighbours' lengths, so a batch
+            # decodes what each row would alone; a row cut there has no end-of-sequence (its target always fits)
+            limit = self.positions()
+            if limit is not None:  # tokens a row can produce: one from its last head position, one from each free one
+                room = limit - torch.tensor([len(h) for h in heads], device=device) + 1
             out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
             step = lambda tok, cache, mask, pos: self.lm(  # noqa: E731
                 input_ids=tok, attention_mask=mask, position_ids=pos, **{self._cache_kw: cache}, use_cache=True)
@@ -143,26 +160,36 @@ class GenerationNet(nn.Module):
             encoded = self.lm.get_encoder()(input_ids=ids, attention_mask=mask)
             start = torch.full((n, 1), self.start_id, dtype=torch.int64, device=device)
             out = self.lm(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=start, use_cache=True)
-            pos = None
+            pos, limit = None, None  # relative positions: no embedding to run past
             step = lambda tok, cache, mask, pos: self.lm(  # noqa: E731
                 encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=tok, **{self._cache_kw: cache},
                 use_cache=True)
         produced = torch.empty((n, 0), dtype=torch.int64, device=device)
         done = torch.zeros(n, dtype=torch.bool, device=device)
+        cut_at = torch.full((n,), -1, dtype=torch.int64, device=device)  # tokens a row had when its room ran out
         for t in range(max_new_tokens):
             tok = out.logits[:, -1].argmax(-1)
             tok = torch.where(done, torch.full_like(tok, self.eos_id), tok)
             produced = torch.cat([produced, tok[:, None]], 1)
             done |= tok == self.eos_id
+            if limit is not None:
+                full = ~done & (t + 1 >= room)
+                cut_at = torch.where(full, torch.full_like(cut_at, t + 1), cut_at)
+                done |= full
             if bool(done.all()) or t + 1 == max_new_tokens:
                 break
             if self.kind == "causal_lm":
                 mask = torch.cat([mask, mask.new_ones((n, 1))], 1)
                 pos = pos[:, -1:] + 1
+                if limit is not None:  # finished rows are fed on; their outputs are not read
+                    pos = pos.clamp(max=limit - 1)
             out = step(tok[:, None], _cache_of(out), mask, pos)
         rows = []
-        for row in produced.tolist():
-            rows.append(row[:row.index(self.eos_id) + 1] if self.eos_id in row else row)
+        for row, cut in zip(produced.tolist(), cut_at.tolist(), strict=True):
+            if cut >= 0:
+                rows.append(row[:cut])
+            else:
+                rows.append(row[:row.index(self.eos_id) + 1] if self.eos_id in row else row)
         return rows
 
 
