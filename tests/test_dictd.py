@@ -4,7 +4,6 @@ learns and no pool holds."""
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import pytest
@@ -194,10 +193,3 @@ def test_probe_fractions_outside_zero_one_are_refused(tmp_path: Path) -> None:
             split_probe(exp.pool, bad, 0)
     with pytest.raises(MixcdError, match="leaves no probe"):
         split_probe(exp.pool, 0.001, 0)
-
-
-def test_gzip_is_what_dictzip_is(tmp_path: Path) -> None:
-    """The reader reads a dictzip file as gzip: the installed dictionaries are read the same way (a dictzip file
-    is a gzip member with an extra random-access header, which gzip skips)."""
-    index, data = write_dictd(tmp_path, "x", ENTRIES[:1])
-    assert gzip.decompress(data.read_bytes()).endswith(ENTRIES[0][1].encode())

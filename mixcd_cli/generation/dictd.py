@@ -164,6 +164,11 @@ FREEDICT_PAIRS = ("eng-deu", "eng-fra", "eng-spa", "eng-ita", "eng-por", "eng-nl
 _WORD = re.compile(r"[^\W\d_]+(?:[-'][^\W\d_]+)*")
 
 
+def language_tag(pair: str, tag: str | None = None) -> str:
+    """The tag a FreeDict task's prompts carry: ``tag`` when given, else the pair's target language (``<deu>``)."""
+    return tag or f"<{str(pair).split('-')[-1]}>"
+
+
 def _words(text: str) -> int:
     return len(text.split())
 
@@ -261,7 +266,7 @@ def load_freedict(root: str | None = None, train: bool = True, download: bool = 
                               "n_train", "n_test", "test_rows", "directory"])
     pairs = freedict_pairs(str(pair), int(min_len), int(max_len), int(max_target_len), int(max_words),
                            Path(directory) if directory else DICTD_DIR)
-    label = tag if tag is not None else f"<{str(pair).split('-')[1]}>"
+    label = language_tag(str(pair), tag)
     tagged = [(f"{label} {src}=", tgt) for src, tgt in pairs]
     rows = _split_rows(len(tagged), train, int(test_every), n_train, n_test, str(test_rows))
     return _source(tagged, rows, kind, f"freedict {pair} {'train' if train else 'test'}")
@@ -311,7 +316,7 @@ def check_languages(tasks: list[tuple[str, dict[str, Any]]]) -> None:
             continue
         options = spec.get("options") or {}
         pair = str(options.get("pair", "eng-deu"))
-        tag = options.get("tag") or f"<{pair.split('-')[-1]}>"
+        tag = language_tag(pair, options.get("tag"))
         if tag in seen:
             raise MixcdError(f"{key}: language tag {tag} ({pair}) was already taught by {seen[tag]}; give each stage a "
                              "language of its own, or its own options.tag")

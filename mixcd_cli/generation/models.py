@@ -125,64 +125,32 @@ class GenerationNet(nn.Module):
     def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """Greedy decoding of a batch of prompts with the key-value cache; each row's tokens up to and including
         its first end-of-sequence (or ``max_new_tokens`` of them). A decoder's prompts are ``[bos] prompt``,
-        left-padded with positions counted from each row's first real token; an encoder's are ``prompt </s>``."""
-        device = next(self.parameters()).device
+        left-padded with positions counted from each row's first real token; an encoder's are ``prompt </s>``.
+        A decoder row stops at the last position the model embeds, without an end-of-sequence."""
         n = len(prompts)
         if n == 0:
             return []
-        if self.kind == "causal_lm":
-            heads = [([self.bos_id] if self.bos_id is not None else []) + list(p) for p in prompts]
-            width = max(len(h) for h in heads)
-            ids = torch.full((n, width), self.pad_id, dtype=torch.int64)
-            mask = torch.zeros((n, width), dtype=torch.int64)
-            for i, h in enumerate(heads):
-                ids[i, width - len(h):] = torch.tensor(h, dtype=torch.int64)
-                mask[i, width - len(h):] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            pos = (mask.cumsum(1) - 1).clamp(min=0)
-            # each row may run to the last position the model embeds, whatever its neighbours' lengths, so a batch
-            # decodes what each row would alone; a row cut there has no end-of-sequence (its target always fits)
-            limit = self.positions()
-            if limit is not None:  # tokens a row can produce: one from its last head position, one from each free one
-                room = limit - torch.tensor([len(h) for h in heads], device=device) + 1
-            out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-            step = lambda tok, cache, mask, pos: self.lm(  # noqa: E731
-                input_ids=tok, attention_mask=mask, position_ids=pos, **{self._cache_kw: cache}, use_cache=True)
-        else:
-            enc = [list(p) + [self.eos_id] for p in prompts]
-            width = max(len(e) for e in enc)
-            ids = torch.full((n, width), self.pad_id, dtype=torch.int64)
-            mask = torch.zeros((n, width), dtype=torch.int64)
-            for i, e in enumerate(enc):
-                ids[i, :len(e)] = torch.tensor(e, dtype=torch.int64)
-                mask[i, :len(e)] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            encoded = self.lm.get_encoder()(input_ids=ids, attention_mask=mask)
-            start = torch.full((n, 1), self.start_id, dtype=torch.int64, device=device)
-            out = self.lm(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=start, use_cache=True)
-            pos, limit = None, None  # relative positions: no embedding to run past
-            step = lambda tok, cache, mask, pos: self.lm(  # noqa: E731
-                encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=tok, **{self._cache_kw: cache},
-                use_cache=True)
-        produced = torch.empty((n, 0), dtype=torch.int64, device=device)
-        done = torch.zeros(n, dtype=torch.bool, device=device)
-        cut_at = torch.full((n,), -1, dtype=torch.int64, device=device)  # tokens a row had when its room ran out
+        start = self._decoder_start if self.kind == "causal_lm" else self._encoder_start
+        out, step, mask, pos, room = start(prompts, next(self.parameters()).device)
+        produced = torch.empty((n, 0), dtype=torch.int64, device=mask.device)
+        done = torch.zeros(n, dtype=torch.bool, device=mask.device)
+        cut_at = torch.full((n,), -1, dtype=torch.int64, device=mask.device)  # tokens a row had when out of room
         for t in range(max_new_tokens):
             tok = out.logits[:, -1].argmax(-1)
             tok = torch.where(done, torch.full_like(tok, self.eos_id), tok)
             produced = torch.cat([produced, tok[:, None]], 1)
             done |= tok == self.eos_id
-            if limit is not None:
+            if room is not None:
                 full = ~done & (t + 1 >= room)
                 cut_at = torch.where(full, torch.full_like(cut_at, t + 1), cut_at)
                 done |= full
             if bool(done.all()) or t + 1 == max_new_tokens:
                 break
-            if self.kind == "causal_lm":
+            if pos is not None:
                 mask = torch.cat([mask, mask.new_ones((n, 1))], 1)
                 pos = pos[:, -1:] + 1
-                if limit is not None:  # finished rows are fed on; their outputs are not read
-                    pos = pos.clamp(max=limit - 1)
+                if room is not None:  # finished rows are fed on; their outputs are not read
+                    pos = pos.clamp(max=self.positions() - 1)
             out = step(tok[:, None], _cache_of(out), mask, pos)
         rows = []
         for row, cut in zip(produced.tolist(), cut_at.tolist(), strict=True):
@@ -191,6 +159,49 @@ class GenerationNet(nn.Module):
             else:
                 rows.append(row[:row.index(self.eos_id) + 1] if self.eos_id in row else row)
         return rows
+
+    def _decoder_start(self, prompts: list[list[int]], device: torch.device) -> tuple[Any, ...]:
+        """A decoder's first pass over ``[bos] prompt`` (left-padded): (output, step, mask, positions, room); room:
+        per row the tokens it may produce before it runs past the model's positions (None: no limit), so a batch
+        decodes what each row would alone (a row's target always fits: one cut there is wrong either way)."""
+        heads = [([self.bos_id] if self.bos_id is not None else []) + list(p) for p in prompts]
+        ids, mask = _padded(heads, self.pad_id, left=True, device=device)
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        limit = self.positions()
+        # one token from its last head position, one from each position left free
+        room = None if limit is None else limit - mask.sum(1) + 1
+        out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+
+        def step(tok: torch.Tensor, cache: Any, mask: torch.Tensor, pos: torch.Tensor) -> Any:
+            return self.lm(input_ids=tok, attention_mask=mask, position_ids=pos, **{self._cache_kw: cache},
+                           use_cache=True)
+
+        return out, step, mask, pos, room
+
+    def _encoder_start(self, prompts: list[list[int]], device: torch.device) -> tuple[Any, ...]:
+        """An encoder–decoder's encoding of ``prompt </s>`` and first decoder step; relative positions, no room."""
+        ids, mask = _padded([list(p) + [self.eos_id] for p in prompts], self.pad_id, left=False, device=device)
+        encoded = self.lm.get_encoder()(input_ids=ids, attention_mask=mask)
+        start = torch.full((len(prompts), 1), self.start_id, dtype=torch.int64, device=device)
+        out = self.lm(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=start, use_cache=True)
+
+        def step(tok: torch.Tensor, cache: Any, mask: torch.Tensor, pos: None) -> Any:
+            return self.lm(encoder_outputs=encoded, attention_mask=mask, decoder_input_ids=tok,
+                           **{self._cache_kw: cache}, use_cache=True)
+
+        return out, step, mask, None, None
+
+
+def _padded(rows: list[list[int]], pad_id: int, left: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one (n, width) id tensor padded with ``pad_id`` on the left or right, and its attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.int64)
+    mask = torch.zeros((len(rows), width), dtype=torch.int64)
+    for i, r in enumerate(rows):
+        at = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, at] = torch.tensor(r, dtype=torch.int64)
+        mask[i, at] = 1
+    return ids.to(device), mask.to(device)
 
 
 def lora_candidates(lm: nn.Module) -> list[str]:
