@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 'setuptools>=68'
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[dev,track,text]'
+	$(PY) -m pip install -q -e '.[dev,track,text,hf,docs]'
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install mixcd with its dev tools, trackers (TensorBoard, MLflow, Optuna) and text extra

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -221,3 +221,57 @@ def sequence_metrics(matrix: list[list[float | None]]) -> dict[str, Any]:
     return {"avg_acc": mean([final[i] for i in range(s + 1)]), "earlier_acc": mean([final[i] for i in earlier]),
             "bwt": mean([final[i] - matrix[i][i] for i in earlier]), "forgetting_per_task": forgetting,
             "avg_forgetting": mean(forgetting)}
+
+
+# Rehearsal counters. drawn: rows drawn. signal: drawn rows the training forward called collateral damage
+# (prior-correct, now wrong: what the sampler saw). audited: drawn rows an eval-mode pass of the same weights
+# checked; true: of those, truly collateral damage; called: of those, called so by the signal; both: called and true.
+COUNTERS = ("drawn", "signal", "audited", "true", "called", "both")
+
+
+def signal_quality(counts: Mapping[str, float]) -> dict[str, float | None]:
+    """hit_rate (audited: the true share of drawn rows that were collateral damage), signal_rate (the share
+    the sampler saw as such) and the signal's precision and recall against the audit; None where undefined."""
+    def ratio(a: str, b: str) -> float | None:
+        return counts[a] / counts[b] if counts[b] else None
+
+    return {"hit_rate": ratio("true", "audited"), "signal_rate": ratio("signal", "drawn"),
+            "signal_precision": ratio("both", "called"), "signal_recall": ratio("both", "true")}
+
+
+class HitAudit:
+    """Counts what the drawn rows were: what the sampler's signal called them, and (on audited steps) the truth.
+
+    ``correct0``: per pool row, prior-correct under the model the stage started from (a drawn row that is now wrong
+    is a hit). ``signal0``: prior-correct as the sampler's snapshot says, where that differs (None: the same).
+    """
+
+    def __init__(self, correct0: torch.Tensor, signal0: torch.Tensor | None = None) -> None:
+        self.correct0 = correct0.bool().cpu()
+        self.signal0 = None if signal0 is None else signal0.bool().cpu()
+        self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+
+    def add(self, rows: torch.Tensor, wrong: torch.Tensor, audit_wrong: torch.Tensor | None = None) -> dict[str, int]:
+        """Count one step's drawn ``rows``: ``wrong`` from the training forward, ``audit_wrong`` from an eval-mode
+        pass of the same weights (None on steps not audited). Returns this step's increments."""
+        rows, wrong = rows.cpu(), wrong.bool().cpu()
+        eligible = self.correct0[rows]
+        called = (eligible if self.signal0 is None else self.signal0[rows]) & wrong
+        add = {"drawn": int(rows.numel()), "signal": int(called.sum())}
+        if audit_wrong is not None:
+            true = eligible & audit_wrong.bool().cpu()
+            add.update(audited=int(rows.numel()), true=int(true.sum()), called=add["signal"],
+                       both=int((true & called).sum()))
+        for key, value in add.items():
+            self.counts[key] += value
+        return add
+
+    def quality(self) -> dict[str, float | None]:
+        """`signal_quality` of everything counted so far."""
+        return signal_quality(self.counts)
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.counts = {k: int(state.get(k, 0)) for k in COUNTERS}

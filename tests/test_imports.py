@@ -27,8 +27,9 @@ LAYERS: dict[str, int] = {
     "samplers": 4,
     # the training engine, then snapshots (made by inference passes), and the trackers
     "training": 5, "snapshot": 6, "tracking": 6, "catalog": 6,
-    # the configuration layer: the schema asks the library for its choices
-    "schema": 7,
+    # the configuration layer: the schema asks the library for its choices; the public API (snapshots, samplers,
+    # the audit) and the Trainer integration built on it, which the recipes use too
+    "schema": 7, "api": 7, "hf": 7,
     # recipes (the stages) and the report read configurations and results
     "recipes": 8, "report": 8,
     # the command line

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .. import console, distributed, tracking
+from ..api import create_sampler
 from ..artifacts import read_json, safe_torch_load, write_json
 from ..data import Stage, Task
 from ..errors import Interrupted, phase
@@ -23,7 +24,7 @@ from ..metrics import Artifact, Ledger, categories
 from ..models import MixcdNet, load_model, model_spec, save_model
 from ..results import RunResult, StageRecord, write_result
 from ..runtime import derive_seed
-from ..samplers import RehearsalSampler, create_sampler, rehearsal_batch, sampler_options
+from ..samplers import RehearsalSampler, rehearsal_batch, sampler_options
 from ..snapshot import (
     Snapshot,
     TrainingColumns,
@@ -319,6 +320,7 @@ def stage_sampler(ctx: Context, k: int, snap: Snapshot, pool: Task, model: Mixcd
     info.clusters = clusters
     sampler = create_sampler(str(cfg.sampler.name), info, settings.rehearsal_batch,
                              derive_seed(int(cfg.seed), tag), **sampler_options(plain(cfg.sampler)))
+    sampler.pool_digest = pool.fingerprint()
     if distributed.rank() == 0:
         for message in sampler.notes:
             console.note(message)

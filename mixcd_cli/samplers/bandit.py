@@ -87,10 +87,10 @@ class AMRSampler(RehearsalSampler):
                                  generator=self.generator)
         return self.index.draw_within(arms, self.generator)
 
-    def observe(self, rows: torch.Tensor, wrong_now: torch.Tensor, loss_now: torch.Tensor | None = None) -> None:
-        if loss_now is None:
+    def observe(self, rows: torch.Tensor, wrong: torch.Tensor, loss: torch.Tensor | None = None) -> None:
+        if loss is None:
             raise MixcdError("amr is rewarded by per-sample training losses, and none were given")
-        new = per_bin(self.arm_of, rows, loss_now.double().numpy(), self.num_arms)
+        new = per_bin(self.arm_of, rows, loss.double().numpy(), self.num_arms)
         if distributed.world() > 1:  # every rank draws from the same p
             new = distributed.all_reduce_sum(torch.from_numpy(new)).numpy()
         self.seen = self.decay * self.seen + new[0]

@@ -244,11 +244,12 @@ class RehearsalSampler:
         self.batch_size = int(batch_size)
         self.generator = torch.Generator().manual_seed(int(seed))
         self.notes: list[str] = []  # values the sampler had to adjust, said to the user
+        self.pool_digest: str | None = None  # the pool's fingerprint, where the caller knows it (state is tied to it)
 
     def draw(self, step: int, ctx: SelectionContext | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def observe(self, rows: torch.Tensor, wrong_now: torch.Tensor, loss_now: torch.Tensor | None = None) -> None:
+    def observe(self, rows: torch.Tensor, wrong: torch.Tensor, loss: torch.Tensor | None = None) -> None:
         """Learn from the training forward pass over the last draw's rows (in the order ``draw`` gave them):
         whether each is now predicted wrong and, where the trainer has it, its per-sample training loss.
         Default: nothing to learn."""
@@ -257,9 +258,16 @@ class RehearsalSampler:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "pool": {"rows": len(self.pool), "digest": self.pool_digest}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("pool")  # absent from states saved before samplers named their pool
+        if saved is not None:
+            rows, digest = int(saved["rows"]), saved.get("digest")
+            if rows != len(self.pool) or (digest and self.pool_digest and digest != self.pool_digest):
+                raise MixcdError(f"this sampler state was saved for another pool ({rows} rows, pool "
+                                 f"{digest or 'unnamed'}); this sampler draws from {len(self.pool)} rows (pool "
+                                 f"{self.pool_digest or 'unnamed'})")
         self.generator.set_state(state["generator"])
 
 

@@ -354,12 +354,12 @@ class MixCDSampler(RehearsalSampler):
 
     # -------------------------------------------------------------- observe
 
-    def _value(self, wrong_now: torch.Tensor, loss_now: torch.Tensor | None) -> np.ndarray:
+    def _value(self, wrong: torch.Tensor, loss: torch.Tensor | None) -> np.ndarray:
         """What a drawn row adds to its bin's numerator: 1 if now wrong (mix-cd's collateral damage)."""
-        return wrong_now.numpy().astype(np.float64)
+        return wrong.numpy().astype(np.float64)
 
-    def observe(self, rows: torch.Tensor, wrong_now: torch.Tensor, loss_now: torch.Tensor | None = None) -> None:
-        value = self._value(wrong_now, loss_now)
+    def observe(self, rows: torch.Tensor, wrong: torch.Tensor, loss: torch.Tensor | None = None) -> None:
+        value = self._value(wrong, loss)
         binned, from_memory = rows, self._from_memory
         if from_memory is not None and from_memory.numel() == rows.numel():
             # Rows drawn from the memory are not a uniform draw within their bin: they would bias its rate.
@@ -374,7 +374,7 @@ class MixCDSampler(RehearsalSampler):
         self.cd *= self.decay
         self.cd += new[1]
         if self.recent is not None:
-            r, wrong = rows.numpy(), wrong_now.numpy().astype(bool)
+            r, wrong = rows.numpy(), wrong.numpy().astype(bool)
             eligible = self.bin_of[r] >= 0
             self.recent.update(r, eligible & wrong, eligible & ~wrong, self._step)
 
@@ -431,7 +431,7 @@ class LossEMASampler(MixCDSampler):
     def __init__(self, pool: PoolInfo, batch_size: int, seed: int, **options: Any) -> None:
         super().__init__(pool, batch_size, seed, **options, **VARIANTS_OFF)
 
-    def _value(self, wrong_now: torch.Tensor, loss_now: torch.Tensor | None) -> np.ndarray:
-        if loss_now is None:
+    def _value(self, wrong: torch.Tensor, loss: torch.Tensor | None) -> np.ndarray:
+        if loss is None:
             raise MixcdError("loss_ema observes per-sample training losses, and none were given")
-        return loss_now.double().numpy()
+        return loss.double().numpy()

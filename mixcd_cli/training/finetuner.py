@@ -25,7 +25,7 @@ from .. import distributed
 from ..artifacts import JsonlWriter, atomic_torch_save, safe_torch_load
 from ..data import BatchTransform, Task, join_batches
 from ..errors import Interrupted, MixcdError, TrainingDiverged, phase_kept
-from ..metrics import Ledger
+from ..metrics import COUNTERS, HitAudit, Ledger, signal_quality
 from ..models import MixcdNet
 from ..objectives import Batch
 from ..runtime import autocast_for, stop_on_sigint
@@ -53,24 +53,8 @@ class Rehearsal:
     signal0: torch.Tensor | None = None
 
 
-# Rehearsal counters. signal: drawn rows the training forward pass called collateral damage (prior-correct,
-# now wrong: what the sampler saw). audited: drawn rows checked by an eval-mode pass of the same weights;
-# true: of those, truly collateral damage; called: of those, called so by the signal; both: called and true.
-COUNTERS = ("drawn", "signal", "audited", "true", "called", "both")
-
-
 def _fresh_interval() -> dict[str, float]:
     return {"samples": 0, "loss": 0.0, "n": 0, **dict.fromkeys(COUNTERS, 0)}
-
-
-def signal_quality(counts: dict[str, float]) -> dict[str, float | None]:
-    """hit_rate (audited: the true share of drawn rows that were collateral damage), signal_rate (the share
-    the sampler saw as such) and the signal's precision and recall against the audit; None where undefined."""
-    def ratio(a: str, b: str) -> float | None:
-        return counts[a] / counts[b] if counts[b] else None
-
-    return {"hit_rate": ratio("true", "audited"), "signal_rate": ratio("signal", "drawn"),
-            "signal_precision": ratio("both", "called"), "signal_recall": ratio("both", "true")}
 
 
 @dataclass
@@ -205,6 +189,8 @@ class FineTuner:
             r = self.rehearsal
             self.selection = ModelSelection(model, r.pool, self.transform, self.device, r.head, self.head,
                                             self.ledger, s.lr, s.eval_batch_size)
+            # the counts live in self.state (checkpointed, per interval); the audit only classifies each draw
+            self._audit = HitAudit(r.correct0, r.signal0)
         if resume and self.checkpoint_path is not None and self.checkpoint_path.is_file():
             self.restore(self.checkpoint_path)
         self._elapsed_before = self.state.elapsed
@@ -436,15 +422,7 @@ class FineTuner:
             row_loss = None if row_loss is None else row_loss[undo]
             audit_wrong = None if audit_wrong is None else audit_wrong[undo]
         self.rehearsal.sampler.observe(rows, wrong, row_loss)
-        eligible = self.rehearsal.correct0[rows]
-        believed = self.rehearsal.signal0
-        called = (eligible if believed is None else believed[rows]) & wrong  # what the sampler saw
-        add = {"drawn": rows.numel(), "signal": int(called.sum())}
-        if audit_wrong is not None:
-            true = eligible & audit_wrong.bool()
-            add.update(audited=pending.rows.numel(), true=int(true.sum()), called=add["signal"],
-                       both=int((true & called).sum()))
-        for key, value in add.items():
+        for key, value in self._audit.add(rows, wrong, audit_wrong).items():
             self.state.counts[key] += value
             self.state.interval[key] += value
 
