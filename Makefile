@@ -52,6 +52,13 @@ test-all: install data ## the test suite including slow tests
 lint: install ## ruff
 	$(VENV)/bin/ruff check .
 
+.PHONY: docs docs-serve
+docs: install ## build the documentation site into site/ (MkDocs, --strict: a broken link or reference fails)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d $(CURDIR)/site
+
+docs-serve: install ## serve the documentation site at http://127.0.0.1:8000, rebuilt as pages change
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve -a 127.0.0.1:8000
+
 # ---------------------------------------------------------------- reproduction targets
 # Equal-compute comparisons: every sampler at every mixing ratio and seed, then `mixcd report`.
 # oracle_cd refreshes its CD set over a random 5,000-sample subset of E (docs/design.md §5 allows this);
@@ -282,7 +289,7 @@ norm-choice: install data ## the measurements behind model.norm=group → result
 	$(MIXCD) report $(NORM_CHOICE) --out $(CURDIR)/results/norm_choice
 
 .PHONY: paper-table
-paper-table: install ## README's table against the paper, recomputed from results/*/runs.csv and written into README.md
+paper-table: install ## the table against the paper, recomputed from results/*/runs.csv, written into README.md and docs/results/index.md
 	$(PY) scripts/paper_table.py --readme
 
 bench: install ## sampler micro-benchmark and whole-step overhead (prints numbers and ratios)

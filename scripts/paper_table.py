@@ -5,10 +5,10 @@ every ratio, its random-equivalent fold on the rehearsal axis and on the total a
 full: every pass a sampler needs counted), each with its labelled interval, the retention gap to random at
 the same total budget, the total-axis fold with θ0's snapshot spread over `AMORTIZE` fine-tunings, and the
 audited hit rate of mix-cd over random's. `tests/test_paper_table.py` checks
-that README holds exactly this table between its paper-table markers.
+that README and docs/results/index.md hold exactly this table between their paper-table markers.
 
     python scripts/paper_table.py            # print the table
-    python scripts/paper_table.py --readme   # write it into README.md between the markers
+    python scripts/paper_table.py --readme   # write it into README.md and docs/results/index.md
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ EXPERIMENTS = {
     "text_topics": ("generated text topics, tiny BERT", "reproduce-text"),
 }
 BEGIN, END = "<!-- paper-table:begin (scripts/paper_table.py) -->", "<!-- paper-table:end -->"
+# where the table is shown: README, and the documentation site's results overview
+PAGES = (ROOT / "README.md", ROOT / "docs" / "results" / "index.md")
 # θ0's snapshot is shared by every fine-tuning of θ0: the last fold column spreads it over this many, about the
 # mix-cd runs one of these reproductions makes on one θ0 (`mixcd report --amortize`).
 AMORTIZE = 25
@@ -97,12 +99,12 @@ def in_readme(text: str) -> str | None:
 def main() -> None:
     made = table()
     if "--readme" in sys.argv[1:]:
-        readme = ROOT / "README.md"
-        text = readme.read_text()
-        if in_readme(text) is None:
-            sys.exit(f"README.md has no {BEGIN} ... {END} markers")
-        head, rest = text.split(BEGIN, 1)
-        readme.write_text(head + BEGIN + "\n" + made + rest[rest.index(END):])
+        for page in PAGES:
+            text = page.read_text()
+            if in_readme(text) is None:
+                sys.exit(f"{page.relative_to(ROOT)} has no {BEGIN} ... {END} markers")
+            head, rest = text.split(BEGIN, 1)
+            page.write_text(head + BEGIN + "\n" + made + rest[rest.index(END):])
     else:
         sys.stdout.write(made)
 

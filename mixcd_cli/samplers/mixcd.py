@@ -65,7 +65,7 @@ class BinRateOptions(PartitionOptions):
 
 @dataclass
 class MixcdOptions(BinRateOptions):
-    """mix-cd's options and its variants, each off by default (README "Beyond mix-cd")."""
+    """mix-cd's options and its variants, each off by default (docs/concepts/samplers.md, "Beyond mix-cd")."""
 
     estimate: str = opt("mean", choices=ESTIMATES,
                         help="thompson: draw each bin's rate from its Beta posterior every step")
@@ -92,7 +92,7 @@ class MixcdOptions(BinRateOptions):
 
 @dataclass
 class MixcdPlusOptions(MixcdOptions):
-    """mix-cd with the one variant the ablation kept (README "The mix-cd ablation"): the recent-damage memory."""
+    """mix-cd with the one variant the ablation kept (docs/results/ablations.md): the recent-damage memory."""
 
     memory: str = opt("recent", choices=MEMORIES,
                       help="recent: rows seen as collateral damage wait in a queue and fill a share of the slots")
@@ -415,7 +415,8 @@ class MixCDSampler(RehearsalSampler):
 
 
 @register_sampler("mixcd_plus", help="mix-cd with its recent-damage memory on (memory=recent): better than mix-cd "
-                                    "beyond the seeds' noise on two of three experiments, never worse (README)",
+                                    "beyond the seeds' noise on two of three experiments, never worse "
+                                    "(docs/results/ablations.md)",
                   options=MixcdPlusOptions, needs_classes=PartitionOptions.uses_classes)
 class MixCDPlusSampler(MixCDSampler):
     """mix-cd with ``memory=recent`` by default (MixcdPlusOptions); every option as mixcd's."""
