@@ -298,6 +298,9 @@ bench: install ## sampler micro-benchmark and whole-step overhead (prints number
 bench-generation: install ## generation tasks: mixcd vs random tokens/s, snapshot vs inference, batched decoding, token ledger vs hook
 	$(PY) benchmarks/generation_bench.py
 
+bench-hf: install ## the Trainer integration: tokens/s of MixcdTrainer with mixcd against random rehearsal, one process
+	$(PY) benchmarks/hf_overhead.py --steps 200 --repeats 5
+
 bench-loggers: install ## what logging costs per log interval: logger none, tensorboard, mlflow, both (~6 min)
 	$(PY) benchmarks/logger_cost.py
 

@@ -105,6 +105,11 @@ def hf_forward(model: nn.Module, batch: Mapping[str, torch.Tensor], kind: str) -
     inputs = {k: v for k, v in batch.items() if k not in MODEL_KEYS_DROPPED}
     if kind == "causal_lm":
         inputs["use_cache"] = False
+    if kind == "seq2seq" and "decoder_input_ids" not in inputs:
+        # what the model itself does with labels: the decoder reads them shifted right behind its start token
+        inner = getattr(model, "module", model)  # DDP wraps the model
+        inner = inner.get_base_model() if callable(getattr(inner, "get_base_model", None)) else inner
+        inputs["decoder_input_ids"] = inner.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
     logits = model(**inputs).logits
     return hf_aligned(logits, batch["labels"], kind)
 

@@ -12,9 +12,10 @@ next draw. The loss is mixcd's: (Σ fine-tune row losses + w·Σ rehearsal row l
 mean over its target tokens (every row weighs the same, whatever its length), divided by the gradient-accumulation
 steps as the Trainer divides any per-batch mean. With gradient accumulation, rows are drawn once per micro-batch.
 
-The sampler starts from a snapshot of the model as you pass it in (θ0): computed at init over the pool (one
-eval-mode pass, charged to the ledger as ``snapshot``; cached in ``Rehearsal.cache_dir`` when given) or passed in
-``Rehearsal.snapshot`` and verified against the model and the pool. The sampler's state is saved in every
+A sampler that reads a snapshot (mix-cd, ...) starts from one of the model as you pass it in (θ0): computed at
+init over the pool (one eval-mode pass, charged to the ledger as ``snapshot``; cached in ``Rehearsal.cache_dir``
+when given) or passed in ``Rehearsal.snapshot`` and verified against the model and the pool. Random rehearsal gets
+none unless ``audit_every`` asks which drawn rows were truly damage. The sampler's state is saved in every
 trainer checkpoint (``mixcd_rehearsal_rank<r>.pt``) and restored by ``train(resume_from_checkpoint=...)``. The
 audited hit rate (``audit_every``), the sampler's collateral-damage estimates per bin and the ledger go through
 the trainer's own ``log``, so to whatever ``report_to`` names, under ``mixcd/``.
@@ -39,6 +40,7 @@ from .api import (
     create_sampler,
     hf_forward,
     objective,
+    pool_digest,
     rehearsal_batch,
     signal_quality,
 )
@@ -129,19 +131,24 @@ class RehearsalEngine:
         self._check_format()
         self.ledger = Ledger()
         model = trainer.model
-        if plan.snapshot is None:
+        # a sampler that reads no snapshot (random, ...) gets none unless the audit needs θ0's columns to name hits:
+        # the comparison at equal compute charges the snapshot only to the samplers that need it
+        self.snapshot: PoolSnapshot | None = None
+        if plan.snapshot is None and (spec.needs_snapshot(plan.options) or plan.audit_every):
             self.snapshot = compute_snapshot(model, self.pool, self.collator, kind=plan.kind,
                                              batch_size=int(args.per_device_eval_batch_size), device=args.device,
                                              cache_dir=plan.cache_dir, ledger=self.ledger, **plan.objective_options)
-        else:
+        elif plan.snapshot is not None:
             plan.snapshot.verify(model, self.pool)
             self.snapshot = plan.snapshot
         self.rank, self.world = distributed.rank(), distributed.world()
         seed = int(args.seed if plan.seed is None else plan.seed)
         # one generator per rank, seeded as mixcd's runner seeds its own (recipes/train.py:stage_sampler)
         tag = "sampler" if self.world == 1 else f"sampler-rank{self.rank}"
-        self.sampler = create_sampler(plan.sampler, self.snapshot, self.b, derive_seed(seed, tag), **plan.options)
-        self.audit = HitAudit(self.snapshot.correct)
+        facts = self.snapshot if self.snapshot is not None else _unknown_pool(self.pool)
+        self.sampler = create_sampler(plan.sampler, facts, self.b, derive_seed(seed, tag), **plan.options)
+        # without a snapshot no drawn row can be called a hit: the audit counts rows drawn, nothing else
+        self.audit = HitAudit(facts.correct)
         self.step = 0  # micro-batches trained so far: the sampler's step
         self.interval = dict.fromkeys(COUNTERS, 0)
         self.draws: list[torch.Tensor] = []
@@ -244,10 +251,10 @@ class RehearsalEngine:
         n = len(COUNTERS)
         out: dict[str, float] = {}
         for name, value in signal_quality(dict(zip(COUNTERS, values[:n], strict=True))).items():
-            if value is not None:
+            if value is not None and self.snapshot is not None:
                 out[f"mixcd/{name}"] = value
         total_hit = signal_quality(dict(zip(COUNTERS, values[n:2 * n], strict=True)))["hit_rate"]
-        if total_hit is not None:
+        if total_hit is not None and self.snapshot is not None:
             out["mixcd/hit_rate_total"] = total_hit
         for name, value in zip(("rehearsal_rows", "rehearsal_tokens", "training_passes", "audit_rows"),
                                values[2 * n:], strict=True):
@@ -289,6 +296,12 @@ class RehearsalEngine:
             raise MixcdError(f"the rehearsal state {path} is corrupt ({type(exc).__name__}); train from an earlier "
                              "checkpoint") from exc
         self.load_state_dict(state, str(path))
+
+
+def _unknown_pool(pool: Sequence[Any]) -> PoolSnapshot:
+    """The pool of a sampler that reads no snapshot: its size and fingerprint, no column anything reads."""
+    n = len(pool)
+    return PoolSnapshot(torch.zeros(n, dtype=torch.bool), torch.zeros(n), torch.zeros(n), pool=pool_digest(pool))
 
 
 def _rows_of(batch: Mapping[str, Any]) -> int:

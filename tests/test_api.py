@@ -53,3 +53,33 @@ def test_snapshot_from_columns_checks_lengths_and_unknown_kinds() -> None:
         api.PoolSnapshot.from_columns(correct=torch.ones(3, dtype=torch.bool), loss=torch.zeros(2))
     with pytest.raises(MixcdError, match="unknown task kind 'nope'"):
         api.objective("nope")
+
+
+def test_snapshots_of_every_kind_from_hugging_face_models() -> None:
+    """A seq2seq model (decoder inputs from the labels, as the model makes them) and a sequence classifier: one
+    pass each, their rows' correctness the same event as the kind's objective on the model's own loss."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    t5 = transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=20, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, decoder_start_token_id=0,
+        pad_token_id=0, eos_token_id=1, dropout_rate=0.0))
+    rows = [{"input_ids": [3, 4, 1], "attention_mask": [1, 1, 1], "labels": [5, 6, 1]},
+            {"input_ids": [7, 1], "attention_mask": [1, 1], "labels": [8, 1]}]
+
+    def collate(batch: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in batch)
+        fill = {"input_ids": 0, "attention_mask": 0, "labels": -100}
+        return {k: torch.tensor([r[k] + [v] * (width - len(r[k])) for r in batch]) for k, v in fill.items()}
+
+    snap = api.compute_snapshot(t5, rows, collate, kind="seq2seq")
+    with torch.no_grad():
+        own = [float(t5(**collate([r])).loss) for r in rows]  # the model's mean token loss, one row at a time
+    torch.testing.assert_close(snap.loss, torch.tensor(own), rtol=1e-5, atol=1e-6)
+    bert = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        num_labels=3))
+    labelled = [{"input_ids": [2, 3, 4], "attention_mask": [1, 1, 1], "labels": 2},
+                {"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": 0}]
+    snap = api.compute_snapshot(bert, labelled, lambda b: {k: torch.tensor([r[k] for r in b]) for k in b[0]},
+                                kind="classification")
+    assert snap.classes.tolist() == [2, 0] and len(snap) == 2

@@ -390,3 +390,14 @@ def test_two_processes_share_the_estimates_and_sum_the_ledger(tmp_path: Path) ->
     assert ranks[0]["draws"] != ranks[1]["draws"]
     last = ranks[0]["logs"][0]
     assert last["mixcd/rehearsal_rows"] == 2 * 5 * 2
+
+
+def test_random_rehearsal_pays_for_no_snapshot_unless_audited(theta0, tmp_path: Path) -> None:
+    plain = _trainer(theta0, tmp_path, 2, sampler="random")
+    assert plain.mixcd.snapshot is None and plain.mixcd.ledger.forward["snapshot"] == 0
+    plain.train()
+    assert "mixcd/signal_rate" not in plain.mixcd.logs()  # no θ0 columns: nothing can be called a hit
+    audited = _trainer(theta0, tmp_path, 2, sampler="random", audit_every=1)
+    assert audited.mixcd.ledger.forward["snapshot"] == 400
+    audited.train()
+    assert "mixcd/hit_rate" in audited.mixcd.logs()
