@@ -35,6 +35,7 @@ mixcd_cli.errors.MixcdError: this sampler state was saved for another pool (4 ro
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,15 +128,25 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
 def model_digest(model: nn.Module) -> str:
     """A fingerprint of a model's weights (names, shapes, dtypes and bytes).
 
-    For a ``peft`` model it is the base model's, adapters left out: freshly added LoRA adapters change nothing
-    (their B matrix is zero), so a snapshot of the base model describes the adapted model at step 0.
+    A ``peft`` model whose adapters change nothing yet (every LoRA B matrix zero, as peft creates them, and every
+    ``modules_to_save`` copy equal to its original) has its base model's fingerprint, so a snapshot of the base
+    model describes the adapted model at step 0; once an adapter has moved, the adapters are part of the
+    fingerprint.
     """
-    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    state = model.state_dict()
+    adapters = {k for k in state if "lora_" in k}
+    fresh = all(not bool(state[k].any()) for k in adapters if "lora_B" in k or "lora_embedding_B" in k)
     h = hashlib.sha256()
-    for name, tensor in sorted(base.state_dict().items()):
-        if "lora_" in name or "modules_to_save" in name:
+    for name, tensor in sorted(state.items()):
+        if fresh and name in adapters:
             continue
-        name = name.replace(".base_layer.", ".")  # peft wraps adapted layers: the weight is the same tensor
+        if ".modules_to_save." in name:  # peft's trainable copy of a module: part of the model once it moved
+            original = state.get(re.sub(r"\.modules_to_save\.[^.]+\.", ".original_module.", name))
+            if original is not None and torch.equal(original, tensor):
+                continue
+        # peft's wrappers hold the same tensors under other names: read them as the base model names them
+        for wrapper in ("base_model.model.", ".base_layer.", ".original_module."):
+            name = name.replace(wrapper, "." if wrapper.startswith(".") else "")
         h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         h.update(_tensor_bytes(tensor))
     return h.hexdigest()[:16]

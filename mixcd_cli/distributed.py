@@ -79,9 +79,18 @@ def broadcast(obj: Any) -> Any:
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Element-wise sum over ranks of a host or device tensor (in place; returned for chaining)."""
+    """Element-wise sum over ranks of a host or device tensor (in place; returned for chaining).
+
+    A group that cannot reduce the tensor's device — NCCL alone, as accelerate and the Hugging Face Trainer set
+    it up on GPUs, and a host tensor — reduces a copy on the current GPU and writes the sum back."""
     if world() > 1:
-        torch.distributed.all_reduce(values)
+        backend = str(torch.distributed.get_backend())
+        if values.device.type not in served_devices(backend) and torch.cuda.is_available():
+            on_gpu = values.to(torch.device("cuda", torch.cuda.current_device()))
+            torch.distributed.all_reduce(on_gpu)
+            values.copy_(on_gpu.cpu())
+        else:
+            torch.distributed.all_reduce(values)
     return values
 
 

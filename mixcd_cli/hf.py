@@ -125,7 +125,13 @@ class RehearsalEngine:
                              f"makes; in a Trainer use one of: {', '.join(usable)}")
         if getattr(args, "packing", False) or getattr(args, "padding_free", False):
             raise MixcdError("rehearsal tracks rows one by one; packing and padding_free merge rows: turn them off")
-        self.b = rehearsal_batch(spec, float(plan.ratio), int(args.per_device_train_batch_size), key="ratio")
+        if getattr(args, "loss_type", "nll") not in (None, "nll") or getattr(trainer, "aux_loss_enabled", False):
+            raise MixcdError(f"rehearsal computes the loss itself (every row's mean token loss); loss_type="
+                             f"{getattr(args, 'loss_type', None)!r} and a router auxiliary loss are not it: use "
+                             "loss_type='nll' without output_router_logits")
+        # DataParallel (several GPUs in one process) puts n_gpu per-device batches in one: b follows it
+        rows = int(args.per_device_train_batch_size) * max(1, int(getattr(args, "n_gpu", 1) or 1))
+        self.b = rehearsal_batch(spec, float(plan.ratio), rows, key="ratio")
         self.objective = objective(plan.kind, **plan.objective_options)
         self.pool = self._prepared(plan.pool)
         self._check_format()
@@ -153,7 +159,6 @@ class RehearsalEngine:
         self.interval = dict.fromkeys(COUNTERS, 0)
         self.draws: list[torch.Tensor] = []
         tokenizer = getattr(trainer, "processing_class", None)
-        self.left = getattr(tokenizer, "padding_side", "right") == "left"
         self.pad_id = int(getattr(tokenizer, "pad_token_id", None) or getattr(trainer.data_collator, "pad_token_id",
                                                                               None) or 0)
 
@@ -205,7 +210,7 @@ class RehearsalEngine:
         audit_wrong = self._audit_pass(model, drawn) if due else None
         n_ft = _rows_of(inputs)
         joined = join_batches({k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}, drawn, self.pad_id,
-                              self.left)
+                              _left_padded(inputs))
         outputs, targets = hf_forward(model, joined, self.plan.kind)
         per_row = self.objective.loss(outputs, targets)
         loss = (per_row[:n_ft].sum() + self.plan.weight * per_row[n_ft:].sum()) / per_row.numel()
@@ -267,7 +272,8 @@ class RehearsalEngine:
     def state_dict(self) -> dict[str, Any]:
         return {"format": STATE_FORMAT, "sampler_name": self.plan.sampler, "sampler": self.sampler.state_dict(),
                 "audit": self.audit.state_dict(), "interval": dict(self.interval), "ledger": self.ledger.state_dict(),
-                "step": self.step, "world": self.world}
+                "step": self.step, "world": self.world,
+                "snapshot": None if self.snapshot is None else self.snapshot.model}
 
     def load_state_dict(self, state: Mapping[str, Any], where: str) -> None:
         if state.get("format") != STATE_FORMAT or state.get("sampler_name") != self.plan.sampler:
@@ -275,6 +281,11 @@ class RehearsalEngine:
                              f"rehearses with '{self.plan.sampler}'")
         if state.get("world") != self.world:
             raise MixcdError(f"{where} was saved by {state.get('world')} process(es), this run has {self.world}")
+        mine = None if self.snapshot is None else self.snapshot.model
+        if state.get("snapshot") != mine:
+            raise MixcdError(f"{where} was drawn with a snapshot of another model (θ0 {state.get('snapshot')}, this "
+                             f"trainer's {mine}): resume from the model training started from, or pass its "
+                             "snapshot as Rehearsal(snapshot=...)")
         self.sampler.load_state_dict(state["sampler"])
         self.audit.load_state_dict(state["audit"])
         self.interval = {k: int(state["interval"].get(k, 0)) for k in COUNTERS}
@@ -302,6 +313,13 @@ def _unknown_pool(pool: Sequence[Any]) -> PoolSnapshot:
     """The pool of a sampler that reads no snapshot: its size and fingerprint, no column anything reads."""
     n = len(pool)
     return PoolSnapshot(torch.zeros(n, dtype=torch.bool), torch.zeros(n), torch.zeros(n), pool=pool_digest(pool))
+
+
+def _left_padded(batch: Mapping[str, Any]) -> bool:
+    """Whether the collator pads on the left (a row whose first position is masked), whatever the tokenizer says:
+    TRL's collators pad on the right whatever the tokenizer's side."""
+    mask = batch.get("attention_mask")
+    return isinstance(mask, torch.Tensor) and mask.ndim == 2 and bool((mask[:, 0] == 0).any())
 
 
 def _rows_of(batch: Mapping[str, Any]) -> int:
@@ -338,11 +356,14 @@ class RehearsalMixin:
         super().log(logs, *args, **kwargs)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+        # before the trainer's own files: every rank writes its state into a folder that may not exist yet, and a
+        # checkpoint pushed to the hub at the end of the trainer's save carries it
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        os.makedirs(folder, exist_ok=True)
         self.mixcd.save(folder)
+        super()._save_checkpoint(model, trial)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         if resume_from_checkpoint is True:

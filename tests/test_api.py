@@ -83,3 +83,19 @@ def test_snapshots_of_every_kind_from_hugging_face_models() -> None:
     snap = api.compute_snapshot(bert, labelled, lambda b: {k: torch.tensor([r[k] for r in b]) for k in b[0]},
                                 kind="classification")
     assert snap.classes.tolist() == [2, 0] and len(snap) == 2
+
+
+def test_a_trained_adapter_changes_the_digest() -> None:
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    base = api.model_digest(model)
+    adapted = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["0"]))
+    assert api.model_digest(adapted) == base
+    with torch.no_grad():
+        next(p for n, p in adapted.named_parameters() if "lora_B" in n).add_(0.1)
+    assert api.model_digest(adapted) != base
+    torch.manual_seed(0)
+    kept = peft.get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)),
+                               peft.LoraConfig(r=2, target_modules=["0"], modules_to_save=["1"]))
+    assert api.model_digest(kept) == base  # a copied module to train, unchanged yet

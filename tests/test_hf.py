@@ -62,10 +62,10 @@ def _data(theta0, n_old: int = 400, n_new: int = 200):  # noqa: ANN001, ANN202
 
 
 def _trainer(theta0, out: Path, steps: int, sampler: str = "mixcd", ratio: float = 0.25, cls: type = MixcdTrainer,
-             model=None, args_extra: dict | None = None, **plan: object):  # noqa: ANN001, ANN202
+             model=None, args_extra: dict | None = None, eval_dataset=None, **plan: object):  # noqa: ANN001, ANN202
     old, new = _data(theta0)
     return cls(model=model if model is not None else _model(theta0), args=_args(out, steps, **(args_extra or {})),
-               train_dataset=new, data_collator=toy.pad_collator(theta0[0]),
+               train_dataset=new, eval_dataset=eval_dataset, data_collator=toy.pad_collator(theta0[0]),
                rehearsal=Rehearsal(pool=old, sampler=sampler, ratio=ratio, record_draws=True, **plan))
 
 
@@ -110,20 +110,65 @@ def test_gradient_accumulation_draws_once_per_micro_batch(theta0, tmp_path: Path
     assert all(len(rows) == 4 for rows in trainer.mixcd.draws)
 
 
-def test_the_loss_is_divided_over_accumulation_steps(theta0, tmp_path: Path) -> None:
-    """One step of B rows equals two accumulated micro-batches of B/2 rows over the same rows and draws."""
-    results = []
+def test_accumulated_micro_batches_make_the_same_step_as_one_batch(theta0, tmp_path: Path) -> None:
+    """Two accumulated micro-batches of 8 rows (+ 4 drawn each) take the same SGD step as one batch of 16 (+ 8
+    drawn) over the same rows: each micro-batch's mean is divided by the accumulation steps. A missing or a
+    double division moves the weights by twice or half as much."""
+    rows = list(range(16))
+
+    class Ordered(MixcdTrainer):
+        def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001, ANN202
+            return FixedOrder(rows)
+
+    moved = []
     for bs, accumulation in ((B, 1), (B // 2, 2)):
         model = _model(theta0)
         trainer = _trainer(theta0, tmp_path / f"ga{accumulation}", 1, sampler="random", ratio=0.5, model=model,
-                           args_extra={"per_device_train_batch_size": bs, "gradient_accumulation_steps": accumulation,
-                                       "learning_rate": 1.0, "optim": "sgd"})
-        before = {k: v.clone() for k, v in model.state_dict().items()}
+                           cls=Ordered, args_extra={"per_device_train_batch_size": bs, "learning_rate": 0.5,
+                                                    "gradient_accumulation_steps": accumulation, "optim": "sgd"})
         trainer.train()
-        results.append({k: model.state_dict()[k] - before[k] for k in before})
-    # not equal rows (the orders differ), but the same scale: a missing division doubles the update
-    norm = [sum(float(d.norm() ** 2) for d in r.values()) ** 0.5 for r in results]
-    assert 0.5 < norm[1] / norm[0] < 1.5
+        # the same rehearsal rows: the random sampler's generator gives 4 + 4 what it gives as 8
+        assert torch.cat(trainer.mixcd.draws).tolist() == torch.cat(moved[0][1]).tolist() if moved else True
+        moved.append(({k: v - theta0[1][k] for k, v in model.state_dict().items()}, trainer.mixcd.draws))
+    for key, delta in moved[0][0].items():
+        torch.testing.assert_close(moved[1][0][key], delta, rtol=1e-4, atol=1e-6)
+    assert max(float(d.abs().max()) for d in moved[0][0].values()) > 1e-3
+
+
+def test_evaluation_draws_nothing_and_is_the_trainers_own(theta0, tmp_path: Path) -> None:
+    old, new = _data(theta0)
+    trainer = _trainer(theta0, tmp_path, 4, args_extra={"eval_strategy": "steps", "eval_steps": 2},
+                       eval_dataset=new[:32])
+    trainer.train()
+    assert len(trainer.mixcd.draws) == 4 and trainer.mixcd.step == 4
+    mine = trainer.evaluate()["eval_loss"]
+    plain = Trainer(model=trainer.model, args=_args(tmp_path / "plain", 1), eval_dataset=new[:32],
+                    data_collator=toy.pad_collator(theta0[0])).evaluate()["eval_loss"]
+    assert mine == pytest.approx(plain, rel=1e-6)
+    assert len(trainer.mixcd.draws) == 4
+
+
+def test_resuming_with_a_snapshot_of_another_model_is_refused(theta0, tmp_path: Path) -> None:
+    first = _trainer(theta0, tmp_path, 2, args_extra={"save_strategy": "steps", "save_steps": 2})
+    first.train()
+    later = _trainer(theta0, tmp_path, 4, model=first.model)  # the checkpoint's weights taken for θ0
+    with pytest.raises(MixcdError, match="drawn with a snapshot of another model"):
+        later.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+
+
+def test_joining_keeps_the_collators_padding_side() -> None:
+    from mixcd_cli.hf import join_batches
+
+    left = {"input_ids": torch.tensor([[0, 5, 6]]), "attention_mask": torch.tensor([[0, 1, 1]]),
+            "labels": torch.tensor([[-100, -100, 6]])}
+    drawn = {"input_ids": torch.tensor([[7, 8, 9, 4]]), "attention_mask": torch.tensor([[1, 1, 1, 1]]),
+             "labels": torch.tensor([[-100, 8, 9, 4]])}
+    joined = join_batches(left, drawn, pad_id=0, left=True)
+    assert joined["input_ids"].tolist() == [[0, 0, 5, 6], [7, 8, 9, 4]]
+    assert joined["attention_mask"].tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]]
+    assert joined["labels"].tolist() == [[-100, -100, -100, 6], [-100, 8, 9, 4]]
+    right = join_batches(drawn, {k: v[:, 1:] for k, v in drawn.items()}, pad_id=0)
+    assert right["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
 
 
 class StopAt(TrainerCallback):
