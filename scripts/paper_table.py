@@ -33,6 +33,8 @@ EXPERIMENTS = {
     "fmnist_split": ("Split FMNIST, 3 stages", "reproduce-fmnist-split"),
     "fmnist_domain": ("Rotated FMNIST, 3 stages", "reproduce-fmnist-domain"),
     "text_topics": ("generated text topics, tiny BERT", "reproduce-text"),
+    "translate": ("FreeDict translation, eng→deu then fra, spa, ita", "reproduce-translate"),
+    "qa": ("V.E.R.A. acronym QA after eng→deu", "reproduce-qa"),
 }
 BEGIN, END = "<!-- paper-table:begin (scripts/paper_table.py) -->", "<!-- paper-table:end -->"
 # where the table is shown: README, and the documentation site's results overview
