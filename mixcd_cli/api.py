@@ -45,13 +45,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifacts import config_digest, file_digest, file_lock, read_json
+from .artifacts import config_digest, file_lock, read_json
 from .errors import MixcdError
 from .metrics import COUNTERS, HitAudit, Ledger, signal_quality
 from .objectives import OBJECTIVES, Objective
 from .samplers import SAMPLERS, PoolInfo, RehearsalSampler, SelectionContext, rehearsal_batch
 from .samplers import create_sampler as _create_registered
-from .snapshot import write_snapshot
+from .snapshot import verify_checksums, write_snapshot
 
 __all__ = ["COUNTERS", "HitAudit", "Ledger", "MixcdError", "Objective", "PoolSnapshot", "RehearsalSampler",
            "SelectionContext", "compute_snapshot", "create_sampler", "hf_aligned", "hf_forward", "load_snapshot",
@@ -241,13 +241,9 @@ def load_snapshot(folder: Path, model: nn.Module | None = None, pool: Sequence[A
     meta = read_json(folder / "meta.json", what="snapshot metadata")
     if meta.get("api") != 1:
         raise MixcdError(f"{folder} is not a snapshot of mixcd's API (the runner's own live in its cache)")
-    cols: dict[str, torch.Tensor] = {}
-    for name, digest in (meta.get("checksums") or {}).items():
-        path = folder / name
-        if not path.is_file() or file_digest(path) != digest:
-            raise MixcdError(f"snapshot {folder} is corrupt: {name} is missing or does not match its checksum; "
-                             "delete the folder to compute it again")
-        cols[name.removeprefix("pool_").removesuffix(".npy")] = torch.from_numpy(np.load(path))
+    verify_checksums(folder, meta)
+    cols = {name.removeprefix("pool_").removesuffix(".npy"): torch.from_numpy(np.load(folder / name))
+            for name in meta["checksums"] if (folder / name).is_file()}
     if not {"loss", "conf", "correct"} <= set(cols):
         raise MixcdError(f"snapshot {folder} is incomplete; delete the folder to compute it again")
     snap = PoolSnapshot(cols["correct"].bool(), cols["loss"].float(), cols["conf"].float(),

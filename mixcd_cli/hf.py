@@ -44,6 +44,7 @@ from .api import (
     rehearsal_batch,
     signal_quality,
 )
+from .artifacts import atomic_torch_save, safe_torch_load
 from .errors import MixcdError
 from .metrics import COUNTERS
 from .runtime import derive_seed
@@ -195,9 +196,12 @@ class RehearsalEngine:
 
     # ------------------------------------------------------------------ one micro-batch
 
-    def collate(self, rows: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-        batch = self.collator([self.pool[i] for i in rows.tolist()])
-        return {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    def collate(self, rows: torch.Tensor, device: torch.device) -> tuple[dict[str, torch.Tensor], int]:
+        """The drawn rows as the collator lays them out, on ``device``, and their non-padding tokens (counted on
+        the host, before the copy: no device sync)."""
+        batch = {k: v for k, v in self.collator([self.pool[i] for i in rows.tolist()]).items()
+                 if isinstance(v, torch.Tensor)}
+        return {k: v.to(device) for k, v in batch.items()}, _tokens(batch)
 
     def loss(self, model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
         """One micro-batch: draw, (audit,) join, one forward, the loss, the free signal back to the sampler."""
@@ -205,9 +209,9 @@ class RehearsalEngine:
         rows = self.sampler.draw(self.step)
         if self.plan.record_draws:
             self.draws.append(rows.clone())
-        drawn = self.collate(rows, device)
+        drawn, reh_tokens = self.collate(rows, device)
         due = self.plan.audit_every and (self.step + 1) % self.plan.audit_every == 0
-        audit_wrong = self._audit_pass(model, drawn) if due else None
+        audit_wrong = self._audit_pass(model, drawn, reh_tokens) if due else None
         n_ft = _rows_of(inputs)
         joined = join_batches({k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}, drawn, self.pad_id,
                               _left_padded(inputs))
@@ -219,14 +223,14 @@ class RehearsalEngine:
         self.sampler.observe(rows, wrong, row_loss)
         for key, value in self.audit.add(rows, wrong, audit_wrong).items():
             self.interval[key] += value
-        ft_tokens, reh_tokens = _tokens(inputs), _tokens(drawn)
+        ft_tokens = _tokens(inputs)
         self.ledger.add("finetune", forward=n_ft, backward=n_ft, forward_tokens=ft_tokens, backward_tokens=ft_tokens)
         self.ledger.add("rehearsal", forward=len(rows), backward=len(rows), forward_tokens=reh_tokens,
                         backward_tokens=reh_tokens)
         self.step += 1
         return loss, outputs
 
-    def _audit_pass(self, model: torch.nn.Module, drawn: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def _audit_pass(self, model: torch.nn.Module, drawn: Mapping[str, torch.Tensor], tokens: int) -> torch.Tensor:
         """Which drawn rows the current weights truly get wrong: eval mode, no grad, before the training forward."""
         was = model.training
         model.eval()
@@ -236,7 +240,7 @@ class RehearsalEngine:
                 wrong = self.objective.wrong(outputs, targets).cpu()
         finally:
             model.train(was)
-        self.ledger.add("audit", forward=len(targets), forward_tokens=_tokens(drawn))
+        self.ledger.add("audit", forward=len(targets), forward_tokens=tokens)
         return wrong
 
     # ------------------------------------------------------------------ logging and state
@@ -293,7 +297,7 @@ class RehearsalEngine:
         self.step = int(state["step"])
 
     def save(self, folder: str | Path) -> None:
-        torch.save(self.state_dict(), Path(folder) / STATE_FILE.format(rank=self.rank))
+        atomic_torch_save(self.state_dict(), Path(folder) / STATE_FILE.format(rank=self.rank))
 
     def load(self, folder: str | Path) -> None:
         path = Path(folder) / STATE_FILE.format(rank=self.rank)
@@ -301,12 +305,7 @@ class RehearsalEngine:
             raise MixcdError(f"checkpoint {folder} has no rehearsal state ({path.name} is missing): it was saved by "
                              "a trainer without mixcd's rehearsal, or by fewer processes; resume with the trainer "
                              "that saved it, or train from the start")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user-facing fault
-            raise MixcdError(f"the rehearsal state {path} is corrupt ({type(exc).__name__}); train from an earlier "
-                             "checkpoint") from exc
-        self.load_state_dict(state, str(path))
+        self.load_state_dict(safe_torch_load(path, what="rehearsal state", yours=True), str(path))
 
 
 def _unknown_pool(pool: Sequence[Any]) -> PoolSnapshot:

@@ -127,6 +127,17 @@ def write_snapshot(folder: Path, meta: dict[str, Any], pool: dict[str, torch.Ten
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def verify_checksums(folder: Path, meta: dict[str, Any]) -> None:
+    """Every column meta.json names matches its checksum (a column missing here is the reader's to name)."""
+    for name, digest in (meta.get("checksums") or {}).items():
+        column = folder / name
+        if column.is_file() and file_digest(column) != digest:
+            raise MixcdError(f"snapshot {folder} is corrupt: {name} does not match its checksum; "
+                             "delete the folder to recompute it")
+    if not meta.get("checksums"):
+        raise MixcdError(f"snapshot {folder} has no checksums (made by an older mixcd); delete it to recompute")
+
+
 def load_snapshot(folder: Path, expected_key: str | None, pool: Task, prior_test: Task) -> Snapshot:
     """Load and verify: key, then the stored targets and index order against the live tasks."""
     folder = Path(folder)
@@ -136,13 +147,7 @@ def load_snapshot(folder: Path, expected_key: str | None, pool: Task, prior_test
     if expected_key is not None and meta.get("key") != expected_key:
         raise MixcdError(f"snapshot {folder} was made for another model, pool or transform "
                          f"(its key {meta.get('key')} ≠ {expected_key}); drop snapshot.path to recompute")
-    for name, digest in (meta.get("checksums") or {}).items():
-        column = folder / name
-        if column.is_file() and file_digest(column) != digest:
-            raise MixcdError(f"snapshot {folder} is corrupt: {name} does not match its checksum; "
-                             "delete the folder to recompute it")
-    if not meta.get("checksums"):
-        raise MixcdError(f"snapshot {folder} has no checksums (made by an older mixcd); delete it to recompute")
+    verify_checksums(folder, meta)
     classes = meta.get("class_columns", True)  # snapshots made before task kinds were all classification
     snap = Snapshot(folder, meta, _read_part(folder, "pool", classes), _read_part(folder, "test", classes))
     for part, task, name in ((snap.pool, pool, "pool"), (snap.test, prior_test, "prior test set")):
