@@ -161,7 +161,8 @@ def eval_(ctx: typer.Context, overrides: list[str] = OVERRIDES, multirun: bool =
 
 
 @app.command()
-def report(paths: list[Path] = typer.Argument(..., help="Run folders or folders holding them (any depth)."),
+def report(paths: list[Path] = typer.Argument(..., help="Run folders or folders holding them (any depth), or a "
+                                              "report's runs.csv."),
            out: Path = typer.Option(None, "--out", "-o", help="Where to write CSV/Markdown/PNG (default: first PATH)."),
            stage: ReportStage = typer.Option(ReportStage.train, help="Which runs to read."),
            plots: bool = typer.Option(True, help="Write PNG plots."),

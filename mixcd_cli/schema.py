@@ -41,7 +41,9 @@ SNAPSHOT_SOURCES = ("pass", "training")
 # (Sampler options need no entry: their declared defaults play that part.) Add a key here when adding one.
 INTRODUCED: dict[str, Any] = {"rehearsal.pool": "all", "stages": None, "logger": None, "optimized_metric": None,
                               "prior.transform": None,
-                              "finetune.transform": None, "snapshot.source": "pass", "snapshot.subset": None}
+                              "finetune.transform": None, "snapshot.source": "pass", "snapshot.subset": None,
+                              "prior.probe": None, "prior.probe_seed": 0, "finetune.probe": None,
+                              "finetune.probe_seed": 0}
 
 # Keys older runs' configurations carry that now live elsewhere (old key → its home now): dropped from a
 # configuration read back from a run folder (`mixcd eval`, resuming), so it reads as it ran; refused in a

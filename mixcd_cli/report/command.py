@@ -32,6 +32,8 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
     Folds, the frontier and the budget plot are read on the ``budget`` axis (`axes`), the fold on the other axis
     beside each; ``amortize`` N spreads θ0's one-time snapshot over N fine-tunings on the total axis."""
     check_axis(budget, amortize)
+    if out is None and Path(paths[0]).is_file():  # the report's own runs.csv would overwrite the one it reads
+        raise MixcdError(f"--out is needed when the first PATH is a file ({paths[0]}): name the report's folder")
     # a log or a pipe: do not squeeze the table into 80 columns
     shown = console if console.is_terminal else Console(width=300)
 

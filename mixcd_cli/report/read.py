@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from ..results import REQUIRED, EvalResult, RunResult, result_from_dict
 from ..samplers import SAMPLERS
 from ..schema import INTRODUCED, flatten
 from .groups import Run, Settings
+from .runs_csv import read_runs_csv, recorded_settings
 
 # Config keys (and key prefixes) that cannot change what a run measures: they never split a group.
 # snapshot.source and snapshot.subset change what a sampler reads: they split groups; where the snapshot is kept
@@ -111,14 +113,19 @@ def _sequence_values(result: RunResult | EvalResult) -> dict[str, float | None]:
 
 
 def collect(paths: Iterable[Path], stage: str = "train") -> tuple[list[Run], list[tuple[Path, str]]]:
-    """Every run folder under ``paths`` (any depth): (runs, skipped with the reason)."""
+    """Every run folder under ``paths`` (any depth), and the rows of any runs.csv among them (a committed
+    report's runs, docs/design.md §6): (runs, skipped with the reason)."""
     runs: list[Run] = []
+    tabled: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     seen: set[Path] = set()
     for root in paths:
         root = Path(root)
         if not root.exists():
-            raise MixcdError(f"no such folder: {root}")
+            raise MixcdError(f"no such folder or runs.csv: {root}")
+        if root.is_file():
+            tabled.append(root)
+            continue
         for cfg_path in sorted(root.rglob("config.yaml")):
             folder = cfg_path.parent
             if folder in seen or "cache" in folder.relative_to(root).parts or folder.name == ".hydra":
@@ -129,7 +136,69 @@ def collect(paths: Iterable[Path], stage: str = "train") -> tuple[list[Run], lis
                 runs.append(read)
             elif read is not None:
                 skipped.append((folder, read))
-    return runs, skipped
+    return runs + [r for table in tabled for r in _tabled_runs(table, stage, runs)], skipped
+
+
+def _tabled_runs(path: Path, stage: str, beside: Iterable[Run]) -> list[Run]:
+    """The runs of a runs.csv, named by where they came from (``results/fmnist/runs.csv:rehearsal/3``), with
+    every setting a run folder's config.yaml would give them when they are set ``beside`` run folders of the same
+    experiment.
+
+    A runs.csv records only the settings that differed between its own runs; the rest were the same for all of
+    them. Beside run folders, whose settings are complete, a row would match none of them, so the unrecorded
+    settings are taken from the report.json written with the runs.csv (each group's full settings), or, without
+    one, from the experiment as this checkout composes it (what `mixcd train experiment=NAME` runs)."""
+    if path.suffix != ".csv":
+        raise MixcdError(f"{path} is a file, not a folder of runs nor a runs.csv")
+    if stage != "train":
+        raise MixcdError(f"{path}: a runs.csv holds train runs; --stage {stage} reads run folders only")
+    runs = [replace(r, path=Path(f"{path}:{r.path}")) for r in read_runs_csv(path)]
+    experiments = {r.experiment for r in beside}
+    recorded = recorded_settings(path)
+    constant: dict[str, dict[str, str]] = {}
+    done = []
+    for r in runs:
+        if r.experiment in experiments:
+            if r.experiment not in constant:
+                full = _report_settings(path.parent / "report.json", r.experiment)
+                full = dict(experiment_settings(r.experiment)) if full is None else full
+                constant[r.experiment] = {k: v for k, v in full.items() if k not in recorded}
+            r = replace(r, settings=tuple(sorted({**constant[r.experiment], **dict(r.settings)}.items())))
+        done.append(r)
+    return done
+
+
+def _report_settings(report_json: Path, experiment: str) -> dict[str, str] | None:
+    """The settings of a group of ``experiment`` in a report.json (None: no such file, or no such group)."""
+    try:
+        groups = json.loads(report_json.read_text()).get("groups", [])
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    for g in groups if isinstance(groups, list) else []:
+        if isinstance(g, dict) and g.get("experiment") == experiment and isinstance(g.get("settings"), dict):
+            return {str(k): str(v) for k, v in g["settings"].items()}
+    return None
+
+
+def experiment_settings(experiment: str) -> Settings:
+    """The settings (as `run_settings` reads them) of a train run of ``experiment`` as this checkout composes it."""
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from ..hydra_app import compose
+
+    try:
+        cfg = compose("train", [f"experiment={experiment}"])
+        text = OmegaConf.to_yaml(cfg, resolve=True)
+    except Exception as exc:  # an experiment this checkout does not have: its settings cannot be known
+        raise MixcdError(f"a runs.csv of experiment '{experiment}' is set beside run folders of it, and this "
+                         f"checkout cannot compose experiment={experiment} to know the settings the runs.csv "
+                         f"leaves out ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg_path = Path(tmp) / "config.yaml"
+        cfg_path.write_text(text)
+        return run_settings(cfg_path)[0]
 
 
 def read_run(folder: Path, stage: str) -> Run | str | None:

@@ -85,10 +85,27 @@ def read_runs_csv(path: Path) -> list[Run]:
     return runs
 
 
+def recorded_settings(path: Path) -> set[str]:
+    """The settings a runs.csv records (those that differed between its runs); the rest were common to all."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+    except OSError as exc:
+        raise MixcdError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return {k.removeprefix(SETTING) for k in header if k.startswith(SETTING)}
+
+
+def _value(text: str) -> float | None:
+    """A metric as written: an integer count reads back as one, so a runs.csv written again is the same file."""
+    if text == "":
+        return None
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
 def _run_of(row: dict[str, str]) -> Run:
     settings = tuple(sorted((k.removeprefix(SETTING), v) for k, v in row.items() if k.startswith(SETTING) and v))
     options = tuple(sorted((k.removeprefix(OPTION), v) for k, v in row.items() if k.startswith(OPTION) and v))
-    values = {k: (float(v) if v != "" else None) for k, v in row.items()
+    values = {k: _value(v) for k, v in row.items()
               if k not in LEAD and k != MATRIX and not k.startswith((SETTING, OPTION))}
     matrix = json.loads(row[MATRIX]) if row.get(MATRIX) else None
     return Run(Path(row["run"]), row["experiment"], row["sampler"], float(row["mix_ratio"]), int(row["seed"]),
