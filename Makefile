@@ -105,8 +105,11 @@ reproduce-fmnist-quick: install data ## small version (none, random, mixcd; 2 ra
 
 # The BatchNorm ablation reuses the newest `make reproduce-fmnist` as its default-norm half, or, where none was
 # run here, the committed results/fmnist/runs.csv (`mixcd report` reads a runs.csv as the run folders it came
-# from: docs/design.md §6).
-FMNIST_RUNS ?= $(or $(lastword $(sort $(wildcard $(REPRO)/fmnist/2*))),$(wildcard $(CURDIR)/results/fmnist/runs.csv))
+# from: docs/design.md §6). Either half has its own θ0 and its own random curve, so the committed half may come
+# from another machine; the ablation below pairs its runs with the reference's by seed, so it takes a reference
+# made here (FMNIST_SWEEP), from the same θ0.
+FMNIST_SWEEP ?= $(lastword $(sort $(wildcard $(REPRO)/fmnist/2*)))
+FMNIST_RUNS ?= $(or $(FMNIST_SWEEP),$(wildcard $(CURDIR)/results/fmnist/runs.csv))
 
 reproduce-fmnist-norm: install data ## BatchNorm ablation beside the default's runs (a reproduce-fmnist here, or results/fmnist/runs.csv) → results/fmnist_norm (~30 min)
 	@test -n "$(FMNIST_RUNS)" || { echo "run make reproduce-fmnist first (or restore results/fmnist/runs.csv): its" \
@@ -223,8 +226,8 @@ snapshots-fmnist-domain: install data ## the same on Rotated FMNIST → results/
 # The mix-cd ablation (issue 13): one knob at a time around the paper-faithful default, every partition,
 # every variant and the two free-signal rivals, at two ratios and three seeds, beside the newest full
 # reproduction of the same experiment (its none / random / default-mixcd runs are this ablation's
-# reference: `make reproduce-fmnist` and `make reproduce-fmnist-foundation` here, or else their committed
-# runs.csv). ABLATE_KNOBS and
+# reference: `make reproduce-fmnist` and `make reproduce-fmnist-foundation` first, on this machine: the
+# variants are paired with the reference's runs by seed, so they must start from the same θ0). ABLATE_KNOBS and
 # ABLATE_RIVALS may be narrowed to run part of it into the same STAMP folder; a knob of several
 # overrides joins them with '+'.
 ABLATE_KNOBS ?= sampler.num_bins=1,5,20,50 sampler.decay=0.9,0.999,1.0 sampler.epsilon=0.0,0.2 \
@@ -232,12 +235,11 @@ ABLATE_KNOBS ?= sampler.num_bins=1,5,20,50 sampler.decay=0.9,0.999,1.0 sampler.e
 	sampler.memory=recent sampler.adaptive_bins=true sampler.adaptive_bins=true+sampler.split_ratio=1.2
 ABLATE_RIVALS ?= amr,loss_ema
 ABLATE_SEEDS ?= 1,2,3
-FOUNDATION_RUNS ?= $(or $(lastword $(sort $(wildcard $(REPRO)/fmnist_foundation/2*))),\
-	$(wildcard $(CURDIR)/results/fmnist_foundation/runs.csv))
+FOUNDATION_RUNS ?= $(lastword $(sort $(wildcard $(REPRO)/fmnist_foundation/2*)))
 .PHONY: ablate-mixcd ablate-mixcd-quick _ablate
 _ablate:
 	@test -n "$(BASE)" || { echo "no reference sweep for $(EXP): run $(BASE_TARGET) first (its none, random and" \
-		"default-mixcd runs are the ablation's reference; its committed runs.csv would do)"; exit 1; }
+		"default-mixcd runs are the ablation's reference)"; exit 1; }
 	@date -u +"started %FT%TZ"
 	for knob in $(ABLATE_KNOBS); do \
 		$(MIXCD) train -m experiment=$(EXP) sampler=mixcd $$(echo $$knob | tr '+' ' ') trainer.mix_ratio=$(RATIOS) \
@@ -251,7 +253,7 @@ _ablate:
 	@date -u +"finished %FT%TZ"
 
 ablate-mixcd: install data ## mix-cd ablation on the default and foundation experiments → results/ablate_* (~1 h 46 min)
-	$(MAKE) --no-print-directory _ablate NAME=ablate_fmnist EXP=fmnist RATIOS=0.125,0.25 BASE="$(FMNIST_RUNS)" \
+	$(MAKE) --no-print-directory _ablate NAME=ablate_fmnist EXP=fmnist RATIOS=0.125,0.25 BASE="$(FMNIST_SWEEP)" \
 		BASE_TARGET=reproduce-fmnist OUT=$(CURDIR)/results/ablate_fmnist
 	$(MAKE) --no-print-directory _ablate NAME=ablate_foundation EXP=fmnist_foundation RATIOS=0.03125,0.0625 \
 		BASE="$(FOUNDATION_RUNS)" BASE_TARGET=reproduce-fmnist-foundation OUT=$(CURDIR)/results/ablate_foundation
@@ -261,8 +263,7 @@ ablate-mixcd: install data ## mix-cd ablation on the default and foundation expe
 # memory=recent), the one with the largest fold gain, chosen after seeing the table; one hypothesis,
 # tested once, beside the newest `make reproduce-fmnist-multi`.
 CONFIRM_KNOBS ?= sampler.memory=recent
-MULTI_RUNS ?= $(or $(lastword $(sort $(wildcard $(REPRO)/fmnist_multi/2*))),\
-	$(wildcard $(CURDIR)/results/fmnist_multi/runs.csv))
+MULTI_RUNS ?= $(lastword $(sort $(wildcard $(REPRO)/fmnist_multi/2*)))
 .PHONY: ablate-mixcd-confirm
 ablate-mixcd-confirm: install data ## confirm the ablation's candidate on the multi-head experiment, 5 seeds → results/ablate_multi (~8 min)
 	$(MAKE) --no-print-directory _ablate NAME=ablate_multi EXP=fmnist_multi RATIOS=0.0625,0.125 ABLATE_SEEDS=1,2,3,4,5 \

@@ -591,8 +591,9 @@ def test_a_report_of_old_format_run_folders_equals_todays(case: str, tmp_path: P
     changes made on purpose since: remade with the report's own code when folds moved to log-budget
     interpolation with the linear fold beside them, intervals were labelled (a range below five seeds or
     pairs), the gap to random at the same budget was added, and the budget's unit (rows, or tokens for
-    generation runs) was named, and the probes (prior.probe, finetune.probe) joined the settings a run made before
-    them is read with ($OLD = this checkout).
+    generation runs) was named, the probes (prior.probe, finetune.probe) joined the settings a run made before
+    them is read with, and θ0's accuracy (pre_acc0) joined runs.csv with the check that runs of one seed share a
+    θ0 (theta0_mixed) ($OLD = this checkout).
 
     To make them again (the report code to compare against checked out in $OLD, e.g. `git worktree add $OLD
     6fd8f33`, and this repository's tests on the path)::

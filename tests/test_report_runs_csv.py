@@ -174,3 +174,21 @@ def test_a_run_made_before_probes_existed_groups_with_todays(tmp_path: Path) -> 
         (tmp_path / folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create({**cfg, "seed": seed})))
     runs, _ = collect([tmp_path])
     assert len(runs) == 2 and runs[0].settings == runs[1].settings
+
+
+def test_runs_of_one_seed_from_different_theta0_are_named(tmp_path: Path) -> None:
+    """A committed reference pretrained elsewhere (θ0 at 90%) beside new runs whose θ0 reached 91%: the report
+    says so, on stderr, in report.md and report.json; the same θ0 everywhere says nothing."""
+    _reference(tmp_path / "ref")
+    run_report([tmp_path / "ref"], tmp_path / "committed", plots=False)
+    _new_sweep(tmp_path / "new")
+    same = run_report([tmp_path / "new", tmp_path / "committed" / "runs.csv"], tmp_path / "same", plots=False)
+    assert same["theta0_mixed"] == []
+    assert "share a θ0" not in (tmp_path / "same" / "report.md").read_text()
+    for m in (tmp_path / "new").glob("*/metrics.json"):
+        m.write_text(m.read_text().replace('"pre_acc0": 0.9', '"pre_acc0": 0.91'))
+    mixed = run_report([tmp_path / "new", tmp_path / "committed" / "runs.csv"], tmp_path / "mixed", plots=False)
+    (entry,) = mixed["theta0_mixed"]  # norm=batch has no committed runs: its θ0 is not mixed
+    assert entry["seeds"] == [1, 2, 3, 4, 5] and entry["theta0_acc"] == {"0.9": 25, "0.91": 5}
+    md = (tmp_path / "mixed" / "report.md").read_text()
+    assert "90.00% in 25 run(s), 91.00% in 5 run(s)" in md

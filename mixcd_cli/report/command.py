@@ -15,11 +15,11 @@ from ..errors import MixcdError
 from . import compare
 from .axes import DEFAULT_AXIS, budget_key, budget_unit, check_axis, set_total_budgets
 from .equivalence import FoldMemo, fold_on, on_both_axes
-from .groups import RETENTION, Group, group_runs
+from .groups import RETENTION, Group, group_runs, mixed_theta0
 from .html import write_html
 from .plots import heatmaps, plot, plot_against_default
 from .read import collect
-from .render import markdown, print_report, sections, summary_of
+from .render import Section, markdown, print_report, sections, summary_of
 from .runs_csv import RUNS_CSV, write_runs_csv
 from .tables import retention_name, write_csv
 
@@ -66,17 +66,23 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
         failed = sum(why.startswith("failed:") for _, why in skipped)
         note(f"{len(skipped)} run folder(s) left out ({failed} failed with error.txt, {len(skipped) - failed} "
              f"unfinished or unreadable); see {out / 'report.md'}")
+    mixed = mixed_theta0(groups)
+    for m in mixed:
+        note(_theta0_text(m))
     duplicates = sum(g.duplicates for g in groups)
     if duplicates:
         note(f"{duplicates} run(s) repeat a seed already in their group and count once")
 
     parts = sections(groups, eq, skipped, vs, budget, amortize, unit)
+    if mixed:
+        parts.append(Section(["Runs that should share a θ0 and do not:"], items=[_theta0_text(m) for m in mixed]))
     try:  # a folder that turns read-only or full midway: one line, like every other write
         write_csv(groups, out / "report.csv")
         write_runs_csv(groups, out / RUNS_CSV, roots=paths)
         (out / "report.md").write_text(markdown(parts))
         pngs = _plots(groups, vs, out, key, unit) if plots else []
         summary = summary_of(runs, groups, eq, vs, skipped, pngs, budget, amortize, unit)
+        summary["theta0_mixed"] = mixed
         write_json(summary, out / "report.json")
         if html:
             title = f"mixcd report: {len(runs)} {stage} runs, {len(groups)} groups"
@@ -86,6 +92,13 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
     shown.print(f"wrote {out / 'report.csv'}, {RUNS_CSV}, report.md, report.json" + (", report.html" if html else "")
                 + (f" and {len(pngs)} plots" if pngs else ""), highlight=False, soft_wrap=True)
     return summary
+
+
+def _theta0_text(m: dict[str, Any]) -> str:
+    accs = ", ".join(f"{100 * float(a):.2f}% in {n} run(s)" for a, n in m["theta0_acc"].items())
+    return (f"{m['experiment']}{' (' + m['config'] + ')' if m['config'] else ''}: runs of the same seed start from "
+            f"different θ0 (prior-test accuracy before fine-tuning {accs}), pretrained on another machine, with "
+            "another thread count or by other code; differences between them mix θ0s with samplers")
 
 
 OUT_KEY = "--out"  # what moves the report's folder, given or not (it defaults to the first PATH)

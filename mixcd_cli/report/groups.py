@@ -8,7 +8,7 @@ on the Pareto frontier of (retention, ft_acc) at their ratio.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +111,40 @@ def group_runs(runs: Sequence[Run], budget: str | None = None) -> list[Group]:
                                                      g.options))
     mark_frontier(ordered, budget)
     return ordered
+
+
+def theta0_accuracy(run: Run) -> float | None:
+    """θ0's prior-test accuracy in a run (pre_acc0; pre_acc + forgetting in a runs.csv written before it had it)."""
+    v = run.values
+    if v.get("pre_acc0") is not None:
+        return v["pre_acc0"]
+    if v.get("pre_acc") is not None and v.get("forgetting") is not None:
+        return v["pre_acc"] + v["forgetting"]  # type: ignore[operator]
+    return None
+
+
+def mixed_theta0(groups: Sequence[Group]) -> list[dict[str, Any]]:
+    """Where runs that should start from one θ0 do not: the same experiment, settings and seed, and θ0's accuracy
+    differs (to 1e-6: a test set's accuracy, not rounding). Runs made on another machine, with another thread
+    count or by other code can pretrain another θ0 from the same seed; set side by side, their differences mix
+    θ0s with samplers. One entry per experiment and settings: each accuracy with its count of runs."""
+    found: dict[tuple[str, str, Settings], dict[int, Counter[float]]] = {}
+    for g in groups:
+        for r in g.runs:
+            acc = theta0_accuracy(r)
+            if acc is not None:
+                found.setdefault((g.experiment, g.label, g.settings), {}).setdefault(r.seed, Counter())[
+                    round(acc, 6)] += 1
+    mixed = []
+    for (experiment, label, _), seeds in found.items():
+        bad = sorted(s for s, accs in seeds.items() if len(accs) > 1)
+        if bad:
+            counts: Counter[float] = Counter()
+            for s in bad:
+                counts.update(seeds[s])
+            mixed.append({"experiment": experiment, "config": label, "seeds": bad,
+                          "theta0_acc": {f"{acc:.6g}": n for acc, n in sorted(counts.items())}})
+    return mixed
 
 
 def label_groups(groups: Sequence[Group]) -> None:

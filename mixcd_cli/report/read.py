@@ -46,6 +46,7 @@ def values_of(result: RunResult | EvalResult) -> dict[str, float | None]:
     by_class = [v for v in ((cats.cd_rate_by_class if cats else None) or {}).values() if v is not None]
     signal = result.signal
     return {
+        "pre_acc0": result.retention.pre_acc0,
         "pre_acc": result.retention.pre_acc, "forgetting": result.retention.forgetting,
         "ft_acc": result.retention.ft_acc, **_sequence_values(result),
         "hit_rate": signal.hit_rate, "signal_rate": signal.signal_rate,
