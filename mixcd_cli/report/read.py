@@ -163,6 +163,9 @@ def _tabled_runs(path: Path, stage: str, beside: Iterable[Run]) -> list[Run]:
             if r.experiment not in constant:
                 full = _report_settings(path.parent / "report.json", r.experiment)
                 full = dict(experiment_settings(r.experiment)) if full is None else full
+                # a report.json older than a setting lacks it, as an older run's config.yaml does
+                full.update({k: json.dumps(v, sort_keys=True) for k, v in introduced_missing(full).items()
+                             if key_kind(k) == "setting"})
                 constant[r.experiment] = {k: v for k, v in full.items() if k not in recorded}
             r = replace(r, settings=tuple(sorted({**constant[r.experiment], **dict(r.settings)}.items())))
         done.append(r)
@@ -256,12 +259,10 @@ def run_settings(cfg_path: Path) -> tuple[Settings, Settings]:
         cfg = {}
     settings, options = [], []
     flat = flatten(cfg if isinstance(cfg, dict) else {})
-    missing = {k: v for k, v in INTRODUCED.items() if not any(f == k or f.startswith(k + ".") for f in flat)}
-    for key, value in {**missing, **flat}.items():
-        if any(key == k or key.startswith(k + ".") for k in NOT_GROUPING) or key in OWN_COLUMNS:
-            continue
-        item = (key, json.dumps(value, sort_keys=True))
-        (options if key.startswith("sampler.") or key in VARIANT_KEYS else settings).append(item)
+    for key, value in {**introduced_missing(flat), **flat}.items():
+        kind = key_kind(key)
+        if kind is not None:
+            (options if kind == "option" else settings).append((key, json.dumps(value, sort_keys=True)))
     # A run made before an option existed ran as its default does: group it with today's default runs.
     name = cfg.get("sampler", {}).get("name") if isinstance(cfg, dict) and isinstance(cfg.get("sampler"), dict) \
         else None
@@ -270,6 +271,20 @@ def run_settings(cfg_path: Path) -> tuple[Settings, Settings]:
         options += [(f"sampler.{k}", json.dumps(v, sort_keys=True)) for k, v in SAMPLERS.spec(name).defaults().items()
                     if f"sampler.{k}" not in have]
     return tuple(sorted(settings)), tuple(sorted(options))
+
+
+def introduced_missing(keys: Iterable[str]) -> dict[str, Any]:
+    """The keys added since older runs were made that ``keys`` lacks, at the value those runs ran as."""
+    keys = list(keys)
+    return {k: v for k, v in INTRODUCED.items() if not any(f == k or f.startswith(k + ".") for f in keys)}
+
+
+def key_kind(key: str) -> str | None:
+    """What a configuration key is to the report: a ``setting`` (splits groups), a sampler ``option`` (names a
+    variant), or None (cannot change what a run measures, or is a column of its own)."""
+    if any(key == k or key.startswith(k + ".") for k in NOT_GROUPING) or key in OWN_COLUMNS:
+        return None
+    return "option" if key.startswith("sampler.") or key in VARIANT_KEYS else "setting"
 
 
 def stage_of(cfg_path: Path) -> str | None:
