@@ -593,7 +593,7 @@ def test_a_report_of_old_format_run_folders_equals_todays(case: str, tmp_path: P
     pairs), the gap to random at the same budget was added, and the budget's unit (rows, or tokens for
     generation runs) was named, the probes (prior.probe, finetune.probe) joined the settings a run made before
     them is read with, and θ0's accuracy (pre_acc0) joined runs.csv with the check that runs of one seed share a
-    θ0 (theta0_mixed) ($OLD = this checkout).
+    θ0 (theta0_mixed), with the report's stage and whether its settings are complete ($OLD = this checkout).
 
     To make them again (the report code to compare against checked out in $OLD, e.g. `git worktree add $OLD
     6fd8f33`, and this repository's tests on the path)::

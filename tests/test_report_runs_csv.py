@@ -49,6 +49,18 @@ def _new_sweep(root: Path, seeds: range = range(1, 6)) -> None:
         _with(root / f"b{s}", "model:\n  norm: batch\n")
 
 
+def _drop_column(path: Path, column: str) -> None:
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert column in rows[0]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, [k for k in rows[0] if k != column])
+        w.writeheader()
+        w.writerows({k: v for k, v in r.items() if k != column} for r in rows)
+
+
 def _folds(summary: dict) -> dict[tuple[str, str], tuple]:
     return {(e["sampler"], e["config"]):
             (e["fold"], e["budget"], e["gap_to_random"], e["fold_interval"]["lo"], e["fold_interval"]["hi"])
@@ -66,12 +78,16 @@ def test_a_runs_csv_beside_new_folders_reads_as_its_run_folders_would(tmp_path: 
     assert "setting:" not in header  # the case that needs completing
     _new_sweep(tmp_path / "new")
 
-    # a report.json written before the probes existed lacks them, as the committed ones do
+    # a report.json written before the probes existed lacks them, as the committed ones do, and one written before
+    # snapshot.source named a variant keeps it among the settings (results/text_topics); a runs.csv written before
+    # a sampler option was declared lacks its column
     report_json = tmp_path / "committed" / "report.json"
     summary = json.loads(report_json.read_text())
     for g in summary["groups"]:
         g["settings"] = {k: v for k, v in g["settings"].items() if ".probe" not in k}
+        g["settings"]["snapshot.source"] = '"pass"'
     report_json.write_text(json.dumps(summary))
+    _drop_column(tmp_path / "committed" / "runs.csv", "option:sampler.estimate")
 
     from_folders = run_report([tmp_path / "new", tmp_path / "ref"], tmp_path / "a", plots=False)
     from_csv = run_report([tmp_path / "new", tmp_path / "committed" / "runs.csv"], tmp_path / "b", plots=False)
@@ -100,9 +116,11 @@ def test_a_runs_csv_alone_gives_its_report_back(tmp_path: Path) -> None:
 
 
 def test_a_folder_run_replaces_the_runs_csv_row_of_its_seed(tmp_path: Path) -> None:
-    """A run made again (a folder) counts instead of the committed row of the same group and seed."""
+    """A run made again (a folder) counts instead of the committed row of the same group and seed, also where
+    the runs.csv was written before a sampler option was declared (its rows ran as the option's default)."""
     _reference(tmp_path / "ref")
     run_report([tmp_path / "ref"], tmp_path / "committed", plots=False)
+    _drop_column(tmp_path / "committed" / "runs.csv", "option:sampler.estimate")
     fake_run(tmp_path / "new" / "m1", "mixcd", 0.25, 1, 0.99, rehearsal=100, compute=fake_compute(100, snapshot=POOL))
     _with(tmp_path / "new" / "m1", "model:\n  norm: group\n")
     summary = run_report([tmp_path / "committed" / "runs.csv", tmp_path / "new"], tmp_path / "b", plots=False)
@@ -148,7 +166,7 @@ def test_settings_of_an_experiment_that_cannot_be_composed_are_refused(tmp_path:
 @pytest.mark.parametrize(("first", "options", "says"), [
     ("csv", [], "--out is needed when the first PATH is a file"),
     ("txt", ["--out", "OUT"], "is a file, not a folder of runs nor a runs.csv"),
-    ("csv", ["--out", "OUT", "--stage", "eval"], "a runs.csv holds train runs"),
+    ("csv", ["--out", "OUT", "--stage", "eval"], "a runs.csv is read as train runs; --stage eval reads run folders"),
 ])
 def test_a_runs_csv_misused_is_one_line_and_writes_nothing(first: str, options: list[str], says: str,
                                                            tmp_path: Path) -> None:
@@ -197,6 +215,53 @@ def test_runs_of_one_seed_from_different_theta0_are_named(tmp_path: Path) -> Non
         m.write_text(m.read_text().replace('"pre_acc0": 0.9', '"pre_acc0": 0.91'))
     mixed = run_report([tmp_path / "new", tmp_path / "committed" / "runs.csv"], tmp_path / "mixed", plots=False)
     (entry,) = mixed["theta0_mixed"]  # norm=batch has no committed runs: its θ0 is not mixed
-    assert entry["seeds"] == [1, 2, 3, 4, 5] and entry["theta0_acc"] == {"0.9": 25, "0.91": 5}
+    assert entry["seeds"] == [1, 2, 3, 4, 5]
+    assert entry["theta0_acc"] == {str(s): {"0.9": 5, "0.91": 1} for s in range(1, 6)}
     md = (tmp_path / "mixed" / "report.md").read_text()
-    assert "90.00% in 25 run(s), 91.00% in 5 run(s)" in md
+    assert "seed 1: 90.00% in 5 run(s), 91.00% in 1 run(s); seed 2:" in md
+    # a runs.csv written before pre_acc0 was a column: θ0's accuracy is pre_acc + forgetting
+    _drop_column(tmp_path / "committed" / "runs.csv", "pre_acc0")
+    again = run_report([tmp_path / "new", tmp_path / "committed" / "runs.csv"], tmp_path / "again", plots=False)
+    assert again["theta0_mixed"] == mixed["theta0_mixed"]
+
+
+def test_a_report_of_rows_whose_settings_were_not_known_is_not_trusted_to_complete_others(tmp_path: Path) -> None:
+    """A runs.csv read alone with no report.json beside it keeps only the settings it records; the report made
+    from it says so (settings_complete false), and its own report.json is then no source of settings: set beside
+    run folders, the rows need the experiment composed (here impossible: refused)."""
+    _reference(tmp_path / "ref", seeds=range(1, 2))
+    run_report([tmp_path / "ref"], tmp_path / "committed", plots=False)
+    (tmp_path / "committed" / "report.json").unlink()
+    alone = run_report([tmp_path / "committed" / "runs.csv"], tmp_path / "second", plots=False)
+    assert alone["settings_complete"] is False and alone["stage"] == "train"
+    assert all(g["settings"] == {} for g in alone["groups"])
+    _new_sweep(tmp_path / "new", seeds=range(1, 2))
+    with pytest.raises(MixcdError, match="cannot compose experiment=exp"):
+        collect([tmp_path / "new", tmp_path / "second" / "runs.csv"])
+
+
+@pytest.mark.parametrize(("damage", "says"), [
+    ("nan", "not a row of a mixcd runs.csv ('nan' is not a finite number)"),
+    ("bytes", "cannot read"),
+    ("eval", "a runs.csv is read as train runs, and this one holds eval runs"),
+])
+def test_a_bad_runs_csv_is_one_line(damage: str, says: str, tmp_path: Path) -> None:
+    _reference(tmp_path / "ref", seeds=range(1, 2))
+    run_report([tmp_path / "ref"], tmp_path / "committed", plots=False)
+    path = tmp_path / "committed" / "runs.csv"
+    if damage == "nan":
+        lines = path.read_text().splitlines()
+        head = lines[0].split(",")
+        row = lines[1].split(",")
+        row[head.index("pre_acc")] = "nan"
+        path.write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
+    elif damage == "bytes":
+        path.write_bytes(path.read_bytes() + b"\xff\xfe\n")
+    else:
+        report = json.loads((path.parent / "report.json").read_text())
+        (path.parent / "report.json").write_text(json.dumps({**report, "stage": "eval"}))
+    proc = subprocess.run([sys.executable, "-m", "mixcd_cli.cli", "report", str(path), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and says in lines[0] and "Traceback" not in proc.stderr

@@ -83,6 +83,10 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
         pngs = _plots(groups, vs, out, key, unit) if plots else []
         summary = summary_of(runs, groups, eq, vs, skipped, pngs, budget, amortize, unit)
         summary["theta0_mixed"] = mixed
+        # what a runs.csv of this report can be completed from (read.py): its stage, and whether every row's
+        # settings were known
+        summary["stage"] = stage
+        summary["settings_complete"] = all(r.complete for r in runs)
         write_json(summary, out / "report.json")
         if html:
             title = f"mixcd report: {len(runs)} {stage} runs, {len(groups)} groups"
@@ -95,9 +99,10 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
 
 
 def _theta0_text(m: dict[str, Any]) -> str:
-    accs = ", ".join(f"{100 * float(a):.2f}% in {n} run(s)" for a, n in m["theta0_acc"].items())
+    seeds = "; ".join(f"seed {s}: " + ", ".join(f"{100 * float(a):.2f}% in {n} run(s)" for a, n in accs.items())
+                      for s, accs in m["theta0_acc"].items())
     return (f"{m['experiment']}{' (' + m['config'] + ')' if m['config'] else ''}: runs of the same seed start from "
-            f"different θ0 (prior-test accuracy before fine-tuning {accs}), pretrained on another machine, with "
+            f"different θ0 (prior-test accuracy before fine-tuning, {seeds}), pretrained on another machine, with "
             "another thread count or by other code; differences between them mix θ0s with samplers")
 
 

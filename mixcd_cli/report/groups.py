@@ -46,6 +46,7 @@ class Run:
     options: Settings = ()  # the sampler's own options
     mtime: float = 0.0
     matrix: list[list[float | None]] | None = None  # the accuracy matrix of a multi-stage run
+    complete: bool = True  # False: a runs.csv row whose unrecorded settings could not be known
 
 
 @dataclass
@@ -127,7 +128,7 @@ def mixed_theta0(groups: Sequence[Group]) -> list[dict[str, Any]]:
     """Where runs that should start from one θ0 do not: the same experiment, settings and seed, and θ0's accuracy
     differs (to 1e-6: a test set's accuracy, not rounding). Runs made on another machine, with another thread
     count or by other code can pretrain another θ0 from the same seed; set side by side, their differences mix
-    θ0s with samplers. One entry per experiment and settings: each accuracy with its count of runs."""
+    θ0s with samplers. One entry per experiment and settings: each such seed's accuracies with their run counts."""
     found: dict[tuple[str, str, Settings], dict[int, Counter[float]]] = {}
     for g in groups:
         for r in g.runs:
@@ -137,13 +138,11 @@ def mixed_theta0(groups: Sequence[Group]) -> list[dict[str, Any]]:
                     round(acc, 6)] += 1
     mixed = []
     for (experiment, label, _), seeds in found.items():
-        bad = sorted(s for s, accs in seeds.items() if len(accs) > 1)
+        bad = {s: accs for s, accs in sorted(seeds.items()) if len(accs) > 1}
         if bad:
-            counts: Counter[float] = Counter()
-            for s in bad:
-                counts.update(seeds[s])
-            mixed.append({"experiment": experiment, "config": label, "seeds": bad,
-                          "theta0_acc": {f"{acc:.6g}": n for acc, n in sorted(counts.items())}})
+            mixed.append({"experiment": experiment, "config": label, "seeds": list(bad),
+                          "theta0_acc": {str(s): {f"{acc:.6g}": n for acc, n in sorted(accs.items())}
+                                         for s, accs in bad.items()}})
     return mixed
 
 

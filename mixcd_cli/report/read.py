@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..console import note
 from ..errors import MixcdError
 from ..generation.objectives import GENERATION_KINDS as TOKEN_KINDS
 from ..metrics import PURPOSES
@@ -141,47 +142,92 @@ def collect(paths: Iterable[Path], stage: str = "train") -> tuple[list[Run], lis
 
 
 def _tabled_runs(path: Path, stage: str, beside: Iterable[Run]) -> list[Run]:
-    """The runs of a runs.csv, named by where they came from (``results/fmnist/runs.csv:rehearsal/3``), with
-    every setting a run folder's config.yaml would give them when they are set ``beside`` run folders of the same
-    experiment.
+    """The runs of a runs.csv, named by where they came from (``results/fmnist/runs.csv:rehearsal/3``), with the
+    settings and sampler options a run folder's config.yaml would give them.
 
     A runs.csv records only the settings that differed between its own runs; the rest were the same for all of
-    them. Beside run folders, whose settings are complete, a row would match none of them, so the unrecorded
-    settings are taken from the report.json written with the runs.csv (each group's full settings), or, without
-    one, from the experiment as this checkout composes it (what `mixcd train experiment=NAME` runs)."""
+    them. They are taken from the report.json written with the runs.csv (each group's full settings), or, where
+    there is none and the rows are set ``beside`` run folders of the same experiment (whose settings are
+    complete: a row would match none of them), from the experiment as this checkout composes it (what `mixcd
+    train experiment=NAME` runs), with a note. Keys added since, and sampler options declared since, take the
+    value older runs ran as, as for an older run folder. Rows left incomplete (no report.json, alone) are marked
+    so, and the report written from them says its settings are incomplete."""
     if path.suffix != ".csv":
         raise MixcdError(f"{path} is a file, not a folder of runs nor a runs.csv")
-    if stage != "train":
-        raise MixcdError(f"{path}: a runs.csv holds train runs; --stage {stage} reads run folders only")
-    runs = [replace(r, path=Path(f"{path}:{r.path}")) for r in read_runs_csv(path)]
-    experiments = {r.experiment for r in beside}
+    report = _report_json(path.parent / "report.json")
+    made_by = report.get("stage", "train") if report is not None else "train"
+    if made_by != "train" or stage != "train":
+        raise MixcdError(f"{path}: a runs.csv is read as train runs"
+                         + (f", and this one holds {made_by} runs" if made_by != "train" else
+                            f"; --stage {stage} reads run folders only"))
     recorded = recorded_settings(path)
-    constant: dict[str, dict[str, str]] = {}
+    folder_experiments = {r.experiment for r in beside}
+    common: dict[str, dict[str, str] | None] = {}
     done = []
-    for r in runs:
-        if r.experiment in experiments:
-            if r.experiment not in constant:
-                full = _report_settings(path.parent / "report.json", r.experiment)
-                full = dict(experiment_settings(r.experiment)) if full is None else full
-                # a report.json older than a setting lacks it, as an older run's config.yaml does
-                full.update({k: json.dumps(v, sort_keys=True) for k, v in introduced_missing(full).items()
-                             if key_kind(k) == "setting"})
-                constant[r.experiment] = {k: v for k, v in full.items() if k not in recorded}
-            r = replace(r, settings=tuple(sorted({**constant[r.experiment], **dict(r.settings)}.items())))
-        done.append(r)
+    for r in read_runs_csv(path):
+        if r.experiment not in common:
+            common[r.experiment] = _common_settings(path, report, r.experiment, recorded,
+                                                    needed=r.experiment in folder_experiments)
+        shared = common[r.experiment]
+        r = replace(r, path=Path(f"{path}:{r.path}"))
+        done.append(replace(r, complete=False) if shared is None else _completed(r, shared))
     return done
 
 
-def _report_settings(report_json: Path, experiment: str) -> dict[str, str] | None:
-    """The settings of a group of ``experiment`` in a report.json (None: no such file, or no such group)."""
+def _report_json(path: Path) -> dict[str, Any] | None:
+    """A report.json's content (None: no such file, or not a report's)."""
     try:
-        groups = json.loads(report_json.read_text()).get("groups", [])
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def _common_settings(path: Path, report: dict[str, Any] | None, experiment: str, recorded: set[str],
+                     needed: bool) -> dict[str, str] | None:
+    """The settings the rows of ``experiment`` in the runs.csv at ``path`` share and do not record (None: not
+    known, and not ``needed``)."""
+    full = _report_settings(report, experiment)
+    if full is None:
+        if not needed:
+            return None
+        full = dict(experiment_settings(experiment))
+        note(f"{path}: no complete report.json beside it names the settings its rows share; they are read as "
+             f"experiment={experiment} as this checkout composes it")
+    return {k: v for k, v in full.items() if k not in recorded}
+
+
+def _report_settings(report: dict[str, Any] | None, experiment: str) -> dict[str, str] | None:
+    """The settings of a group of ``experiment`` in a report.json (None: no report, no such group, or a report
+    made from runs.csv rows whose settings it could not complete)."""
+    if report is None or report.get("settings_complete") is False:
+        return None
+    groups = report.get("groups", [])
     for g in groups if isinstance(groups, list) else []:
         if isinstance(g, dict) and g.get("experiment") == experiment and isinstance(g.get("settings"), dict):
             return {str(k): str(v) for k, v in g["settings"].items()}
     return None
+
+
+def _completed(run: Run, shared: dict[str, str]) -> Run:
+    """A runs.csv row with the settings and options a run folder's config.yaml gives today: the ones it shares,
+    each key classed as the report classes it now (a report.json older than a key's class keeps it elsewhere), and
+    keys and sampler options added since at the value older runs ran as."""
+    settings, options = {**shared, **dict(run.settings)}, dict(run.options)
+    for key in list(settings):
+        kind = key_kind(key)
+        if kind != "setting":
+            value = settings.pop(key)
+            if kind == "option":
+                options.setdefault(key, value)
+    for key, value in introduced_missing([*settings, *options]).items():
+        kind = key_kind(key)
+        if kind is not None:
+            (settings if kind == "setting" else options).setdefault(key, json.dumps(value, sort_keys=True))
+    if run.sampler in SAMPLERS:
+        for key, value in SAMPLERS.spec(run.sampler).defaults().items():
+            options.setdefault(f"sampler.{key}", json.dumps(value, sort_keys=True))
+    return replace(run, settings=tuple(sorted(settings.items())), options=tuple(sorted(options.items())))
 
 
 def experiment_settings(experiment: str) -> Settings:

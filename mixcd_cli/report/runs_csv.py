@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,8 @@ def read_runs_csv(path: Path) -> list[Run]:
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-    except OSError as exc:
-        raise MixcdError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise MixcdError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
     runs = []
     for i, row in enumerate(rows, start=2):
         try:
@@ -90,16 +91,22 @@ def recorded_settings(path: Path) -> set[str]:
     try:
         with open(path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
-    except OSError as exc:
-        raise MixcdError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise MixcdError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
     return {k.removeprefix(SETTING) for k in header if k.startswith(SETTING)}
 
 
 def _value(text: str) -> float | None:
-    """A metric as written: an integer count reads back as one, so a runs.csv written again is the same file."""
+    """A metric as written: an integer count reads back as one, so a runs.csv written again is the same file; a
+    missing value is empty (never nan or inf, which would poison every mean they join)."""
     if text == "":
         return None
-    return int(text) if text.lstrip("-").isdigit() else float(text)
+    if re.fullmatch(r"-?[0-9]+", text):
+        return int(text)
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
 
 
 def _run_of(row: dict[str, str]) -> Run:
