@@ -180,10 +180,11 @@ def report(paths: list[Path] = typer.Argument(..., help="Run folders or folders 
     """Compare runs: mean ± std over seeds by whole configuration; random-equivalent budgets on the total or the
     rehearsal axis with labelled intervals; CSV (a row per group, and runs.csv: a row per run), Markdown and
     plots (and --html: one page to share)."""
+    from .hydra_app import experiment_settings
     from .report import run_report
 
     run_report(paths, out, stage=stage.value, plots=plots, samplers=sampler or None, html=html, budget=budget,
-               amortize=amortize)
+               amortize=amortize, compose=experiment_settings)
 
 
 @app.command("config")

@@ -267,6 +267,27 @@ def compose(stage: str, overrides: list[str]) -> Any:
             raise _explain_compose_error(exc, base) from exc
 
 
+def experiment_settings(experiment: str) -> tuple[tuple[str, str], ...]:
+    """The settings (as the report reads a run folder's) of a train run of ``experiment`` as this checkout composes
+    it: what a committed runs.csv's rows share and do not record, where no report.json says it."""
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from .report.read import run_settings
+
+    try:
+        text = OmegaConf.to_yaml(compose("train", [f"experiment={experiment}"]), resolve=True)
+    except Exception as exc:  # an experiment this checkout does not have: its settings cannot be known
+        raise MixcdError(f"a runs.csv of experiment '{experiment}' is set beside run folders of it, and this "
+                         f"checkout cannot compose experiment={experiment} to know the settings the runs.csv "
+                         f"leaves out ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg_path = Path(tmp) / "config.yaml"
+        cfg_path.write_text(text)
+        return run_settings(cfg_path)[0]
+
+
 def validate(stage: str, overrides: list[str], multirun: bool) -> tuple[Any, list[str], list[tuple[str, Any]]]:
     """Everything that can be checked before running without reading a file: overrides, composition, value ranges,
     output folders. → the config (a sweep at its first values), its overrides, and each other value of a sweep as

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from test_report import fake_compute, fake_run
 
 from mixcd_cli.errors import MixcdError
-from mixcd_cli.hydra_app import compose
+from mixcd_cli.hydra_app import compose, experiment_settings
 from mixcd_cli.report import run_report
 from mixcd_cli.report.read import collect
 
@@ -148,7 +148,7 @@ def test_without_a_report_json_the_settings_come_from_the_experiment_as_composed
     (tmp_path / "ref" / "r2" / "metrics.json").write_text(
         (tmp_path / "ref" / "r2" / "metrics.json").read_text().replace('"exp"', '"fmnist"'))
     (tmp_path / "ref" / "r1" / "metrics.json").unlink()  # only r2 stays a folder
-    runs, _ = collect([tmp_path / "committed" / "runs.csv", tmp_path / "ref"])
+    runs, _ = collect([tmp_path / "committed" / "runs.csv", tmp_path / "ref"], compose=experiment_settings)
     by_ratio = {r.mix_ratio: r for r in runs if r.sampler == "random" and r.path.name != "r2"}
     folder = next(r for r in runs if r.path.name == "r2")
     assert by_ratio[0.25].settings == folder.settings
@@ -160,6 +160,8 @@ def test_settings_of_an_experiment_that_cannot_be_composed_are_refused(tmp_path:
     (tmp_path / "committed" / "report.json").unlink()
     _new_sweep(tmp_path / "new", seeds=range(1, 2))
     with pytest.raises(MixcdError, match="cannot compose experiment=exp"):
+        collect([tmp_path / "new", tmp_path / "committed" / "runs.csv"], compose=experiment_settings)
+    with pytest.raises(MixcdError, match="no complete report.json beside it"):  # the library, with no composer
         collect([tmp_path / "new", tmp_path / "committed" / "runs.csv"])
 
 
@@ -237,7 +239,7 @@ def test_a_report_of_rows_whose_settings_were_not_known_is_not_trusted_to_comple
     assert all(g["settings"] == {} for g in alone["groups"])
     _new_sweep(tmp_path / "new", seeds=range(1, 2))
     with pytest.raises(MixcdError, match="cannot compose experiment=exp"):
-        collect([tmp_path / "new", tmp_path / "second" / "runs.csv"])
+        collect([tmp_path / "new", tmp_path / "second" / "runs.csv"], compose=experiment_settings)
 
 
 @pytest.mark.parametrize(("damage", "says"), [

@@ -18,7 +18,7 @@ from .equivalence import FoldMemo, fold_on, on_both_axes
 from .groups import RETENTION, Group, group_runs, mixed_theta0
 from .html import write_html
 from .plots import heatmaps, plot, plot_against_default
-from .read import collect
+from .read import Composer, collect
 from .render import Section, markdown, print_report, sections, summary_of
 from .runs_csv import RUNS_CSV, write_runs_csv
 from .tables import retention_name, write_csv
@@ -26,18 +26,20 @@ from .tables import retention_name, write_csv
 
 def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "train",
                plots: bool = True, samplers: Sequence[str] | None = None, html: bool = False,
-               budget: str = DEFAULT_AXIS, amortize: int | None = None) -> dict[str, Any]:
+               budget: str = DEFAULT_AXIS, amortize: int | None = None,
+               compose: Composer | None = None) -> dict[str, Any]:
     """Collect, aggregate, print, and write report.csv / runs.csv / report.md / report.json (+ PNGs, and with
     ``html`` report.html: everything on one self-contained page); ``samplers`` keeps only those samplers' runs.
     Folds, the frontier and the budget plot are read on the ``budget`` axis (`axes`), the fold on the other axis
-    beside each; ``amortize`` N spreads θ0's one-time snapshot over N fine-tunings on the total axis."""
+    beside each; ``amortize`` N spreads θ0's one-time snapshot over N fine-tunings on the total axis. ``compose``
+    gives an experiment's settings as composed, for the rows of a runs.csv with no report.json (`collect`)."""
     check_axis(budget, amortize)
     if out is None and Path(paths[0]).is_file():  # the report's own runs.csv would overwrite the one it reads
         raise MixcdError(f"--out is needed when the first PATH is a file ({paths[0]}): name the report's folder")
     # a log or a pipe: do not squeeze the table into 80 columns
     shown = console if console.is_terminal else Console(width=300)
 
-    runs, skipped = collect(paths, stage)
+    runs, skipped = collect(paths, stage, compose)
     if samplers:
         runs = [r for r in runs if r.sampler in samplers]
     if not runs:

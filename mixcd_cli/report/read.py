@@ -8,7 +8,7 @@ measures, so runs that differ in any of them never merge.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,9 @@ from ..samplers import SAMPLERS
 from ..schema import INTRODUCED, flatten
 from .groups import Run, Settings
 from .runs_csv import read_runs_csv, recorded_settings
+
+# an experiment's name → its settings as this checkout composes it (`hydra_app.experiment_settings`)
+Composer = Callable[[str], Settings]
 
 # Config keys (and key prefixes) that cannot change what a run measures: they never split a group.
 # snapshot.source and snapshot.subset change what a sampler reads: they split groups; where the snapshot is kept
@@ -114,9 +117,11 @@ def _sequence_values(result: RunResult | EvalResult) -> dict[str, float | None]:
             "num_stages": 1}
 
 
-def collect(paths: Iterable[Path], stage: str = "train") -> tuple[list[Run], list[tuple[Path, str]]]:
+def collect(paths: Iterable[Path], stage: str = "train", compose: Composer | None = None
+            ) -> tuple[list[Run], list[tuple[Path, str]]]:
     """Every run folder under ``paths`` (any depth), and the rows of any runs.csv among them (a committed
-    report's runs, docs/design.md §6): (runs, skipped with the reason)."""
+    report's runs, docs/design.md §6): (runs, skipped with the reason). ``compose`` gives the settings of an
+    experiment as this checkout composes it (`hydra_app.experiment_settings`), for rows with no report.json."""
     runs: list[Run] = []
     tabled: list[Path] = []
     skipped: list[tuple[Path, str]] = []
@@ -138,10 +143,10 @@ def collect(paths: Iterable[Path], stage: str = "train") -> tuple[list[Run], lis
                 runs.append(read)
             elif read is not None:
                 skipped.append((folder, read))
-    return runs + [r for table in tabled for r in _tabled_runs(table, stage, runs)], skipped
+    return runs + [r for table in tabled for r in _tabled_runs(table, stage, runs, compose)], skipped
 
 
-def _tabled_runs(path: Path, stage: str, beside: Iterable[Run]) -> list[Run]:
+def _tabled_runs(path: Path, stage: str, beside: Iterable[Run], compose: Composer | None) -> list[Run]:
     """The runs of a runs.csv, named by where they came from (``results/fmnist/runs.csv:rehearsal/3``), with the
     settings and sampler options a run folder's config.yaml would give them.
 
@@ -167,7 +172,7 @@ def _tabled_runs(path: Path, stage: str, beside: Iterable[Run]) -> list[Run]:
     for r in read_runs_csv(path):
         if r.experiment not in common:
             common[r.experiment] = _common_settings(path, report, r.experiment, recorded,
-                                                    needed=r.experiment in folder_experiments)
+                                                    r.experiment in folder_experiments, compose)
         shared = common[r.experiment]
         r = replace(r, path=Path(f"{path}:{r.path}"))
         done.append(replace(r, complete=False) if shared is None else _completed(r, shared))
@@ -184,14 +189,17 @@ def _report_json(path: Path) -> dict[str, Any] | None:
 
 
 def _common_settings(path: Path, report: dict[str, Any] | None, experiment: str, recorded: set[str],
-                     needed: bool) -> dict[str, str] | None:
+                     needed: bool, compose: Composer | None) -> dict[str, str] | None:
     """The settings the rows of ``experiment`` in the runs.csv at ``path`` share and do not record (None: not
     known, and not ``needed``)."""
     full = _report_settings(report, experiment)
     if full is None:
         if not needed:
             return None
-        full = dict(experiment_settings(experiment))
+        if compose is None:
+            raise MixcdError(f"{path}: no complete report.json beside it names the settings its rows of experiment "
+                             f"'{experiment}' share, to set them beside run folders of it")
+        full = dict(compose(experiment))
         note(f"{path}: no complete report.json beside it names the settings its rows share; they are read as "
              f"experiment={experiment} as this checkout composes it")
     return {k: v for k, v in full.items() if k not in recorded}
@@ -228,27 +236,6 @@ def _completed(run: Run, shared: dict[str, str]) -> Run:
         for key, value in SAMPLERS.spec(run.sampler).defaults().items():
             options.setdefault(f"sampler.{key}", json.dumps(value, sort_keys=True))
     return replace(run, settings=tuple(sorted(settings.items())), options=tuple(sorted(options.items())))
-
-
-def experiment_settings(experiment: str) -> Settings:
-    """The settings (as `run_settings` reads them) of a train run of ``experiment`` as this checkout composes it."""
-    import tempfile
-
-    from omegaconf import OmegaConf
-
-    from ..hydra_app import compose
-
-    try:
-        cfg = compose("train", [f"experiment={experiment}"])
-        text = OmegaConf.to_yaml(cfg, resolve=True)
-    except Exception as exc:  # an experiment this checkout does not have: its settings cannot be known
-        raise MixcdError(f"a runs.csv of experiment '{experiment}' is set beside run folders of it, and this "
-                         f"checkout cannot compose experiment={experiment} to know the settings the runs.csv "
-                         f"leaves out ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg_path = Path(tmp) / "config.yaml"
-        cfg_path.write_text(text)
-        return run_settings(cfg_path)[0]
 
 
 def read_run(folder: Path, stage: str) -> Run | str | None:
