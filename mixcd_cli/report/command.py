@@ -52,29 +52,11 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
     memo: FoldMemo = {}
     eq = on_both_axes(groups, budget, memo)
     vs = compare.against_default(groups, lambda g, seeds: fold_on(groups, g, seeds, memo, key), RETENTION)
-    out = Path(out) if out else Path(paths[0])
-    check_out(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise write_error(out, exc, OUT_KEY) from exc
+    out = _report_folder(Path(out) if out else Path(paths[0]))
 
     print_report(shown, runs, groups, eq, vs, budget)
-    if without_compute:
-        note(f"{without_compute} run(s) have no compute recorded (made before mixcd counted it): the total axis "
-             "leaves them out of the folds and the frontier" + ("; --budget rehearsal reads them" if budget == "total"
-                                                                 else ""))
-    if skipped:  # one line, however many folders: the list is in report.md and report.json
-        failed = sum(why.startswith("failed:") for _, why in skipped)
-        note(f"{len(skipped)} run folder(s) left out ({failed} failed with error.txt, {len(skipped) - failed} "
-             f"unfinished or unreadable); see {out / 'report.md'}")
     mixed = mixed_theta0(groups)
-    for m in mixed:
-        note(_theta0_text(m))
-    duplicates = sum(g.duplicates for g in groups)
-    if duplicates:
-        note(f"{duplicates} run(s) repeat a seed already in their group and count once")
-
+    _remarks(groups, skipped, without_compute, mixed, budget, out)
     parts = sections(groups, eq, skipped, vs, budget, amortize, unit)
     if mixed:
         parts.append(Section(["Runs that should share a θ0 and do not:"], items=[_theta0_text(m) for m in mixed]))
@@ -98,6 +80,34 @@ def run_report(paths: Sequence[Path], out: Path | None = None, stage: str = "tra
     shown.print(f"wrote {out / 'report.csv'}, {RUNS_CSV}, report.md, report.json" + (", report.html" if html else "")
                 + (f" and {len(pngs)} plots" if pngs else ""), highlight=False, soft_wrap=True)
     return summary
+
+
+def _report_folder(out: Path) -> Path:
+    """``out``, made, after checking that it can be written: one line and nothing written if not."""
+    check_out(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc, OUT_KEY) from exc
+    return out
+
+
+def _remarks(groups: Sequence[Group], skipped: Sequence[tuple[Path, str]], without_compute: int,
+             mixed: Sequence[dict[str, Any]], budget: str, out: Path) -> None:
+    """The notes on stderr after the tables: runs with no compute, left out, from different θ0s, repeated."""
+    if without_compute:
+        note(f"{without_compute} run(s) have no compute recorded (made before mixcd counted it): the total axis "
+             "leaves them out of the folds and the frontier" + ("; --budget rehearsal reads them" if budget == "total"
+                                                                 else ""))
+    if skipped:  # one line, however many folders: the list is in report.md and report.json
+        failed = sum(why.startswith("failed:") for _, why in skipped)
+        note(f"{len(skipped)} run folder(s) left out ({failed} failed with error.txt, {len(skipped) - failed} "
+             f"unfinished or unreadable); see {out / 'report.md'}")
+    for m in mixed:
+        note(_theta0_text(m))
+    duplicates = sum(g.duplicates for g in groups)
+    if duplicates:
+        note(f"{duplicates} run(s) repeat a seed already in their group and count once")
 
 
 def _theta0_text(m: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from ..results import REQUIRED, EvalResult, RunResult, result_from_dict
 from ..samplers import SAMPLERS
 from ..schema import INTRODUCED, flatten
 from .groups import Run, Settings
-from .runs_csv import read_runs_csv, recorded_settings
+from .runs_csv import read_runs_table
 
 # an experiment's name → its settings as this checkout composes it (`hydra_app.experiment_settings`)
 Composer = Callable[[str], Settings]
@@ -165,11 +165,11 @@ def _tabled_runs(path: Path, stage: str, beside: Iterable[Run], compose: Compose
         raise MixcdError(f"{path}: a runs.csv is read as train runs"
                          + (f", and this one holds {made_by} runs" if made_by != "train" else
                             f"; --stage {stage} reads run folders only"))
-    recorded = recorded_settings(path)
+    rows, recorded = read_runs_table(path)
     folder_experiments = {r.experiment for r in beside}
     common: dict[str, dict[str, str] | None] = {}
     done = []
-    for r in read_runs_csv(path):
+    for r in rows:
         if r.experiment not in common:
             common[r.experiment] = _common_settings(path, report, r.experiment, recorded,
                                                     r.experiment in folder_experiments, compose)
@@ -232,9 +232,7 @@ def _completed(run: Run, shared: dict[str, str]) -> Run:
         kind = key_kind(key)
         if kind is not None:
             (settings if kind == "setting" else options).setdefault(key, json.dumps(value, sort_keys=True))
-    if run.sampler in SAMPLERS:
-        for key, value in SAMPLERS.spec(run.sampler).defaults().items():
-            options.setdefault(f"sampler.{key}", json.dumps(value, sort_keys=True))
+    options = {**declared_defaults(run.sampler), **options}
     return replace(run, settings=tuple(sorted(settings.items())), options=tuple(sorted(options.items())))
 
 
@@ -296,14 +294,17 @@ def run_settings(cfg_path: Path) -> tuple[Settings, Settings]:
         kind = key_kind(key)
         if kind is not None:
             (options if kind == "option" else settings).append((key, json.dumps(value, sort_keys=True)))
-    # A run made before an option existed ran as its default does: group it with today's default runs.
     name = cfg.get("sampler", {}).get("name") if isinstance(cfg, dict) and isinstance(cfg.get("sampler"), dict) \
         else None
-    if name in SAMPLERS:
-        have = {k for k, _ in options}
-        options += [(f"sampler.{k}", json.dumps(v, sort_keys=True)) for k, v in SAMPLERS.spec(name).defaults().items()
-                    if f"sampler.{k}" not in have]
-    return tuple(sorted(settings)), tuple(sorted(options))
+    return tuple(sorted(settings)), tuple(sorted({**declared_defaults(name), **dict(options)}.items()))
+
+
+def declared_defaults(sampler: Any) -> dict[str, str]:
+    """The declared default of every option of ``sampler`` as (key, JSON) (none for an unknown one): a run made
+    before an option existed ran as its default does, so it groups with today's default runs."""
+    if sampler not in SAMPLERS:
+        return {}
+    return {f"sampler.{k}": json.dumps(v, sort_keys=True) for k, v in SAMPLERS.spec(sampler).defaults().items()}
 
 
 def introduced_missing(keys: Iterable[str]) -> dict[str, Any]:

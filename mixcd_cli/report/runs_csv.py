@@ -71,10 +71,18 @@ def _varying(all_settings: Sequence[tuple[tuple[str, str], ...]]) -> list[str]:
 
 def read_runs_csv(path: Path) -> list[Run]:
     """The runs a runs.csv holds, as the report groups them (settings and options as (key, JSON) pairs)."""
+    return read_runs_table(path)[0]
+
+
+def read_runs_table(path: Path) -> tuple[list[Run], set[str]]:
+    """(the runs a runs.csv holds, the settings it records): a runs.csv records the settings that differed between
+    its runs; the rest were common to all of them."""
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise MixcdError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
     runs = []
@@ -83,17 +91,7 @@ def read_runs_csv(path: Path) -> list[Run]:
             runs.append(_run_of(row))
         except (KeyError, ValueError, json.JSONDecodeError) as exc:
             raise MixcdError(f"{path}, line {i}: not a row of a mixcd runs.csv ({exc})") from exc
-    return runs
-
-
-def recorded_settings(path: Path) -> set[str]:
-    """The settings a runs.csv records (those that differed between its runs); the rest were common to all."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise MixcdError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
-    return {k.removeprefix(SETTING) for k in header if k.startswith(SETTING)}
+    return runs, {k.removeprefix(SETTING) for k in header if k.startswith(SETTING)}
 
 
 def _value(text: str) -> float | None:
