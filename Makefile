@@ -148,12 +148,12 @@ reproduce-text-quick: install ## small version: none, random, mixcd, oracle_cd a
 		RATIOS=0.0625,0.25 SEEDS=1 OUT=$(REPRO)/text_topics-quick/latest-report
 
 # Which mix-cd settings find the text task's damage: one knob at a time beside the newest `make reproduce-text`
-# (its none / random / default-mixcd runs are the reference), the two free-signal rivals, r = 1/16 and 1/8.
+# (its none / random / default-mixcd runs are the reference; reference runs of its own where none ran here), the two free-signal rivals, r = 1/16 and 1/8.
 TEXT_RUNS ?= $(lastword $(sort $(wildcard $(REPRO)/text_topics/2*)))
 .PHONY: ablate-text
-ablate-text: install ## mix-cd's partitions and variants on the text task → results/ablate_text (~7 min; after reproduce-text)
-	$(MAKE) --no-print-directory _ablate NAME=ablate_text EXP=text_topics RATIOS=0.0625,0.125 ABLATE_SEEDS=1,2,3,4,5 \
-		BASE="$(TEXT_RUNS)" BASE_TARGET=reproduce-text OUT=$(CURDIR)/results/ablate_text \
+ablate-text: install ## mix-cd's partitions and variants on the text task → results/ablate_text (~7 min; with its own reference where no reproduce-text ran here)
+	$(MAKE) --no-print-directory _ablate NAME=ablate_text EXP=text_topics RATIOS=0.0625,0.125 \
+		BASE="$(TEXT_RUNS)" REF_RATIOS=$(TEXT_RATIOS) OUT=$(CURDIR)/results/ablate_text \
 		ABLATE_KNOBS="sampler.partition=kmeans,class sampler.num_bins=1,50 sampler.tau=0.9 sampler.memory=recent \
 		sampler.estimate=thompson"
 
@@ -224,23 +224,25 @@ snapshots-fmnist-domain: install data ## the same on Rotated FMNIST → results/
 		SUBSETS=$(DOMAIN_SUBSETS) SUBSET_RATIO=0.0625 OUT=$(CURDIR)/results/snapshots_domain
 
 # The mix-cd ablation (issue 13): one knob at a time around the paper-faithful default, every partition,
-# every variant and the two free-signal rivals, at two ratios and three seeds, beside the newest full
-# reproduction of the same experiment (its none / random / default-mixcd runs are this ablation's
-# reference: `make reproduce-fmnist` and `make reproduce-fmnist-foundation` first, on this machine: the
-# variants are paired with the reference's runs by seed, so they must start from the same θ0). ABLATE_KNOBS and
-# ABLATE_RIVALS may be narrowed to run part of it into the same STAMP folder; a knob of several
+# every variant and the two free-signal rivals, at two ratios and five seeds. Its reference (none, random over
+# REF_RATIOS, default mix-cd) is the newest full reproduction of the same experiment made here, or, where none
+# was, reference runs of its own in the same folder: the variants are paired with the reference's runs by seed,
+# so both must start from the same θ0, and θ0 differs across kinds of machine (docs/howto/troubleshooting.md).
+# ABLATE_KNOBS and ABLATE_RIVALS may be narrowed to run part of it into the same STAMP folder; a knob of several
 # overrides joins them with '+'.
 ABLATE_KNOBS ?= sampler.num_bins=1,5,20,50 sampler.decay=0.9,0.999,1.0 sampler.epsilon=0.0,0.2 \
 	sampler.tau=0.5,0.9 sampler.partition=class,class_loss sampler.partition=kmeans sampler.estimate=thompson \
 	sampler.memory=recent sampler.adaptive_bins=true sampler.adaptive_bins=true+sampler.split_ratio=1.2
 ABLATE_RIVALS ?= amr,loss_ema
-ABLATE_SEEDS ?= 1,2,3
+ABLATE_SEEDS ?= 1,2,3,4,5
 FOUNDATION_RUNS ?= $(lastword $(sort $(wildcard $(REPRO)/fmnist_foundation/2*)))
-.PHONY: ablate-mixcd ablate-mixcd-quick _ablate
+.PHONY: ablate-mixcd ablate-mixcd-fmnist ablate-mixcd-foundation ablate-mixcd-quick _ablate
 _ablate:
-	@test -n "$(BASE)" || { echo "no reference sweep for $(EXP): run $(BASE_TARGET) first (its none, random and" \
-		"default-mixcd runs are the ablation's reference)"; exit 1; }
 	@date -u +"started %FT%TZ"
+	$(if $(BASE),,$(MIXCD) train -m experiment=$(EXP) sampler=none seed=$(SEEDS) $(RUN_ARGS) \
+		hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/reference-none)
+	$(if $(BASE),,$(MIXCD) train -m experiment=$(EXP) sampler=random,mixcd trainer.mix_ratio=$(REF_RATIOS) \
+		seed=$(SEEDS) $(RUN_ARGS) hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/reference)
 	for knob in $(ABLATE_KNOBS); do \
 		$(MIXCD) train -m experiment=$(EXP) sampler=mixcd $$(echo $$knob | tr '+' ' ') trainer.mix_ratio=$(RATIOS) \
 			seed=$(ABLATE_SEEDS) $(RUN_ARGS) hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/$$(echo $$knob | tr '=,+' '---') \
@@ -252,11 +254,15 @@ _ablate:
 	$(PY) scripts/ablation_table.py $(OUT)/report.json > $(OUT)/ablation.md
 	@date -u +"finished %FT%TZ"
 
-ablate-mixcd: install data ## mix-cd ablation on the default and foundation experiments → results/ablate_* (~1 h 46 min)
+ablate-mixcd: ablate-mixcd-fmnist ablate-mixcd-foundation ## mix-cd ablation on the default and foundation experiments, 5 seeds → results/ablate_*
+
+ablate-mixcd-fmnist: install data ## the ablation on the default experiment, r = 1/8, 1/4, 5 seeds → results/ablate_fmnist
 	$(MAKE) --no-print-directory _ablate NAME=ablate_fmnist EXP=fmnist RATIOS=0.125,0.25 BASE="$(FMNIST_SWEEP)" \
-		BASE_TARGET=reproduce-fmnist OUT=$(CURDIR)/results/ablate_fmnist
+		REF_RATIOS=$(RATIOS) OUT=$(CURDIR)/results/ablate_fmnist
+
+ablate-mixcd-foundation: install data ## the ablation on the foundation experiment, r = 1/32, 1/16, 5 seeds → results/ablate_foundation
 	$(MAKE) --no-print-directory _ablate NAME=ablate_foundation EXP=fmnist_foundation RATIOS=0.03125,0.0625 \
-		BASE="$(FOUNDATION_RUNS)" BASE_TARGET=reproduce-fmnist-foundation OUT=$(CURDIR)/results/ablate_foundation
+		BASE="$(FOUNDATION_RUNS)" REF_RATIOS=$(FOUNDATION_RATIOS) OUT=$(CURDIR)/results/ablate_foundation
 
 # A confirmation on a third experiment of what the ablation singled out: of the three settings that beat the
 # default beyond their interval on one experiment and were never worse (ε = 0, partition=class_loss,
@@ -266,17 +272,13 @@ CONFIRM_KNOBS ?= sampler.memory=recent
 MULTI_RUNS ?= $(lastword $(sort $(wildcard $(REPRO)/fmnist_multi/2*)))
 .PHONY: ablate-mixcd-confirm
 ablate-mixcd-confirm: install data ## confirm the ablation's candidate on the multi-head experiment, 5 seeds → results/ablate_multi (~8 min)
-	$(MAKE) --no-print-directory _ablate NAME=ablate_multi EXP=fmnist_multi RATIOS=0.0625,0.125 ABLATE_SEEDS=1,2,3,4,5 \
-		BASE="$(MULTI_RUNS)" \
-		BASE_TARGET=reproduce-fmnist-multi ABLATE_KNOBS="$(CONFIRM_KNOBS)" ABLATE_RIVALS= \
+	$(MAKE) --no-print-directory _ablate NAME=ablate_multi EXP=fmnist_multi RATIOS=0.0625,0.125 \
+		BASE="$(MULTI_RUNS)" REF_RATIOS=$(RATIOS) ABLATE_KNOBS="$(CONFIRM_KNOBS)" ABLATE_RIVALS= \
 		OUT=$(CURDIR)/results/ablate_multi
 
 ablate-mixcd-quick: install data ## small version: every variant once, 1 ratio, 1 seed, 200 steps, own reference runs (~8 min)
-	$(MAKE) --no-print-directory _reproduce NAME=ablate-quick-ref EXP=fmnist SAMPLERS=random,mixcd ORACLE= \
-		RATIOS=0.125,0.25,0.5 SEEDS=1 EXTRA=trainer.steps=200 STAMP=$(STAMP) \
-		OUT=$(REPRO)/ablate-quick-ref/latest-report
-	$(MAKE) --no-print-directory _ablate NAME=ablate-quick EXP=fmnist RATIOS=0.25 ABLATE_SEEDS=1 \
-		EXTRA=trainer.steps=200 BASE=$(REPRO)/ablate-quick-ref/$(STAMP) BASE_TARGET=- \
+	$(MAKE) --no-print-directory _ablate NAME=ablate-quick EXP=fmnist RATIOS=0.25 SEEDS=1 ABLATE_SEEDS=1 \
+		EXTRA=trainer.steps=200 BASE= REF_RATIOS=0.125,0.25,0.5 \
 		ABLATE_KNOBS="sampler.num_bins=1,50 sampler.decay=1.0 sampler.epsilon=0.2 sampler.tau=0.9 \
 		sampler.partition=class,kmeans sampler.estimate=thompson sampler.memory=recent sampler.adaptive_bins=true" \
 		OUT=$(REPRO)/ablate-quick/latest-report
