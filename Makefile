@@ -229,7 +229,9 @@ snapshots-fmnist-domain: install data ## the same on Rotated FMNIST → results/
 # was, reference runs of its own in the same folder: the variants are paired with the reference's runs by seed,
 # so both must start from the same θ0, and θ0 differs across kinds of machine (docs/howto/troubleshooting.md).
 # ABLATE_KNOBS and ABLATE_RIVALS may be narrowed to run part of it into the same STAMP folder; a knob of several
-# overrides joins them with '+'.
+# overrides joins them with '+'. To run the seeds in pieces: ABLATE_SEEDS=1,2 first, then ABLATE_SEEDS=3,4,5
+# BASE=results/<name>/runs.csv on the same kind of machine (the first piece's rows, its reference among them,
+# are read from its committed runs.csv; runs of one seed from different θ0s are named in the report).
 ABLATE_KNOBS ?= sampler.num_bins=1,5,20,50 sampler.decay=0.9,0.999,1.0 sampler.epsilon=0.0,0.2 \
 	sampler.tau=0.5,0.9 sampler.partition=class,class_loss sampler.partition=kmeans sampler.estimate=thompson \
 	sampler.memory=recent sampler.adaptive_bins=true sampler.adaptive_bins=true+sampler.split_ratio=1.2
