@@ -148,10 +148,11 @@ reproduce-text-quick: install ## small version: none, random, mixcd, oracle_cd a
 		RATIOS=0.0625,0.25 SEEDS=1 OUT=$(REPRO)/text_topics-quick/latest-report
 
 # Which mix-cd settings find the text task's damage: one knob at a time beside the newest `make reproduce-text`
-# (its none / random / default-mixcd runs are the reference; reference runs of its own where none ran here), the two free-signal rivals, r = 1/16 and 1/8.
+# (its none / random / default-mixcd runs are the reference; reference runs of its own where none ran here),
+# the two free-signal rivals, r = 1/16 and 1/8.
 TEXT_RUNS ?= $(lastword $(sort $(wildcard $(REPRO)/text_topics/2*)))
 .PHONY: ablate-text
-ablate-text: install ## mix-cd's partitions and variants on the text task → results/ablate_text (~7 min; with its own reference where no reproduce-text ran here)
+ablate-text: install ## mix-cd's partitions and variants on the text task → results/ablate_text (~7 min)
 	$(MAKE) --no-print-directory _ablate NAME=ablate_text EXP=text_topics RATIOS=0.0625,0.125 \
 		BASE="$(TEXT_RUNS)" REF_RATIOS=$(TEXT_RATIOS) OUT=$(CURDIR)/results/ablate_text \
 		ABLATE_KNOBS="sampler.partition=kmeans,class sampler.num_bins=1,50 sampler.tau=0.9 sampler.memory=recent \
