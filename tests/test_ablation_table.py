@@ -9,10 +9,6 @@ import pytest
 from repo_scripts import load_script
 
 
-def _script():
-    return load_script("ablation_table")
-
-
 def _iv(lo: float, hi: float) -> dict:
     return {"lo": lo, "hi": hi, "label": "95% bootstrap over 5 seeds"}
 
@@ -40,7 +36,7 @@ def _report(with_other_axis: bool) -> dict:
 def _table(tmp_path: Path, capsys: pytest.CaptureFixture, report: dict) -> dict[str, list[str]]:
     path = tmp_path / "report.json"
     path.write_text(json.dumps(report))
-    _script().main(path)
+    load_script("ablation_table").main(path)
     out = capsys.readouterr().out
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| ") and "---" not in line]
     return {"header": [out.splitlines()[0]], **{cells[0].strip("| *"): cells[1:] for cells in rows[1:]}}

@@ -9,15 +9,11 @@ from repo_scripts import load_script
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _script():
-    return load_script("paper_table")
-
-
 def test_readme_table_against_the_paper_equals_the_committed_runs() -> None:
     """Recomputed from results/*/runs.csv alone — every fold, interval and gap — it must equal README's table to
     the last printed digit; a number edited by hand, or runs remade without README, fails here (rerun
     `python scripts/paper_table.py --readme` after a reproduction)."""
-    paper = _script()
+    paper = load_script("paper_table")
     committed = [f for f in paper.EXPERIMENTS if (ROOT / "results" / f / "runs.csv").is_file()]
     assert committed, "no results/<experiment>/runs.csv committed"
     made = paper.table()
