@@ -154,7 +154,7 @@ TEXT_RUNS ?= $(lastword $(sort $(wildcard $(REPRO)/text_topics/2*)))
 .PHONY: ablate-text
 ablate-text: install ## mix-cd's partitions and variants on the text task → results/ablate_text (~7 min)
 	$(MAKE) --no-print-directory _ablate NAME=ablate_text EXP=text_topics RATIOS=0.0625,0.125 \
-		BASE="$(TEXT_RUNS)" REF_RATIOS=$(TEXT_RATIOS) OUT=$(CURDIR)/results/ablate_text \
+		BASE="$(or $(BASE),$(TEXT_RUNS))" REF_RATIOS=$(TEXT_RATIOS) OUT=$(CURDIR)/results/ablate_text \
 		ABLATE_KNOBS="sampler.partition=kmeans,class sampler.num_bins=1,50 sampler.tau=0.9 sampler.memory=recent \
 		sampler.estimate=thompson"
 
@@ -260,12 +260,12 @@ _ablate:
 ablate-mixcd: ablate-mixcd-fmnist ablate-mixcd-foundation ## mix-cd ablation on the default and foundation experiments, 5 seeds → results/ablate_*
 
 ablate-mixcd-fmnist: install data ## the ablation on the default experiment, r = 1/8, 1/4, 5 seeds → results/ablate_fmnist
-	$(MAKE) --no-print-directory _ablate NAME=ablate_fmnist EXP=fmnist RATIOS=0.125,0.25 BASE="$(FMNIST_SWEEP)" \
+	$(MAKE) --no-print-directory _ablate NAME=ablate_fmnist EXP=fmnist RATIOS=0.125,0.25 BASE="$(or $(BASE),$(FMNIST_SWEEP))" \
 		REF_RATIOS=$(RATIOS) OUT=$(CURDIR)/results/ablate_fmnist
 
 ablate-mixcd-foundation: install data ## the ablation on the foundation experiment, r = 1/32, 1/16, 5 seeds → results/ablate_foundation
 	$(MAKE) --no-print-directory _ablate NAME=ablate_foundation EXP=fmnist_foundation RATIOS=0.03125,0.0625 \
-		BASE="$(FOUNDATION_RUNS)" REF_RATIOS=$(FOUNDATION_RATIOS) OUT=$(CURDIR)/results/ablate_foundation
+		BASE="$(or $(BASE),$(FOUNDATION_RUNS))" REF_RATIOS=$(FOUNDATION_RATIOS) OUT=$(CURDIR)/results/ablate_foundation
 
 # A confirmation on a third experiment of what the ablation singled out: of the three settings that beat the
 # default beyond their interval on one experiment and were never worse (ε = 0, partition=class_loss,
@@ -276,7 +276,7 @@ MULTI_RUNS ?= $(lastword $(sort $(wildcard $(REPRO)/fmnist_multi/2*)))
 .PHONY: ablate-mixcd-confirm
 ablate-mixcd-confirm: install data ## confirm the ablation's candidate on the multi-head experiment, 5 seeds → results/ablate_multi (~8 min)
 	$(MAKE) --no-print-directory _ablate NAME=ablate_multi EXP=fmnist_multi RATIOS=0.0625,0.125 \
-		BASE="$(MULTI_RUNS)" REF_RATIOS=$(RATIOS) ABLATE_KNOBS="$(CONFIRM_KNOBS)" ABLATE_RIVALS= \
+		BASE="$(or $(BASE),$(MULTI_RUNS))" REF_RATIOS=$(RATIOS) ABLATE_KNOBS="$(CONFIRM_KNOBS)" ABLATE_RIVALS= \
 		OUT=$(CURDIR)/results/ablate_multi
 
 ablate-mixcd-quick: install data ## small version: every variant once, 1 ratio, 1 seed, 200 steps, own reference runs (~8 min)
