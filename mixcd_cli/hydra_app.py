@@ -115,11 +115,12 @@ def normalise_overrides(overrides: list[str]) -> list[str]:
 
 def _values(override: Any) -> list[str]:
     """Every value an override names: one, or each element of a sweep."""
-    from hydra.core.override_parser.types import ChoiceSweep, Glob, IntervalSweep, RangeSweep
+    from hydra.core.override_parser.types import ChoiceSweep, Glob, IntervalSweep, Override, RangeSweep
 
     value = override.value()
     if isinstance(value, ChoiceSweep):
-        return [str(v) for v in value.list]
+        # each as Hydra's sweeper writes a job's override (null, not Python's None, which a value check refuses)
+        return [Override._get_value_element_as_str(v) for v in value.list]
     if isinstance(value, (RangeSweep, Glob, IntervalSweep)):  # a search space (Optuna): checked by its jobs
         return []
     if isinstance(value, list):

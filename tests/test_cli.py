@@ -74,6 +74,18 @@ def test_sweep_without_multirun_flag_is_refused() -> None:
     assert proc.returncode != 0 and "-m" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_sweep_value_is_checked_as_hydra_writes_it(tmp_path: Path) -> None:
+    """null, a quoted string and a list are checked as the job will receive them (not as Python prints them)."""
+    from mixcd_cli.hydra_app import validate
+
+    a, c = tmp_path / "a b", tmp_path / "c"
+    _, first, trials = validate("train", ["threads=1,null", "prior.classes=[0,1],[2,3]",
+                                          f"paths.output_dir='{a}','{c}'"], multirun=True)
+    assert first == ["threads=1", "prior.classes=[0,1]", f"paths.output_dir='{a}'"]
+    assert [label for label, _ in trials] == ["threads=null", "prior.classes=[2,3]", f"paths.output_dir='{c}'"]
+    assert trials[0][1].threads is None and list(trials[1][1].prior.classes) == [2, 3]
+
+
 def test_train_through_cli_with_overrides(tiny: list[str], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = runner.invoke(app, ["train", *tiny, "sampler=mixcd", "trainer.steps=12", f"hydra.run.dir={run_dir}"])
