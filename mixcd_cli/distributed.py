@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .errors import MixcdError
+from .runtime import resolve_device
 
 
 def env_world_size() -> int:
@@ -36,20 +37,28 @@ def served_devices(backend: str) -> set[str]:
     return {pair.split(":")[0] for pair in backend.split(",")}
 
 
+def planned_device(device_name: str) -> torch.device:
+    """The device a run with device=NAME computes on, known before any process group is joined: under torchrun
+    this process's GPU (or the CPU), otherwise `resolve_device`'s choice."""
+    if env_world_size() <= 1:
+        return resolve_device(device_name)
+    if device_name != "cpu" and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def init_from_env(device_name: str) -> torch.device | None:
     """Join the process group torchrun describes; None when not under torchrun."""
     if env_world_size() <= 1:
         return None
     import torch.distributed as dist
 
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = device_name != "cpu" and torch.cuda.is_available()
+    device = planned_device(device_name)
     if not dist.is_initialized():
-        dist.init_process_group(backend_for(cuda))
-    if cuda:
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device("cpu")
+        dist.init_process_group(backend_for(device.type == "cuda"))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def rank() -> int:

@@ -22,6 +22,24 @@ def derive_seed(seed: int, purpose: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
+# torch's own thread count, read before any run of this process set one: a run with threads=null computes with it,
+# not with what an earlier run of a Hydra sweep in the same process asked for
+DEFAULT_THREADS = torch.get_num_threads()
+
+
+def run_threads(threads: int | None) -> int:
+    """The CPU threads a run computes with: ``threads``, or torch's default when it is null (or 0)."""
+    return int(threads) if threads else DEFAULT_THREADS
+
+
+def numerics(device: torch.device, threads: int) -> dict[str, Any]:
+    """Besides the inputs and seeds, what sets a trained model's floats: the kind of device, and on a CPU the thread
+    count (it sets the order in which sums are reduced). A model cached under one of these is not another's."""
+    if device.type == "cuda":
+        return {"device": "cuda", "name": torch.cuda.get_device_name(device)}
+    return {"device": device.type, "threads": threads}
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' → CUDA when present, else CPU; asking for CUDA without one is a user error."""
     if name == "auto":

@@ -23,7 +23,7 @@ from ..generation.dictd import check_languages
 from ..generation.models import check_lm
 from ..metrics import Ledger
 from ..models import FINETUNE_ONLY
-from ..runtime import resolve_device
+from ..runtime import resolve_device, run_threads
 from ..samplers import SAMPLERS, sampler_options
 from ..schema import drop_retired, validate
 from ..text import encode_experiment, model_position_limit
@@ -79,8 +79,7 @@ def _comparable(cfg_yaml: str) -> dict[str, Any]:
 def setup(cfg: DictConfig, run_dir: Path | None = None) -> Context:
     """Validate, pick the device, fix the run folder (shared by all ranks), write config and environment, load data."""
     validate_config(cfg)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    torch.set_num_threads(run_threads(cfg.threads))
     device = distributed.init_from_env(str(cfg.device)) or resolve_device(str(cfg.device))
     # Under torchrun every rank must use rank 0's folder (Hydra's timestamp differs per process).
     run_dir = Path(distributed.broadcast(str(run_dir_of(cfg, run_dir))))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from ..errors import MixcdError, phase
 from ..metrics import Artifact
 from ..models import FINETUNE_ONLY, MixcdNet, create_model, load_model, model_spec, save_model
 from ..results import LedgerSummary, PretrainResult, SnapshotResult, write_result
-from ..runtime import derive_seed
+from ..runtime import derive_seed, numerics, run_threads
 from ..samplers import SAMPLERS, sampler_options
 from ..snapshot import (
     Snapshot,
@@ -72,17 +73,37 @@ def _prior(ctx: Context, allow_train: bool) -> tuple[Path, bool]:
 
 
 def cached_prior_path(cfg: DictConfig, exp: Experiment) -> Path:
-    """Where θ0 for this model, training rows (the pool, and a probe), transform, prior head and pretraining lives
-    in the cache (made or not)."""
+    """Where θ0 for this model, training rows (the pool, and a probe), transform, prior head, pretraining and
+    numerics (device; CPU threads) lives in the cache (made or not)."""
+    trained = _evaluated_runs_prior(cfg)
+    if trained is not None:
+        return Path(cfg.paths.cache_dir) / "prior" / trained / "model.pt"
     heads = {exp.prior_head(): exp.head_sizes()[exp.prior_head()]}
     arch = {k: v for k, v in plain(cfg.model).items() if k not in FINETUNE_ONLY}  # weights count, bn does not
-    key = config_digest({"model": arch, "pool": exp.prior_train.fingerprint(),
-                         "transform": exp.transform.describe(), "heads": heads, "pretrain": plain(cfg.pretrain)})
+    # θ0 pretrained with 1 thread differs from one pretrained with 2 (89.98% vs 89.86% on the default experiment):
+    # a run must not take the other's for its own
+    where = numerics(distributed.planned_device(str(cfg.device)), run_threads(cfg.threads))
+    key = config_digest({"model": arch, "pool": exp.prior_train.fingerprint(), "transform": exp.transform.describe(),
+                         "heads": heads, "pretrain": plain(cfg.pretrain), "numerics": where})
     return Path(cfg.paths.cache_dir) / "prior" / key / "model.pt"
 
 
-NO_PRIOR = ("no prior model yet for this configuration: run `mixcd pretrain` (same overrides) or give "
-            "prior_model.checkpoint=PATH")
+def _evaluated_runs_prior(cfg: DictConfig) -> str | None:
+    """`mixcd eval`: the cache key of the θ0 the evaluated run was fine-tuned from, as its metrics.json names it, so
+    an evaluation with other threads or another device (which it may choose) reads that θ0; None for another stage,
+    a run fine-tuned from a given checkpoint, or a run whose metrics.json does not say."""
+    if cfg.stage != "eval" or not cfg.get("run_dir"):
+        return None
+    try:
+        recorded = json.loads((Path(str(cfg.run_dir)) / "metrics.json").read_text()).get("prior_checkpoint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    path = Path(str(recorded)) if recorded else None
+    return path.parent.name if path is not None and path.parent.parent.name == "prior" else None
+
+
+NO_PRIOR = ("no prior model yet for this configuration: run `mixcd pretrain` (same overrides, threads and device "
+            "included) or give prior_model.checkpoint=PATH")
 
 
 def _prior_locked(ctx: Context, cache: Path, key: str, path: Path, spec: dict[str, Any], heads: dict[str, int],
