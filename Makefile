@@ -289,7 +289,7 @@ ablate-mixcd-quick: install data ## small version: every variant once, 1 ratio, 
 # How the default norm was chosen: θ0 of every norm after 2 and 4 pretraining epochs, then random and
 # mix-cd at r = 1/16 and 1/4 (seed 1) for the two best per-sample candidates. Torch's default threads.
 NORM_CHOICE := $(REPRO)/norm_choice/$(STAMP)
-norm-choice: install data ## the measurements behind model.norm=group → results/norm_choice (~12 min)
+norm-choice: install data ## the measurements behind model.norm=group → results/norm_choice (~9 min)
 	$(MIXCD) pretrain -m experiment=fmnist model.norm=batch,group,layer,none pretrain.epochs=2,4 \
 		hydra.sweep.dir=$(NORM_CHOICE)/pretrain
 	$(PY) scripts/theta0_table.py $(NORM_CHOICE)/pretrain $(CURDIR)/results/norm_choice/theta0.md
