@@ -22,7 +22,8 @@ def prior_path(compose_cfg, tiny: list[str], *overrides: str) -> Path:
     return cached_prior_path(cfg, experiment_of(cfg))
 
 
-def test_the_key_holds_the_thread_count_and_the_device(compose_cfg, tiny: list[str]) -> None:
+def test_the_key_holds_the_thread_count_and_the_device(compose_cfg, tiny: list[str], monkeypatch) -> None:
+    from mixcd_cli import distributed
     from mixcd_cli.runtime import DEFAULT_THREADS
 
     one, two, three = (prior_path(compose_cfg, tiny, f"threads={n}") for n in (1, 2, 3))
@@ -31,6 +32,10 @@ def test_the_key_holds_the_thread_count_and_the_device(compose_cfg, tiny: list[s
     assert prior_path(compose_cfg, tiny, "threads=1", "device=cpu") == one
     if not torch.cuda.is_available():
         assert prior_path(compose_cfg, tiny, "threads=1", "device=auto") == one  # auto is the CPU here
+    # another kind of device (none but the CPU here: one torch knows by name) has a θ0 of its own
+    monkeypatch.setattr(distributed, "planned_device", lambda name: torch.device("meta"))
+    assert prior_path(compose_cfg, tiny, "threads=1") != one
+    monkeypatch.undo()
     # what does not change θ0 does not split the cache: the fine-tuning's sampler, ratio and seed
     assert prior_path(compose_cfg, tiny, "threads=1", "sampler=random", "trainer.mix_ratio=0.5", "seed=7") == one
 

@@ -75,17 +75,18 @@ def _prior(ctx: Context, allow_train: bool) -> tuple[Path, bool]:
 def cached_prior_path(cfg: DictConfig, exp: Experiment) -> Path:
     """Where θ0 for this model, training rows (the pool, and a probe), transform, prior head, pretraining and
     numerics (device; CPU threads) lives in the cache (made or not)."""
-    trained = _evaluated_runs_prior(cfg)
-    if trained is not None:
-        return Path(cfg.paths.cache_dir) / "prior" / trained / "model.pt"
+    key = _evaluated_runs_prior(cfg) or _prior_key(cfg, exp)
+    return Path(cfg.paths.cache_dir) / "prior" / key / "model.pt"
+
+
+def _prior_key(cfg: DictConfig, exp: Experiment) -> str:
     heads = {exp.prior_head(): exp.head_sizes()[exp.prior_head()]}
     arch = {k: v for k, v in plain(cfg.model).items() if k not in FINETUNE_ONLY}  # weights count, bn does not
     # θ0 pretrained with 1 thread differs from one pretrained with 2 (89.98% vs 89.86% on the default experiment):
     # a run must not take the other's for its own
     where = numerics(distributed.planned_device(str(cfg.device)), run_threads(cfg.threads))
-    key = config_digest({"model": arch, "pool": exp.prior_train.fingerprint(), "transform": exp.transform.describe(),
-                         "heads": heads, "pretrain": plain(cfg.pretrain), "numerics": where})
-    return Path(cfg.paths.cache_dir) / "prior" / key / "model.pt"
+    return config_digest({"model": arch, "pool": exp.prior_train.fingerprint(), "transform": exp.transform.describe(),
+                          "heads": heads, "pretrain": plain(cfg.pretrain), "numerics": where})
 
 
 def _evaluated_runs_prior(cfg: DictConfig) -> str | None:
