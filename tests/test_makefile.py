@@ -1,5 +1,5 @@
-"""The ablation targets' reference: a BASE given on the command line, else the newest reproduction made here, else
-reference runs of their own (`make -n`: the commands are printed, nothing trains)."""
+"""The reproduction and ablation targets as `make -n` prints them (nothing trains): an ablation's reference is a
+BASE given on the command line, else the newest reproduction made here, else reference runs of its own."""
 
 from __future__ import annotations
 
@@ -57,3 +57,12 @@ def test_without_either_it_runs_its_own_reference(target: str, tmp_path: Path) -
     lines = dry_run(target, tmp_path)
     assert len(reference_runs(lines)) == 1
     assert "seed=1,2,3,4,5" in reference_runs(lines)[0]
+
+
+def test_the_foundation_reproduction_runs_ten_seeds_unless_told(tmp_path: Path) -> None:
+    # Its rehearsal-axis interval at r = 1/64 held 1x on five seeds, so the committed result rests on ten.
+    seeds = [line.split(" seed=")[1].split()[0] for line in dry_run("reproduce-fmnist-foundation", tmp_path)
+             if " train " in line]
+    assert seeds and set(seeds) == {"1,2,3,4,5,6,7,8,9,10"}
+    told = [line for line in dry_run("reproduce-fmnist-foundation", tmp_path, "SEEDS=6,7") if " train " in line]
+    assert told and all(" seed=6,7 " in line for line in told)
