@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ONLY = {"fmnist_norm": "model.norm=batch"}
 EXPERIMENTS = {
     "fmnist": ("default, GroupNorm", "reproduce-fmnist"),
+    "fmnist_ten": ("default, GroupNorm, random and mix-cd alone", "reproduce-fmnist-ten"),
     "fmnist_norm": ("default, BatchNorm", "reproduce-fmnist-norm"),
     "fmnist_multi": ("multi-head even → odd", "reproduce-fmnist-multi"),
     "fmnist_foundation": ("foundation, sparse damage", "reproduce-fmnist-foundation"),
