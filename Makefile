@@ -213,6 +213,8 @@ reproduce-fmnist-domain-quick: install data ## small version: none, random, mixc
 # mix-cd with the eval-mode pass (the reference), mix-cd with the training-time snapshot (no pass) at every
 # ratio, and mix-cd with scored subsets of SUBSETS rows at SUBSET_RATIO (the fold-versus-N curve), five seeds.
 # `mixcd report` reads them on the total axis; scripts/snapshot_table.py sets the snapshots side by side.
+# In pieces of seeds on one machine: `SEEDS=1,2,3,4,5`, then `SEEDS=6,7,8,9,10 ALSO=<the first piece's folder or
+# runs.csv>` (seeds join only runs of the same θ0; `mixcd report` warns when θ0s are mixed).
 SPLIT_SUBSETS ?= 500,1000,2000,4000
 DOMAIN_SUBSETS ?= 500,1000,2000,4000
 .PHONY: _snapshots snapshots-fmnist-split snapshots-fmnist-domain
@@ -226,7 +228,7 @@ _snapshots:
 		seed=$(SEEDS) $(RUN_ARGS) hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/training
 	$(MIXCD) train -m experiment=$(EXP) sampler=mixcd snapshot.subset=$(SUBSETS) trainer.mix_ratio=$(SUBSET_RATIO) \
 		seed=$(SEEDS) $(RUN_ARGS) hydra.sweep.dir=$(REPRO)/$(NAME)/$(STAMP)/subset
-	$(MIXCD) report $(REPRO)/$(NAME)/$(STAMP) --out $(OUT)
+	$(MIXCD) report $(REPRO)/$(NAME)/$(STAMP) $(ALSO) --out $(OUT)
 	$(PY) scripts/snapshot_table.py $(OUT) > $(OUT)/snapshots.md
 	@date -u +"finished %FT%TZ"
 snapshots-fmnist-split: install data ## mix-cd's snapshot from a pass, from training, from subsets on Split FMNIST, 5 seeds → results/snapshots_split

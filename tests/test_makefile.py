@@ -3,6 +3,7 @@ BASE given on the command line, else the newest reproduction made here, else ref
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -66,3 +67,11 @@ def test_the_foundation_reproduction_runs_ten_seeds_unless_told(tmp_path: Path) 
     assert seeds and set(seeds) == {"1,2,3,4,5,6,7,8,9,10"}
     told = [line for line in dry_run("reproduce-fmnist-foundation", tmp_path, "SEEDS=6,7") if " train " in line]
     assert told and all(" seed=6,7 " in line for line in told)
+
+
+@pytest.mark.parametrize("target", ["snapshots-fmnist-split", "snapshots-fmnist-domain"])
+def test_a_snapshot_comparison_runs_in_pieces_of_seeds(target: str, tmp_path: Path) -> None:
+    lines = dry_run(target, tmp_path, "SEEDS=6,7,8,9,10", "ALSO=results/piece1/runs.csv")
+    seeds = re.findall(r"(?<![\w.])seed=(\S+)", " ".join(lines))
+    assert len(seeds) == 4 and set(seeds) == {"6,7,8,9,10"}  # none, pass, training, subsets
+    assert " results/piece1/runs.csv " in report_line(lines)
