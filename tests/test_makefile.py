@@ -65,7 +65,7 @@ def seeds_of(lines: list[str]) -> list[str]:
     return re.findall(r"(?<![\w.])seed=(\S+)", " ".join(lines))
 
 
-@pytest.mark.parametrize("target", ["reproduce-fmnist-foundation", "reproduce-fmnist-ten"])
+@pytest.mark.parametrize("target", ["reproduce-fmnist-foundation", "reproduce-fmnist-ten", "snapshots-fmnist-domain"])
 def test_a_ten_seed_reproduction_runs_ten_seeds_unless_told(target: str, tmp_path: Path) -> None:
     # At five seeds an interval of theirs held 1x, so their committed results rest on ten.
     seeds = seeds_of(dry_run(target, tmp_path))
