@@ -59,14 +59,15 @@ def test_readme_snapshot_table_equals_the_committed_runs(made: dict[str, str]) -
     head, body = readme[0], readme[2:]
     assert head[:2] == ["sequence, ratio", "seeds"] and set(head[2:]) <= set(COLUMNS), head
     assert {row[0].split(",")[0] for row in body} == set(SEQUENCES)
+    # (sequence, snapshot, ratio) → that row of snapshots.md; its ratio is printed exactly ('0.0625')
+    source_rows = {(sequence, r[0], Fraction(r[1])): r for sequence, folder in SEQUENCES.items()
+                   for r in _rows(made[folder], "| snapshot |")[2:]}
     filled = 0
     for row in body:
         sequence, ratio = re.fullmatch(r"(.+), r = (\d+/\d+)", row[0]).groups()
-        table = _rows(made[SEQUENCES[sequence]], "| snapshot |")[2:]
-        by_snapshot = {(r[0], Fraction(r[1]).limit_denominator(1024)): r for r in table}
         seeds = set()
         for column, cell in zip(head[2:], row[2:], strict=True):
-            source = by_snapshot.get((COLUMNS[column], Fraction(ratio)))
+            source = source_rows.get((sequence, COLUMNS[column], Fraction(ratio)))
             if cell == "–":
                 assert source is None, (row[0], column)
                 continue
